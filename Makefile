@@ -1,0 +1,40 @@
+# Civicflow: two commands for a new user, `make demo` and `make test`. `make help` lists the rest.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+
+.PHONY: help install demo test test-unit lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Civicflow needs Python 3.11+, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv with the pinned dependencies (requirements.lock)
+
+demo: $(STAMP) ## replay real car-park data through MQTT, Airflow and the quality gate
+	$(BIN)/civicflow demo
+
+test: $(STAMP) ## run the whole test suite (starts its own Mosquitto and Airflow metadata DB)
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP) ## run only the fast unit tests
+	$(BIN)/python -m pytest -m unit
+
+lint: $(STAMP) ## ruff format check and lint
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+lock: ## re-resolve requirements.lock from pyproject.toml
+	$(BIN)/uv pip compile pyproject.toml --extra test --python 3.11 -o requirements.lock
+
+clean: ## remove generated data and the virtual environment
+	rm -rf data $(VENV)

@@ -1,0 +1,44 @@
+"""Entry points of the batch tasks: read settings once, then call the stage packages.
+
+DAG tasks and the CLI call these, so that what a DAG run does and what a data engineer runs by
+hand are the same code. Stage packages are imported here, inside each job, so importing the core
+package stays light and never pulls in Great Expectations or Airflow.
+"""
+
+from __future__ import annotations
+
+from civicflow.settings import Settings
+
+
+def stage_job(settings: Settings | None = None) -> dict:
+    """Stage every closed raw segment not yet staged; returns the StageResult as a dict."""
+    from transforms.decode import Limits
+    from transforms.stage import stage_segments
+    from warehouse.db import connect
+    from warehouse.layout import Layout
+
+    settings = settings or Settings()
+    layout = Layout(settings.data_root)
+    limits = Limits(topic_prefix=settings.mqtt.topic_prefix,
+                    max_payload_bytes=settings.max_payload_bytes,
+                    max_batch_readings=settings.max_batch_readings)
+    con = connect(layout.warehouse)
+    try:
+        return stage_segments(layout, con, limits).to_dict()
+    finally:
+        con.close()
+
+
+def publish_job(settings: Settings | None = None) -> dict:
+    """Validate changed staged partitions and publish those that pass."""
+    from expectations.release import gate_and_publish
+    from warehouse.db import connect
+    from warehouse.layout import Layout
+
+    settings = settings or Settings()
+    layout = Layout(settings.data_root)
+    con = connect(layout.warehouse)
+    try:
+        return gate_and_publish(layout, con).to_dict()
+    finally:
+        con.close()

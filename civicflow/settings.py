@@ -1,0 +1,54 @@
+"""The one settings object. Only entry points (CLI, DAG tasks) read it; library code takes arguments."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MqttSettings(BaseModel):
+    """Where the listener connects and what it subscribes to."""
+
+    host: str | None = Field(
+        default=None,
+        description="Broker host. Unset: `civicflow demo` starts an embedded broker.",
+    )
+    port: int = 1883
+    topic_prefix: str = Field(default="city", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    client_id: str = Field(default="civicflow-listener-1", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    qos: int = Field(default=1, ge=1, le=2)
+    keepalive_s: int = 30
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+class LandingSettings(BaseModel):
+    """How the listener writes the raw zone."""
+
+    segment_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    segment_max_age_s: float = Field(default=300.0, gt=0)
+    flush_max_messages: int = Field(default=500, ge=1, description="Flush and ack at least this often")
+    flush_max_delay_s: float = Field(default=0.05, gt=0)
+    fsync: bool = True
+
+
+class Settings(BaseSettings):
+    """Civicflow settings, from `CIVICFLOW_*` environment variables (`__` nests)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CIVICFLOW_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_root: Path = Field(default=Path("data"))
+    mqtt: MqttSettings = MqttSettings()
+    landing: LandingSettings = LandingSettings()
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1)
+    max_batch_readings: int = Field(default=10_000, ge=1)
+    publish_csv: bool = True
+
+    @cached_property
+    def warehouse_path(self) -> Path:
+        return self.data_root / "warehouse" / "civicflow.duckdb"

@@ -1,0 +1,38 @@
+"""Stage closed raw segments into Parquet partitions and the DuckDB warehouse."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, dag, task
+
+STAGED_PARKING = Asset(name="staged.parking", uri="civicflow://staged/parking")
+
+
+@dag(
+    dag_id="civicflow_stage",
+    schedule="@hourly",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["civicflow", "staged"],
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    doc_md="""
+### Stage raw segments
+Reads every closed raw segment not yet in `raw.segments`, decodes it against the wire contract
+(docs/mqtt-contract.md), replaces the affected `staged.<domain>` partitions (council x event date)
+in one transaction and writes their Parquet files under `data/staged/`. Rejected readings go to
+`quarantine.readings` with a reason. Safe to re-run: a segment is staged once.
+""",
+)
+def civicflow_stage():
+    @task(outlets=[STAGED_PARKING])
+    def stage_segments() -> dict:
+        from civicflow.jobs import stage_job
+
+        return stage_job()
+
+    stage_segments()
+
+
+civicflow_stage()

@@ -1,0 +1,1 @@
+"""Ingest: MQTT gateways to the raw zone (listener, raw segments, embedded broker)."""

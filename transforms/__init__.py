@@ -1,0 +1,1 @@
+"""Transforms: raw segments to staged datasets (decode, de-duplicate, partition)."""

@@ -1,0 +1,272 @@
+"""Stage closed raw segments: decode, de-duplicate, replace partitions, quarantine the rest.
+
+Exactly once: every segment is recorded in `raw.segments` in the same transaction that loads its
+readings, so a segment is staged once however often the task runs. Idempotent as well: loading
+replaces whole partitions (council x event date) with the de-duplicated union of what was there
+and what arrived, so staging the same readings twice changes nothing.
+
+De-duplication rule (docs/warehouse.md): readings share a natural key (council, device_id,
+observed_at). The value of the most recently received reading for a key wins; among readings with
+that same value, the first received is kept, so a redelivery or a replay never changes lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from civicflow.contract import DATASETS, Dataset, Domain, Reason
+from ingest.segments import (
+    CLOSED_SUFFIX,
+    RawRecord,
+    SegmentCorrupt,
+    list_closed_segments,
+    read_segment_lenient,
+)
+from transforms.decode import Limits, Rejection, decode_message
+from warehouse.layout import Layout
+from warehouse.tables import arrow_schema, quarantine_schema
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    """What one staging run did; returned to Airflow as the task's XCom."""
+
+    segments: int = 0
+    records: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    quarantined: Counter = field(default_factory=Counter)
+    changed_partitions: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "segments": self.segments,
+            "records": self.records,
+            "readings": self.readings,
+            "duplicates": self.duplicates,
+            "quarantined": dict(sorted(self.quarantined.items())),
+            "changed_partitions": [list(p) for p in self.changed_partitions],
+        }
+
+
+def segment_id(layout: Layout, path: Path) -> str:
+    return path.relative_to(layout.raw).as_posix().removesuffix(CLOSED_SUFFIX)
+
+
+def pending_segments(layout: Layout, con: duckdb.DuckDBPyConnection) -> list[Path]:
+    """Closed segments not yet recorded in the ledger, oldest first."""
+    done = {row[0] for row in con.execute("SELECT segment_id FROM raw.segments").fetchall()}
+    return [p for p in list_closed_segments(layout.raw) if segment_id(layout, p) not in done]
+
+
+@dataclass
+class _Batch:
+    readings: dict[Domain, list[dict]] = field(default_factory=dict)
+    quarantine: list[dict] = field(default_factory=list)
+    ledger: list[dict] = field(default_factory=list)
+
+
+def _quarantine_row(seg: str, record: RawRecord, rej: Rejection, now: datetime) -> dict:
+    return {
+        "segment_id": seg,
+        "record_offset": record.offset,
+        "reading_index": rej.reading_index,
+        "received_at": record.received_at,
+        "topic": record.topic.decode("utf-8", errors="backslashreplace"),
+        "council": rej.council,
+        "domain": rej.domain,
+        "device_id": rej.device_id,
+        "reason": rej.reason.value,
+        "detail": rej.detail,
+        "payload": rej.payload,
+        "quarantined_at": now,
+    }
+
+
+def _decode_segment(layout: Layout, path: Path, limits: Limits, now: datetime,
+                    batch: _Batch, result: StageResult) -> None:
+    seg = segment_id(layout, path)
+    data = path.read_bytes()
+    records, tail, why = read_segment_lenient(path)
+    readings = rejected = 0
+    quarantine_rows: list[dict] = []
+    for record in records:
+        decoded = decode_message(record.topic, record.payload, limits)
+        for rej in decoded.rejections:
+            quarantine_rows.append(_quarantine_row(seg, record, rej, now))
+        for reading in decoded.readings:
+            reading.update(received_at=record.received_at, segment_id=seg,
+                           record_offset=record.offset, staged_at=now)
+            batch.readings.setdefault(decoded.domain, []).append(reading)
+        readings += len(decoded.readings)
+        rejected += len(decoded.rejections)
+    if why is not None:
+        err = SegmentCorrupt(path, len(data) - len(tail), why)
+        log.error("%s; the bytes from there on are quarantined as corrupt_record", err)
+        torn = RawRecord(offset=err.offset, topic=b"", payload=tail, received_at_ns=0)
+        quarantine_rows.append(_quarantine_row(
+            seg, torn, Rejection(Reason.CORRUPT_RECORD, str(err), tail), now))
+        rejected += 1
+    batch.quarantine.extend(quarantine_rows)
+    if quarantine_rows:
+        _write_parquet(pa.Table.from_pylist(quarantine_rows, schema=quarantine_schema()),
+                       layout.quarantine_file(seg))
+    batch.ledger.append({
+        "segment_id": seg, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+        "records": len(records), "readings": readings, "rejected": rejected, "staged_at": now,
+    })
+    result.segments += 1
+    result.records += len(records)
+    result.readings += readings
+    result.quarantined.update(r["reason"] for r in quarantine_rows)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _merge_domain(con: duckdb.DuckDBPyConnection, dataset: Dataset, rows: list[dict],
+                  now: datetime) -> tuple[int, list[tuple[str, date]]]:
+    """Replace every partition the rows touch; return duplicates collapsed and changed partitions."""
+    table = f"staged.{dataset.domain}"
+    columns = [c.name for c in dataset.staged_columns]
+    key = ", ".join(dataset.natural_key)
+    values = ", ".join(c.name for c in (*dataset.measurements, *dataset.derived))
+    incoming = pa.Table.from_pylist(rows, schema=arrow_schema(dataset.staged_columns))
+    con.register("incoming", incoming)
+    con.execute("CREATE OR REPLACE TEMP TABLE affected AS "
+                "SELECT DISTINCT council, event_date FROM incoming")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE existing AS
+        SELECT t.* FROM {table} t JOIN affected a USING (council, event_date)""")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE merged AS
+        WITH cand AS (
+            SELECT *, md5(CAST(struct_pack({values}, lat, lon) AS VARCHAR)) AS value_hash
+            FROM (SELECT {', '.join(columns)} FROM existing
+                  UNION ALL SELECT {', '.join(columns)} FROM incoming)
+        ), ranked AS (
+            SELECT *, first_value(value_hash) OVER (
+                PARTITION BY {key}
+                ORDER BY received_at DESC, segment_id DESC, record_offset DESC,
+                         reading_index DESC) AS winning_hash
+            FROM cand
+        )
+        SELECT {', '.join(columns)} FROM ranked
+        WHERE value_hash = winning_hash
+        QUALIFY row_number() OVER (
+            PARTITION BY {key}
+            ORDER BY received_at, segment_id, record_offset, reading_index) = 1""")
+    (n_existing,) = con.execute("SELECT count(*) FROM existing").fetchone()
+    (n_merged,) = con.execute("SELECT count(*) FROM merged").fetchone()
+    duplicates = n_existing + incoming.num_rows - n_merged
+    identity = "council, event_date, device_id, observed_at, segment_id, record_offset, reading_index"
+    changed = con.execute(f"""
+        SELECT council, event_date FROM (
+            SELECT council, event_date FROM (SELECT {identity} FROM merged
+                                             EXCEPT SELECT {identity} FROM existing)
+            UNION
+            SELECT council, event_date FROM (SELECT {identity} FROM existing
+                                             EXCEPT SELECT {identity} FROM merged)
+        ) GROUP BY ALL ORDER BY ALL""").fetchall()
+    if changed:
+        con.execute("CREATE OR REPLACE TEMP TABLE changed AS SELECT * FROM (VALUES "
+                    + ", ".join("(?, ?::DATE)" for _ in changed)
+                    + ") v(council, event_date)", [x for pair in changed for x in pair])
+        con.execute(f"DELETE FROM {table} WHERE (council, event_date) IN "
+                    "(SELECT (council, event_date) FROM changed)")
+        con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} "
+                    "FROM merged WHERE (council, event_date) IN "
+                    "(SELECT (council, event_date) FROM changed)")
+        con.execute("""
+            INSERT INTO staged.partitions AS p
+                (domain, council, event_date, version, rows, changed_at, exported_version)
+            SELECT ?, c.council, c.event_date, 1,
+                   (SELECT count(*) FROM merged m
+                    WHERE m.council = c.council AND m.event_date = c.event_date), ?, NULL
+            FROM changed c
+            ON CONFLICT (domain, council, event_date) DO UPDATE
+            SET version = p.version + 1, rows = excluded.rows, changed_at = excluded.changed_at
+            """, [dataset.domain.value, now])
+    con.unregister("incoming")
+    return duplicates, [(c, d) for c, d in changed]
+
+
+def export_partitions(con: duckdb.DuckDBPyConnection, layout: Layout) -> list[Path]:
+    """Write the Parquet file of every staged partition whose current version is not on disk."""
+    written = []
+    todo = con.execute("""SELECT domain, council, event_date, version FROM staged.partitions
+                          WHERE exported_version IS DISTINCT FROM version
+                          ORDER BY ALL""").fetchall()
+    for domain, council, day, version in todo:
+        dataset = DATASETS[Domain(domain)]
+        path = layout.staged_file(domain, council, day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".parquet.tmp")
+        cols = ", ".join(c.name for c in dataset.staged_columns)
+        rows = con.sql(f"SELECT {cols} FROM staged.{domain} WHERE council = $council "
+                       "AND event_date = $day ORDER BY device_id, observed_at",
+                       params={"council": council, "day": day}).to_arrow_table()
+        pq.write_table(rows, tmp, compression="zstd")
+        os.replace(tmp, path)
+        con.execute("UPDATE staged.partitions SET exported_version = ? WHERE domain = ? AND "
+                    "council = ? AND event_date = ?", [version, domain, council, day])
+        written.append(path)
+    return written
+
+
+def stage_segments(layout: Layout, con: duckdb.DuckDBPyConnection, limits: Limits, *,
+                   now: datetime | None = None, max_readings_per_txn: int = 500_000) -> StageResult:
+    """Stage every closed raw segment not yet in the ledger; return what happened."""
+    now = now or datetime.now(tz=UTC)
+    result = StageResult()
+    changed: set[tuple[str, str, date]] = set()
+    todo = pending_segments(layout, con)
+    while todo:
+        batch = _Batch()
+        size = 0
+        while todo and size < max_readings_per_txn:
+            _decode_segment(layout, todo.pop(0), limits, now, batch, result)
+            size = sum(len(v) for v in batch.readings.values())
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for domain, rows in sorted(batch.readings.items()):
+                dups, parts = _merge_domain(con, DATASETS[domain], rows, now)
+                result.duplicates += dups
+                changed.update((domain.value, c, d) for c, d in parts)
+            if batch.quarantine:
+                qt = pa.Table.from_pylist(batch.quarantine, schema=quarantine_schema())
+                con.register("q_incoming", qt)
+                con.execute("INSERT INTO quarantine.readings SELECT * FROM q_incoming")
+                con.unregister("q_incoming")
+            ledger = pa.Table.from_pylist(batch.ledger)
+            con.register("ledger", ledger)
+            con.execute("INSERT INTO raw.segments SELECT segment_id, bytes, sha256, records, "
+                        "readings, rejected, staged_at FROM ledger")
+            con.unregister("ledger")
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+    export_partitions(con, layout)
+    result.changed_partitions = sorted((d, c, day.isoformat()) for d, c, day in changed)
+    log.info("staged %d segments: %d records, %d readings, %d duplicates, quarantined %s",
+             result.segments, result.records, result.readings, result.duplicates,
+             dict(result.quarantined))
+    return result
+

@@ -1,0 +1,1 @@
+"""Warehouse: the DuckDB database, the Parquet zone layout and publication."""

@@ -1,0 +1,43 @@
+"""Where each zone lives on disk. One name per zone: folder, DuckDB schema and Asset agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from civicflow.contract import Domain, Zone
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under one data root (CIVICFLOW_DATA_ROOT, `data/` by default)."""
+
+    root: Path
+
+    def zone(self, zone: Zone) -> Path:
+        return self.root / zone.value
+
+    @property
+    def raw(self) -> Path:
+        return self.zone(Zone.RAW)
+
+    @property
+    def warehouse(self) -> Path:
+        return self.root / "warehouse" / "civicflow.duckdb"
+
+    @property
+    def validations(self) -> Path:
+        return self.root / "validations"
+
+    def partition_dir(self, zone: Zone, domain: Domain | str, council: str, day: date) -> Path:
+        return self.zone(zone) / str(domain) / f"council={council}" / f"date={day.isoformat()}"
+
+    def staged_file(self, domain: Domain | str, council: str, day: date) -> Path:
+        return self.partition_dir(Zone.STAGED, domain, council, day) / "part-0.parquet"
+
+    def published_dataset(self, domain: Domain | str) -> Path:
+        return self.zone(Zone.PUBLISHED) / str(domain)
+
+    def quarantine_file(self, segment_id: str) -> Path:
+        return self.zone(Zone.QUARANTINE) / "segments" / f"{segment_id}.parquet"
