@@ -1,0 +1,183 @@
+"""The wire contract v1 (docs/mqtt-contract.md), one case per rule."""
+
+from __future__ import annotations
+
+import collections
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from civicflow.contract import Reason
+from ingest.samples import birmingham_parking_messages
+from transforms.decode import Limits, decode_message
+
+pytestmark = pytest.mark.unit
+LIMITS = Limits()
+TOPIC = b"city/birmingham/parking/bhmbccmkt01"
+
+
+def decode(payload, topic: bytes = TOPIC, limits: Limits = LIMITS):
+    raw = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    return decode_message(topic, raw, limits)
+
+
+def test_car_park_reading_with_offset_is_converted_to_utc():
+    out = decode({"observed_at": "2016-10-04T07:59:42+01:00", "occupied_spots": 61,
+                  "total_spots": 577, "msg_id": "a1", "lat": 52.48, "lon": -1.89})
+    assert out.rejections == []
+    [r] = out.readings
+    assert r["council"] == "birmingham" and r["device_id"] == "bhmbccmkt01"
+    assert r["observed_at"] == datetime(2016, 10, 4, 6, 59, 42, tzinfo=UTC)
+    assert r["event_date"].isoformat() == "2016-10-04"
+    assert (r["occupied_spots"], r["total_spots"], r["status"]) == (61, 577, None)
+    assert r["occupancy"] == pytest.approx(61 / 577)
+    assert (r["msg_id"], r["lat"], r["lon"]) == ("a1", 52.48, -1.89)
+
+
+def test_bay_sensor_reading_with_status_and_epoch_seconds():
+    out = decode({"observed_at": 1475564382, "status": "occupied"})
+    [r] = out.readings
+    assert r["status"] == "occupied" and r["occupied_spots"] is None and r["occupancy"] is None
+    assert r["observed_at"] == datetime(2016, 10, 4, 6, 59, 42, tzinfo=UTC)
+
+
+def test_batch_keeps_good_readings_and_quarantines_bad_ones_with_their_index():
+    out = decode([
+        {"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 1, "total_spots": 5},
+        {"observed_at": "2016-10-04T07:29:42Z", "occupied_spots": 9, "total_spots": 5},
+        {"observed_at": "2016-10-04T07:59:42.123456Z", "occupied_spots": 2, "total_spots": 5},
+    ])
+    assert [r["reading_index"] for r in out.readings] == [0, 2]
+    assert out.readings[1]["observed_at"].microsecond == 123456
+    [rej] = out.rejections
+    assert (rej.reason, rej.reading_index) == (Reason.OCCUPIED_EXCEEDS_TOTAL, 1)
+    assert orjson.loads(rej.payload)["occupied_spots"] == 9
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "detail"),
+    [
+        ({"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": -3, "total_spots": 480},
+         Reason.OUT_OF_RANGE, "occupied_spots -3 is below 0"),
+        ({"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 320, "total_spots": 317},
+         Reason.OCCUPIED_EXCEEDS_TOTAL, "occupied_spots 320 exceeds total_spots 317"),
+        ({"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 3, "total_spots": 0},
+         Reason.OUT_OF_RANGE, "total_spots 0 is below 1"),
+        ({"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 3},
+         Reason.MISSING_FIELD, "car park reading has no total_spots"),
+        ({"observed_at": "2016-10-04T06:59:42Z"}, Reason.MISSING_FIELD, "parking needs"),
+        ({"occupied_spots": 3, "total_spots": 5}, Reason.MISSING_FIELD, "no observed_at"),
+        ({"observed_at": "2016-10-04 07:59:42", "occupied_spots": 3, "total_spots": 5},
+         Reason.TIMESTAMP_WITHOUT_OFFSET, "has no UTC offset"),
+        ({"observed_at": "04/10/2016 07:59", "occupied_spots": 3, "total_spots": 5},
+         Reason.INVALID_TIMESTAMP, "is not RFC 3339"),
+        ({"observed_at": 1475564382000, "occupied_spots": 3, "total_spots": 5},
+         Reason.INVALID_TIMESTAMP, "between 1970 and 3000"),
+        ({"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": "3", "total_spots": 5},
+         Reason.INVALID_TYPE, "occupied_spots must be an integer"),
+        ({"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 2.5, "total_spots": 5},
+         Reason.INVALID_TYPE, "occupied_spots must be an integer"),
+        ({"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": True, "total_spots": 5},
+         Reason.INVALID_TYPE, "occupied_spots must be an integer"),
+        ({"observed_at": "2016-10-04T06:59:42Z", "status": "reserved"},
+         Reason.INVALID_VALUE, "status 'reserved' is not one of"),
+        ({"observed_at": "2016-10-04T06:59:42Z", "status": "free", "colour": "red"},
+         Reason.UNKNOWN_FIELD, "colour"),
+        ({"observed_at": "2016-10-04T06:59:42Z", "status": "free", "lat": 52.4},
+         Reason.MISSING_FIELD, "lat and lon come together"),
+        ({"observed_at": "2016-10-04T06:59:42Z", "status": "free", "lat": 95, "lon": 1},
+         Reason.OUT_OF_RANGE, "lat 95.0 is above 90"),
+        ("just a string", Reason.NOT_AN_OBJECT, "JSON object or an array"),
+        ([], Reason.EMPTY_BATCH, "empty"),
+        ([1], Reason.NOT_AN_OBJECT, "got int"),
+        (b"{not json", Reason.NOT_JSON, "not JSON"),
+        (b"\xff\xfe{}", Reason.NOT_UTF8, "not UTF-8"),
+        (b"[" * 5000 + b"]" * 5000, Reason.NOT_JSON, "not JSON"),
+    ],
+)
+def test_each_invalid_input_is_rejected_with_its_reason(payload, reason, detail):
+    out = decode(payload)
+    assert out.readings == []
+    [rej] = out.rejections
+    assert rej.reason == reason
+    assert detail in rej.detail
+    assert rej.payload  # the refused bytes are kept
+
+
+@pytest.mark.parametrize(
+    ("topic", "detail"),
+    [
+        (b"city/birmingham/parking", "is not city/<council>/<domain>/<device_id>"),
+        (b"town/birmingham/parking/p1", "is not city/<council>/<domain>/<device_id>"),
+        (b"city/Birmingham/parking/p1", "council 'Birmingham' must match"),
+        (b"city/birmingham/parking/../../etc", "is not city/"),
+        (b"city/birmingham/parking/..", "device_id '..' must match"),
+        (b"city/birmingham/bikes/p1", "domain 'bikes' is not one of"),
+        (b"city/birmingham/parking/p\xff", "topic is not UTF-8"),
+        (b"city/birmingham/parking/" + b"a" * 65, "must match"),
+    ],
+)
+def test_bad_topics_are_quarantined_before_anything_else(topic, detail):
+    out = decode({"observed_at": "2016-10-04T06:59:42Z", "status": "free"}, topic=topic)
+    [rej] = out.rejections
+    assert rej.reason == Reason.BAD_TOPIC
+    assert detail in rej.detail
+
+
+def test_limits_on_size_and_batch_length():
+    small = Limits(max_payload_bytes=100, max_batch_readings=2)
+    big = {"observed_at": "2016-10-04T06:59:42Z", "status": "free", "msg_id": "x" * 150}
+    assert decode(big, limits=small).rejections[0].reason == Reason.PAYLOAD_TOO_LARGE
+    batch = [{"observed_at": 1, "status": "free"}] * 3
+    two = Limits(max_payload_bytes=1000, max_batch_readings=2)
+    assert decode(batch, limits=two).rejections[0].reason == Reason.BATCH_TOO_LARGE
+    assert len(decode(batch[:2], limits=two).readings) == 2
+
+
+def test_domains_without_a_dataset_are_kept_not_dropped():
+    out = decode({"observed_at": 1, "filling_level": 0.4}, topic=b"city/edinburgh/waste/bin-1")
+    [rej] = out.rejections
+    assert (rej.reason, rej.domain, rej.council) == (Reason.DOMAIN_NOT_ENABLED, "waste", "edinburgh")
+
+
+def test_birmingham_sample_mess_is_quarantined_with_reasons():
+    reasons: collections.Counter = collections.Counter()
+    readings = 0
+    for topic, payload in birmingham_parking_messages():
+        out = decode_message(topic.encode(), payload, LIMITS)
+        readings += len(out.readings)
+        reasons.update(r.reason.value for r in out.rejections)
+    assert reasons == {"occupied_exceeds_total": 33, "out_of_range": 9}
+    assert readings == 12474 - 42
+
+
+@settings(max_examples=300, deadline=None)
+@given(topic=st.binary(max_size=80), payload=st.binary(max_size=400))
+def test_any_bytes_yield_readings_or_rejections_never_an_exception(topic, payload):
+    out = decode_message(topic, payload, LIMITS)
+    assert out.readings or out.rejections
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["observed_at", "occupied_spots", "total_spots", "status",
+                                       "lat", "lon", "msg_id", "x"]), children, max_size=5),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=json_values)
+def test_any_json_document_yields_readings_or_rejections(doc):
+    try:
+        raw = orjson.dumps(doc)
+    except orjson.JSONEncodeError:
+        return
+    out = decode_message(TOPIC, raw, LIMITS)
+    assert out.readings or out.rejections
+    for r in out.readings:
+        assert r["observed_at"].tzinfo is UTC
