@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -24,7 +25,7 @@ def _payload(i: int) -> bytes:
 class SilentBroker:
     """Accepts one MQTT connection with a CONNACK, then never acknowledges anything.
 
-    With `hang_up=True` it closes the connection right after the CONNACK instead.
+    With `hang_up=True` it closes the connection once the first PUBLISH arrives instead.
     """
 
     def __init__(self, *, hang_up: bool = False) -> None:
@@ -43,11 +44,13 @@ class SilentBroker:
             conn.recv(1024)
             conn.sendall(_CONNACK_ACCEPTED)
             if self.hang_up:
+                conn.recv(1024)
                 conn.close()
                 self.hung_up.set()
                 return
-            while conn.recv(65536):
-                pass
+            with contextlib.suppress(OSError):
+                while conn.recv(65536):
+                    pass
 
     def close(self) -> None:
         for conn in self._connections:
