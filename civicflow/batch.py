@@ -81,7 +81,7 @@ def run_batch(settings: Settings, *, dag_ids: tuple[str, ...] = BATCH_DAGS,
 def _run_in_airflow(result_path: Path, dag_ids: list[str]) -> int:
     """Child-process side: migrate, register the DAGs, `dag.test()` each; write the outcome."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.dag_processing.dagbag import DagBag
     from airflow.utils.db import upgradedb
 
     upgradedb()
@@ -89,7 +89,6 @@ def _run_in_airflow(result_path: Path, dag_ids: list[str]) -> int:
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     if bag.import_errors:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
-    sync_bag_to_db(bag, "dags-folder", None)
     results = []
     for dag_id in dag_ids:
         started = time.monotonic()

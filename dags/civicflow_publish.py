@@ -30,11 +30,17 @@ validation report under `data/validations/` says why.
 def civicflow_publish():
     @task(outlets=[PUBLISHED_PARKING])
     def validate_and_publish() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from civicflow.errors import TerminalError
         from civicflow.jobs import publish_job
 
-        return publish_job()
+        try:
+            return publish_job()
+        except TerminalError as exc:
+            raise AirflowFailException(str(exc)) from exc
 
     validate_and_publish()
 
 
-civicflow_publish()
+publish_dag = civicflow_publish()

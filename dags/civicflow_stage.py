@@ -28,11 +28,17 @@ in one transaction and writes their Parquet files under `data/staged/`. Rejected
 def civicflow_stage():
     @task(outlets=[STAGED_PARKING])
     def stage_segments() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from civicflow.errors import TerminalError
         from civicflow.jobs import stage_job
 
-        return stage_job()
+        try:
+            return stage_job()
+        except TerminalError as exc:
+            raise AirflowFailException(str(exc)) from exc
 
     stage_segments()
 
 
-civicflow_stage()
+stage_dag = civicflow_stage()

@@ -12,7 +12,8 @@ without that mark, which is what makes persistent sessions work here.
 Known amqtt 0.12.1 limits, read in its source and pinned by tests/ingest/test_broker.py: it speaks
 MQTT 3.1.1 only (a v5 CONNECT gets "unsupported protocol version", a v3.1 one is dropped); sessions
 live in memory only; and an outgoing QoS 1 message is forgotten, not redelivered, if its PUBACK takes
-more than 5 s or the subscriber disconnects before sending it. Use Mosquitto wherever that matters.
+more than 5 s or the subscriber disconnects before sending it. Messages queued for an offline
+session arrive with the retain flag set. Use Mosquitto wherever any of that matters.
 """
 
 from __future__ import annotations
