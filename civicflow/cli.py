@@ -31,7 +31,7 @@ def _logging(verbose: bool) -> None:
 def listen(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Subscribe to the broker and land every message in the raw zone (runs until SIGTERM)."""
     from ingest.listener import BrokerAddress, Listener
-    from ingest.segments import SegmentWriter
+    from warehouse.segments import SegmentWriter
     from warehouse.layout import Layout
 
     _logging(verbose)

@@ -23,7 +23,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from ingest.segments import SegmentWriter
+from warehouse.segments import SegmentWriter
 
 log = logging.getLogger(__name__)
 

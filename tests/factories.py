@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from ingest.segments import SegmentWriter
+from warehouse.segments import SegmentWriter
 from transforms.decode import Limits
 from warehouse.layout import Layout
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from civicflow.contract import DATASETS, Dataset, Domain, Reason
-from ingest.segments import (
+from warehouse.segments import (
     CLOSED_SUFFIX,
     RawRecord,
     SegmentCorrupt,

@@ -15,7 +15,7 @@ import pytest
 from brokers import run_mosquitto
 
 from ingest.gateway import publish_messages
-from ingest.segments import list_closed_segments, read_segment, read_segment_lenient
+from warehouse.segments import list_closed_segments, read_segment, read_segment_lenient
 
 pytestmark = pytest.mark.integration
 CLIENT_ID = "test-listener"

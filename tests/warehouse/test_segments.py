@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.segments import (
+from warehouse.segments import (
     MAGIC,
     SegmentCorrupt,
     SegmentWriter,
