@@ -56,8 +56,13 @@ def airflow_env(settings: Settings, airflow_home: Path) -> dict[str, str]:
     }
 
 
-def run_batch(settings: Settings, *, dag_ids: tuple[str, ...] = BATCH_DAGS,
-              airflow_home: Path | None = None, timeout_s: float = 1800) -> BatchOutcome:
+def run_batch(
+    settings: Settings,
+    *,
+    dag_ids: tuple[str, ...] = BATCH_DAGS,
+    airflow_home: Path | None = None,
+    timeout_s: float = 1800,
+) -> BatchOutcome:
     """Run `dag_ids` once each, in order, and report each DagRun's final state."""
     airflow_home = (airflow_home or settings.data_root / "airflow").resolve()
     airflow_home.mkdir(parents=True, exist_ok=True)
@@ -67,13 +72,24 @@ def run_batch(settings: Settings, *, dag_ids: tuple[str, ...] = BATCH_DAGS,
     with log_path.open("w") as log_file:
         proc = subprocess.run(
             [sys.executable, "-m", "civicflow.batch", str(result_path), *dag_ids],
-            env=airflow_env(settings, airflow_home), stdout=log_file, stderr=subprocess.STDOUT,
-            timeout=timeout_s, check=False,
+            env=airflow_env(settings, airflow_home),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+            check=False,
         )
     if not result_path.exists():
-        return BatchOutcome([DagRunOutcome(
-            dag_ids[0], f"crashed (exit {proc.returncode})", 0.0, str(log_path),
-            error=f"the Airflow runner exited {proc.returncode}; see {log_path}")])
+        return BatchOutcome(
+            [
+                DagRunOutcome(
+                    dag_ids[0],
+                    f"crashed (exit {proc.returncode})",
+                    0.0,
+                    str(log_path),
+                    error=f"the Airflow runner exited {proc.returncode}; see {log_path}",
+                )
+            ]
+        )
     runs = [DagRunOutcome(**r, log_path=str(log_path)) for r in json.loads(result_path.read_text())]
     return BatchOutcome(runs)
 
@@ -98,8 +114,14 @@ def _run_in_airflow(result_path: Path, dag_ids: list[str]) -> int:
             state = str(run.state) if run is not None else "unknown"
         except Exception as exc:  # noqa: BLE001 - reported to the caller with the log path
             state, error = "failed", f"{type(exc).__name__}: {exc}"
-        results.append({"dag_id": dag_id, "state": state, "error": error,
-                        "seconds": round(time.monotonic() - started, 2)})
+        results.append(
+            {
+                "dag_id": dag_id,
+                "state": state,
+                "error": error,
+                "seconds": round(time.monotonic() - started, 2),
+            }
+        )
         if state != "success":
             break
     result_path.write_text(json.dumps(results))

@@ -17,37 +17,51 @@ from rich.console import Console
 
 from civicflow.settings import Settings
 
-app = typer.Typer(help="Civicflow: smart-city sensor readings from MQTT to quality-checked open data.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Civicflow: smart-city sensor readings from MQTT to quality-checked open data.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console()
 
 
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 @app.command()
 def listen(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Subscribe to the broker and land every message in the raw zone (runs until SIGTERM)."""
     from ingest.listener import BrokerAddress, Listener
-    from warehouse.segments import SegmentWriter
     from warehouse.layout import Layout
+    from warehouse.segments import SegmentWriter
 
     _logging(verbose)
     settings = Settings()
     if settings.mqtt.host is None:
-        raise typer.BadParameter("set CIVICFLOW_MQTT__HOST (and CIVICFLOW_MQTT__PORT) to the broker "
-                                 "to listen to", param_hint="CIVICFLOW_MQTT__HOST")
+        raise typer.BadParameter(
+            "set CIVICFLOW_MQTT__HOST (and CIVICFLOW_MQTT__PORT) to the broker to listen to",
+            param_hint="CIVICFLOW_MQTT__HOST",
+        )
     layout = Layout(settings.data_root)
-    writer = SegmentWriter(layout.raw / settings.mqtt.client_id,
-                           max_bytes=settings.landing.segment_max_bytes,
-                           max_age_s=settings.landing.segment_max_age_s,
-                           fsync=settings.landing.fsync)
+    writer = SegmentWriter(
+        layout.raw / settings.mqtt.client_id,
+        max_bytes=settings.landing.segment_max_bytes,
+        max_age_s=settings.landing.segment_max_age_s,
+        fsync=settings.landing.fsync,
+    )
     password = settings.mqtt.password.get_secret_value() if settings.mqtt.password else None
     listener = Listener(
-        BrokerAddress(settings.mqtt.host, settings.mqtt.port, settings.mqtt.username, password,
-                      settings.mqtt.keepalive_s),
+        BrokerAddress(
+            settings.mqtt.host,
+            settings.mqtt.port,
+            settings.mqtt.username,
+            password,
+            settings.mqtt.keepalive_s,
+        ),
         client_id=settings.mqtt.client_id,
         topic_filter=f"{settings.mqtt.topic_prefix}/#",
         writer=writer,
@@ -79,7 +93,8 @@ def batch(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
 @app.command()
 def demo(
     data_root: Annotated[Path, typer.Option(help="Where the demo writes (emptied first).")] = Path(
-        "data/demo"),
+        "data/demo"
+    ),
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Replay real Birmingham car-park data through MQTT, Airflow and the quality gate."""

@@ -112,21 +112,32 @@ IDENTITY_COLUMNS: tuple[Column, ...] = (
     ),
 )
 LOCATION_COLUMNS: tuple[Column, ...] = (
-    Column("lat", "number", "WGS84 latitude of the device.", unit="degree", minimum=-90, maximum=90,
-           fiware="location"),
-    Column("lon", "number", "WGS84 longitude of the device.", unit="degree", minimum=-180,
-           maximum=180, fiware="location"),
+    Column(
+        "lat",
+        "number",
+        "WGS84 latitude of the device.",
+        unit="degree",
+        minimum=-90,
+        maximum=90,
+        fiware="location",
+    ),
+    Column(
+        "lon",
+        "number",
+        "WGS84 longitude of the device.",
+        unit="degree",
+        minimum=-180,
+        maximum=180,
+        fiware="location",
+    ),
 )
 STAGED_EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("event_date", "date", "UTC date of observed_at: the partition key.", required=True),
     Column("msg_id", "string", "The gateway's own message id, if it sent one."),
-    Column("received_at", "datetime", "When the listener received the message (UTC).",
-           required=True),
+    Column("received_at", "datetime", "When the listener received the message (UTC).", required=True),
     Column("segment_id", "string", "Raw segment the reading came from (lineage).", required=True),
-    Column("record_offset", "integer", "Byte offset of the message in its raw segment.",
-           required=True),
-    Column("reading_index", "integer", "Position of the reading in its message's batch.",
-           required=True),
+    Column("record_offset", "integer", "Byte offset of the message in its raw segment.", required=True),
+    Column("reading_index", "integer", "Position of the reading in its message's batch.", required=True),
     Column("staged_at", "datetime", "When the reading was staged (UTC).", required=True),
 )
 
@@ -141,16 +152,34 @@ PARKING = Dataset(
     ),
     fiware_types=("OffStreetParking", "ParkingSpot"),
     measurements=(
-        Column("occupied_spots", "integer", "Spots occupied in the car park.", unit="spot",
-               minimum=0, fiware="occupiedSpotNumber"),
-        Column("total_spots", "integer", "Spots in the car park (capacity).", unit="spot",
-               minimum=1, fiware="totalSpotNumber"),
-        Column("status", "string", "Status of a single parking bay.", enum=PARKING_STATUS,
-               fiware="status"),
+        Column(
+            "occupied_spots",
+            "integer",
+            "Spots occupied in the car park.",
+            unit="spot",
+            minimum=0,
+            fiware="occupiedSpotNumber",
+        ),
+        Column(
+            "total_spots",
+            "integer",
+            "Spots in the car park (capacity).",
+            unit="spot",
+            minimum=1,
+            fiware="totalSpotNumber",
+        ),
+        Column("status", "string", "Status of a single parking bay.", enum=PARKING_STATUS, fiware="status"),
     ),
     derived=(
-        Column("occupancy", "number", "occupied_spots / total_spots.", unit="1", minimum=0,
-               maximum=1, fiware="occupancy"),
+        Column(
+            "occupancy",
+            "number",
+            "occupied_spots / total_spots.",
+            unit="1",
+            minimum=0,
+            maximum=1,
+            fiware="occupancy",
+        ),
     ),
 )
 

@@ -27,14 +27,15 @@ from civicflow.settings import Settings
 DEMO_CLIENT_ID = "civicflow-demo-listener"
 
 
-def _wait_for_status(status: Path, proc: subprocess.Popen, predicate, timeout_s: float,
-                     what: str) -> dict:
+def _wait_for_status(status: Path, proc: subprocess.Popen, predicate, timeout_s: float, what: str) -> dict:
     deadline = time.monotonic() + timeout_s
     doc: dict = {}
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the listener exited with code {proc.returncode} while {what}; "
-                               f"see {status.parent / 'listener.log'}")
+            raise RuntimeError(
+                f"the listener exited with code {proc.returncode} while {what}; "
+                f"see {status.parent / 'listener.log'}"
+            )
         if status.exists():
             try:
                 doc = json.loads(status.read_text())
@@ -80,20 +81,39 @@ def run_demo(console: Console, data_root: Path) -> int:
         }
         status = data_root / "raw" / DEMO_CLIENT_ID / "status.json"
         log_file = (run_dir / "listener.log").open("w")
-        listener = subprocess.Popen([sys.executable, "-m", "civicflow.cli", "listen"], env=env,
-                                    stdout=log_file, stderr=subprocess.STDOUT)
+        listener = subprocess.Popen(
+            [sys.executable, "-m", "civicflow.cli", "listen"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            _wait_for_status(status, listener, lambda d: d.get("state") == "subscribed", 60,
-                             "waiting for the listener to subscribe")
-            console.print(f"[bold]2.[/] listener (pid {listener.pid}) subscribed to "
-                          f"{base.mqtt.topic_prefix}/# with QoS 1")
+            _wait_for_status(
+                status,
+                listener,
+                lambda d: d.get("state") == "subscribed",
+                60,
+                "waiting for the listener to subscribe",
+            )
+            console.print(
+                f"[bold]2.[/] listener (pid {listener.pid}) subscribed to "
+                f"{base.mqtt.topic_prefix}/# with QoS 1"
+            )
             password = base.mqtt.password.get_secret_value() if base.mqtt.password else None
-            stats = publish_messages(host, port, messages, qos=1, username=base.mqtt.username,
-                                     password=password, timeout_s=300)
-            console.print(f"[bold]3.[/] gateways published {stats.messages:,} real readings from "
-                          f"{BIRMINGHAM_PARKING.name} in {stats.seconds:.1f}s")
-            doc = _wait_for_status(status, listener, lambda d: d.get("acked", 0) >= len(messages),
-                                   300, "waiting for the listener to land every message")
+            stats = publish_messages(
+                host, port, messages, qos=1, username=base.mqtt.username, password=password, timeout_s=300
+            )
+            console.print(
+                f"[bold]3.[/] gateways published {stats.messages:,} real readings from "
+                f"{BIRMINGHAM_PARKING.name} in {stats.seconds:.1f}s"
+            )
+            doc = _wait_for_status(
+                status,
+                listener,
+                lambda d: d.get("acked", 0) >= len(messages),
+                300,
+                "waiting for the listener to land every message",
+            )
         finally:
             if listener.poll() is None:
                 listener.send_signal(signal.SIGTERM)
@@ -103,15 +123,18 @@ def run_demo(console: Console, data_root: Path) -> int:
                     listener.kill()
                     listener.wait()
             log_file.close()
-        console.print(f"[bold]4.[/] listener landed and acknowledged {doc['acked']:,} messages, "
-                      f"stopped with exit code {listener.returncode}")
+        console.print(
+            f"[bold]4.[/] listener landed and acknowledged {doc['acked']:,} messages, "
+            f"stopped with exit code {listener.returncode}"
+        )
         if listener.returncode != 0:
             console.print(f"[red]listener failed; see {run_dir / 'listener.log'}[/]")
             return 1
 
     settings = Settings(data_root=data_root)
-    console.print("[bold]5.[/] running the batch DAGs through Airflow "
-                  "(civicflow_stage, then civicflow_publish)...")
+    console.print(
+        "[bold]5.[/] running the batch DAGs through Airflow (civicflow_stage, then civicflow_publish)..."
+    )
     outcome = run_batch(settings)
     print_summary(console, warehouse_summary(settings), outcome)
     return 0 if outcome.ok else 1

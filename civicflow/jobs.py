@@ -19,9 +19,11 @@ def stage_job(settings: Settings | None = None) -> dict:
 
     settings = settings or Settings()
     layout = Layout(settings.data_root)
-    limits = Limits(topic_prefix=settings.mqtt.topic_prefix,
-                    max_payload_bytes=settings.max_payload_bytes,
-                    max_batch_readings=settings.max_batch_readings)
+    limits = Limits(
+        topic_prefix=settings.mqtt.topic_prefix,
+        max_payload_bytes=settings.max_payload_bytes,
+        max_batch_readings=settings.max_batch_readings,
+    )
     con = connect(layout.warehouse)
     try:
         return stage_segments(layout, con, limits).to_dict()

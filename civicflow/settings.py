@@ -38,9 +38,7 @@ class LandingSettings(BaseModel):
 class Settings(BaseSettings):
     """Civicflow settings, from `CIVICFLOW_*` environment variables (`__` nests)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CIVICFLOW_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="CIVICFLOW_", env_nested_delimiter="__", extra="ignore")
 
     data_root: Path = Field(default=Path("data"))
     mqtt: MqttSettings = MqttSettings()

@@ -38,23 +38,31 @@ def warehouse_summary(settings: Settings) -> WarehouseSummary:
     con = connect(layout.warehouse, read_only=True)
     try:
         s.segments, s.messages, s.readings_staged = con.execute(
-            "SELECT count(*), coalesce(sum(records), 0), coalesce(sum(readings), 0) "
-            "FROM raw.segments").fetchone()
+            "SELECT count(*), coalesce(sum(records), 0), coalesce(sum(readings), 0) FROM raw.segments"
+        ).fetchone()
         (s.staged_rows,) = con.execute("SELECT count(*) FROM staged.parking").fetchone()
         s.duplicates = s.readings_staged - s.staged_rows
-        s.quarantined = dict(con.execute(
-            "SELECT reason, count(*) FROM quarantine.readings GROUP BY reason ORDER BY 2 DESC, 1"
-        ).fetchall())
+        s.quarantined = dict(
+            con.execute(
+                "SELECT reason, count(*) FROM quarantine.readings GROUP BY reason ORDER BY 2 DESC, 1"
+            ).fetchall()
+        )
         s.validated, s.passed, s.failed = con.execute(
             "SELECT count(*), count(*) FILTER (success), count(*) FILTER (NOT success) "
-            "FROM published.validations").fetchone()
+            "FROM published.validations"
+        ).fetchone()
         s.published_partitions, s.published_rows = con.execute(
-            "SELECT count(*), coalesce(sum(rows), 0) FROM published.releases").fetchone()
-        s.held_back = [(d, c, day.isoformat()) for d, c, day in con.execute(
-            "SELECT domain, council, event_date FROM published.validations v WHERE NOT success "
-            "AND partition_version = (SELECT version FROM staged.partitions p WHERE "
-            "p.domain = v.domain AND p.council = v.council AND p.event_date = v.event_date) "
-            "ORDER BY ALL").fetchall()]
+            "SELECT count(*), coalesce(sum(rows), 0) FROM published.releases"
+        ).fetchone()
+        s.held_back = [
+            (d, c, day.isoformat())
+            for d, c, day in con.execute(
+                "SELECT domain, council, event_date FROM published.validations v WHERE NOT success "
+                "AND partition_version = (SELECT version FROM staged.partitions p WHERE "
+                "p.domain = v.domain AND p.council = v.council AND p.event_date = v.event_date) "
+                "ORDER BY ALL"
+            ).fetchall()
+        ]
     finally:
         con.close()
     s.published_path = str((layout.published_dataset("parking") / "datapackage.json").resolve())
@@ -82,8 +90,9 @@ def print_summary(console: Console, s: WarehouseSummary, outcome=None) -> None:
     console.print(table)
     if outcome is not None:
         for run in outcome.runs:
-            console.print(f"Airflow DAG [bold]{run.dag_id}[/]: {run.state} in {run.seconds:.1f}s "
-                          f"(log: {run.log_path})")
+            console.print(
+                f"Airflow DAG [bold]{run.dag_id}[/]: {run.state} in {run.seconds:.1f}s (log: {run.log_path})"
+            )
     for domain, council, day in s.held_back:
         console.print(f"[yellow]held back[/] {domain} {council} {day}: see data/validations/")
     console.print(f"Published dataset: [bold]{s.published_path}[/]")

@@ -58,8 +58,9 @@ def partitions_to_validate(con: duckdb.DuckDBPyConnection) -> list[tuple[str, st
         ORDER BY ALL""").fetchall()
 
 
-def gate_and_publish(layout: Layout, con: duckdb.DuckDBPyConnection, *,
-                     now: datetime | None = None) -> GateResult:
+def gate_and_publish(
+    layout: Layout, con: duckdb.DuckDBPyConnection, *, now: datetime | None = None
+) -> GateResult:
     """Validate changed partitions and publish those that pass."""
     now = now or datetime.now(tz=UTC)
     result = GateResult()
@@ -79,24 +80,43 @@ def gate_and_publish(layout: Layout, con: duckdb.DuckDBPyConnection, *,
             touched.add(domain)
         else:
             result.failed += 1
-            result.held_back.append({
-                "dataset": f"{Zone.STAGED}.{domain}", "council": council, "date": day.isoformat(),
-                "failed": [f.get("expectation") for f in report.failed],
-            })
-            log.warning("held back %s %s %s v%d: %d expectations failed: %s", domain, council, day,
-                        version, len(report.failed), report.failed)
-        con.execute("INSERT INTO published.validations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [domain.value, council, day, version, now, report.success, report.success,
-                     json.dumps(report_json)])
+            result.held_back.append(
+                {
+                    "dataset": f"{Zone.STAGED}.{domain}",
+                    "council": council,
+                    "date": day.isoformat(),
+                    "failed": [f.get("expectation") for f in report.failed],
+                }
+            )
+            log.warning(
+                "held back %s %s %s v%d: %d expectations failed: %s",
+                domain,
+                council,
+                day,
+                version,
+                len(report.failed),
+                report.failed,
+            )
+        con.execute(
+            "INSERT INTO published.validations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                domain.value,
+                council,
+                day,
+                version,
+                now,
+                report.success,
+                report.success,
+                json.dumps(report_json),
+            ],
+        )
     for domain in sorted(touched):
         result.datapackages.append(str(write_datapackage(con, layout, DATASETS[domain])))
     return result
 
 
-def _write_report(layout: Layout, domain: Domain, council: str, day: str, version: int,
-                  report: dict) -> None:
-    path = (layout.validations / str(domain) / f"council={council}" / f"date={day}"
-            / f"v{version}.json")
+def _write_report(layout: Layout, domain: Domain, council: str, day: str, version: int, report: dict) -> None:
+    path = layout.validations / str(domain) / f"council={council}" / f"date={day}" / f"v{version}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")

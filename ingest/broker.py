@@ -215,8 +215,15 @@ class EmbeddedBroker:
         env = os.environ.copy()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
         command = [
-            sys.executable, "-m", "ingest.broker",
-            "--host", self.host, "--port", str(self.port), "--log-file", str(self.log_path),
+            sys.executable,
+            "-m",
+            "ingest.broker",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--log-file",
+            str(self.log_path),
         ]
         self._process = subprocess.Popen(
             command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -229,8 +236,12 @@ class EmbeddedBroker:
                     f"connections on {self.host}:{self.port}; log {self.log_path}:\n{self._log_tail()}"
                 )
             if _mqtt_handshake(self.host, self.port, timeout_s=1.0):
-                log.info("embedded amqtt broker (pid %d) listening on %s:%d",
-                         self._process.pid, self.host, self.port)
+                log.info(
+                    "embedded amqtt broker (pid %d) listening on %s:%d",
+                    self._process.pid,
+                    self.host,
+                    self.port,
+                )
                 return
             time.sleep(0.05)
         raise EmbeddedBrokerError(
@@ -252,8 +263,11 @@ class EmbeddedBroker:
             try:
                 process.wait(timeout=self._stop_timeout_s)
             except subprocess.TimeoutExpired:
-                log.warning("embedded broker (pid %d) ignored SIGTERM for %.0fs; killing it",
-                            process.pid, self._stop_timeout_s)
+                log.warning(
+                    "embedded broker (pid %d) ignored SIGTERM for %.0fs; killing it",
+                    process.pid,
+                    self._stop_timeout_s,
+                )
                 process.kill()
                 process.wait()
         if self._tmpdir is not None:

@@ -55,23 +55,37 @@ class _AckWindow:
         self.disconnects = 0
         self.closing = False
 
-    def on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
-                   reason_code: ReasonCode, properties: Any) -> None:
+    def on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
         with self.condition:
             self.connack = reason_code
             self.condition.notify_all()
 
-    def on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
-                      reason_code: ReasonCode, properties: Any) -> None:
+    def on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
         with self.condition:
             if self.closing:
                 return
             self.disconnects += 1
-        log.warning("gateway simulator disconnected: %s; paho reconnects and resends unacked messages",
-                    reason_code)
+        log.warning(
+            "gateway simulator disconnected: %s; paho reconnects and resends unacked messages", reason_code
+        )
 
-    def on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode,
-                   properties: Any) -> None:
+    def on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Any
+    ) -> None:
         if reason_code.is_failure:
             log.error("broker refused message mid=%d: %s", mid, reason_code)
         with self.condition:
@@ -159,8 +173,9 @@ def publish_messages(
     if not 1 <= window <= _PAHO_MAX_UNACKED:
         raise ValueError(f"window must be between 1 and {_PAHO_MAX_UNACKED}, not {window}")
     acks = _AckWindow()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
-                         protocol=mqtt.MQTTv311)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
+    )
     # No paho in-flight limit: `window` already bounds it, and with a limit set paho rescans every
     # unacknowledged message on each PUBACK, which made a window of 5,000 four times slower.
     client.max_inflight_messages_set(0)
@@ -175,8 +190,9 @@ def publish_messages(
         _connect(client, acks, host, port, timeout_s)
         started = time.monotonic()
         for topic, payload in messages:
-            acks.wait_for(lambda: acks.outstanding < window, timeout_s,
-                          f"waiting for room in the window of {window}")
+            acks.wait_for(
+                lambda: acks.outstanding < window, timeout_s, f"waiting for room in the window of {window}"
+            )
             with acks.condition:
                 acks.outstanding += 1
             info = client.publish(topic, payload, qos=qos)
@@ -191,8 +207,11 @@ def publish_messages(
                 )
             count += 1
             size += len(payload)
-        acks.wait_for(lambda: acks.outstanding == 0, timeout_s,
-                      f"waiting for the last acknowledgements of {count} messages")
+        acks.wait_for(
+            lambda: acks.outstanding == 0,
+            timeout_s,
+            f"waiting for the last acknowledgements of {count} messages",
+        )
         seconds = time.monotonic() - started
     finally:
         with acks.condition:

@@ -51,9 +51,18 @@ class BrokerAddress:
 class Listener:
     """Subscribe to `<prefix>/#` and land messages in raw segments, acking after fsync."""
 
-    def __init__(self, broker: BrokerAddress, *, client_id: str, topic_filter: str,
-                 writer: SegmentWriter, qos: int = 1, flush_max_messages: int = 500,
-                 flush_max_delay_s: float = 0.05, status_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        *,
+        client_id: str,
+        topic_filter: str,
+        writer: SegmentWriter,
+        qos: int = 1,
+        flush_max_messages: int = 500,
+        flush_max_delay_s: float = 0.05,
+        status_path: Path | None = None,
+    ) -> None:
         self.broker = broker
         self.client_id = client_id
         self.status_path = status_path
@@ -85,20 +94,29 @@ class Listener:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("broker %s:%d refused the connection: %s", self.broker.host,
-                      self.broker.port, reason_code)
+            log.error(
+                "broker %s:%d refused the connection: %s", self.broker.host, self.broker.port, reason_code
+            )
             return
         self._connected = True
         self.stats.connects += 1
         if self._ever_connected and not flags.session_present:
             self.stats.sessions_lost += 1
-            log.error("broker %s:%d lost this listener's session: messages queued while it was "
-                      "away may be gone; check the broker's persistence settings",
-                      self.broker.host, self.broker.port)
+            log.error(
+                "broker %s:%d lost this listener's session: messages queued while it was "
+                "away may be gone; check the broker's persistence settings",
+                self.broker.host,
+                self.broker.port,
+            )
         self._ever_connected = True
         client.subscribe(self.topic_filter, qos=self.qos)
-        log.info("connected to %s:%d (session present: %s), subscribing to %s",
-                 self.broker.host, self.broker.port, flags.session_present, self.topic_filter)
+        log.info(
+            "connected to %s:%d (session present: %s), subscribing to %s",
+            self.broker.host,
+            self.broker.port,
+            flags.session_present,
+            self.topic_filter,
+        )
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if any(rc.is_failure for rc in reason_codes):
@@ -119,8 +137,11 @@ class Listener:
         if not force and now - self._status_written < 0.5:
             return
         self._status_written = now
-        doc = asdict(self.stats) | {"pid": os.getpid(), "client_id": self.client_id,
-                                    "updated_at": time.time()}
+        doc = asdict(self.stats) | {
+            "pid": os.getpid(),
+            "client_id": self.client_id,
+            "updated_at": time.time(),
+        }
         doc["segments_closed"] = len(self.stats.segments_closed)
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc))
@@ -132,8 +153,7 @@ class Listener:
         log.warning("disconnected from %s:%d: %s", self.broker.host, self.broker.port, reason_code)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        self.writer.append(message._topic, message.payload, time.time_ns(), message.qos,
-                           message.retain)
+        self.writer.append(message._topic, message.payload, time.time_ns(), message.qos, message.retain)
         if message.qos > 0:
             if not self._pending:
                 self._oldest_pending = time.monotonic()
@@ -165,12 +185,16 @@ class Listener:
                 if self._ever_connected:
                     self.client.reconnect()
                 else:
-                    self.client.connect(self.broker.host, self.broker.port,
-                                        keepalive=self.broker.keepalive_s)
+                    self.client.connect(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
                 return
             except OSError as exc:
-                log.warning("cannot reach broker %s:%d (%s); retrying in %.1fs",
-                            self.broker.host, self.broker.port, exc, delay)
+                log.warning(
+                    "cannot reach broker %s:%d (%s); retrying in %.1fs",
+                    self.broker.host,
+                    self.broker.port,
+                    exc,
+                    delay,
+                )
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
 
@@ -217,5 +241,9 @@ class Listener:
                 self.client.loop(timeout=0.05)
         self.writer.close()
         self._set_state("stopped")
-        log.info("listener stopped: %d received, %d acknowledged, %d segments closed",
-                 self.stats.received, self.stats.acked, len(self.stats.segments_closed))
+        log.info(
+            "listener stopped: %d received, %d acknowledged, %d segments closed",
+            self.stats.received,
+            self.stats.acked,
+            len(self.stats.segments_closed),
+        )

@@ -30,9 +30,13 @@ def device_id_for(code: str) -> str:
     return _NOT_NAME.sub("-", code.strip().lower()).strip("-")[:64]
 
 
-def birmingham_parking_messages(path: Path = BIRMINGHAM_PARKING, *, council: str = "birmingham",
-                                prefix: str = "city", tz: str = "Europe/London"
-                                ) -> Iterator[tuple[str, bytes]]:
+def birmingham_parking_messages(
+    path: Path = BIRMINGHAM_PARKING,
+    *,
+    council: str = "birmingham",
+    prefix: str = "city",
+    tz: str = "Europe/London",
+) -> Iterator[tuple[str, bytes]]:
     """One message per recorded reading, as each car park's gateway would publish it."""
     zone = ZoneInfo(tz)
     with path.open(newline="", encoding="utf-8") as fh:

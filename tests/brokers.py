@@ -55,36 +55,39 @@ def mosquitto_config(port: int, workdir: Path, *, persistence: bool) -> str:
         The configuration text.
     """
     user = pwd.getpwuid(os.geteuid()).pw_name
-    return "\n".join([
-        "# Written by tests/brokers.py for one test; not for production.",
-        f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
-        "# Run as whoever started the test: as root Mosquitto would otherwise switch to the",
-        "# 'mosquitto' user, which cannot write the persistence file under pytest's private tmp_path.",
-        f"user {user}",
-        f"persistence {'true' if persistence else 'false'}",
-        f"persistence_location {workdir}/",
-        "persistence_file mosquitto.db",
-        "autosave_interval 1",
-        "# Mosquitto's default max_queued_messages of 1000 silently drops QoS 1 messages for an",
-        "# offline persistent subscriber (and for an online one whose in-flight window is full).",
-        "# The tests publish tens of thousands of messages and must see every one, so: no limits.",
-        "max_queued_messages 0",
-        "max_queued_bytes 0",
-        "max_inflight_messages 1000",
-        "log_dest stderr",
-        "log_type error",
-        "log_type warning",
-        "log_type notice",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Written by tests/brokers.py for one test; not for production.",
+            f"listener {port} 127.0.0.1",
+            "allow_anonymous true",
+            "# Run as whoever started the test: as root Mosquitto would otherwise switch to the",
+            "# 'mosquitto' user, which cannot write the persistence file under pytest's private tmp_path.",
+            f"user {user}",
+            f"persistence {'true' if persistence else 'false'}",
+            f"persistence_location {workdir}/",
+            "persistence_file mosquitto.db",
+            "autosave_interval 1",
+            "# Mosquitto's default max_queued_messages of 1000 silently drops QoS 1 messages for an",
+            "# offline persistent subscriber (and for an online one whose in-flight window is full).",
+            "# The tests publish tens of thousands of messages and must see every one, so: no limits.",
+            "max_queued_messages 0",
+            "max_queued_bytes 0",
+            "max_inflight_messages 1000",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "",
+        ]
+    )
 
 
 class MosquittoProcess:
     """One private Mosquitto broker; restartable on the same port and persistence file."""
 
-    def __init__(self, port: int, workdir: Path, *, persistence: bool = True,
-                 start_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, port: int, workdir: Path, *, persistence: bool = True, start_timeout_s: float = 10.0
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = port
         self.workdir = workdir
@@ -117,20 +120,27 @@ class MosquittoProcess:
         if self.running:
             raise RuntimeError(f"mosquitto on port {self.port} is already running")
         with self.log_path.open("ab") as log_file:
-            self._process = subprocess.Popen([str(MOSQUITTO), "-c", str(self.config_path)],
-                                             stdin=subprocess.DEVNULL, stdout=log_file,
-                                             stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(
+                [str(MOSQUITTO), "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with code {self._process.returncode} before "
-                                   f"listening on port {self.port}; its log:\n{self.log_text()}")
+                raise RuntimeError(
+                    f"mosquitto exited with code {self._process.returncode} before "
+                    f"listening on port {self.port}; its log:\n{self.log_text()}"
+                )
             if _accepts_connections(self.host, self.port):
                 return
             time.sleep(0.05)
         self.kill()
-        raise RuntimeError(f"mosquitto did not listen on port {self.port} within "
-                           f"{self.start_timeout_s:.0f}s; its log:\n{self.log_text()}")
+        raise RuntimeError(
+            f"mosquitto did not listen on port {self.port} within "
+            f"{self.start_timeout_s:.0f}s; its log:\n{self.log_text()}"
+        )
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the broker with SIGTERM, which saves the persistence file; SIGKILL if it hangs."""
@@ -154,8 +164,9 @@ class MosquittoProcess:
 
 
 @contextlib.contextmanager
-def run_mosquitto(tmp_path: Path, port: int | None = None,
-                  persistence: bool = True) -> Iterator[MosquittoProcess]:
+def run_mosquitto(
+    tmp_path: Path, port: int | None = None, persistence: bool = True
+) -> Iterator[MosquittoProcess]:
     """Run a private Mosquitto for the duration of a `with` block.
 
     Args:
@@ -178,8 +189,16 @@ def run_mosquitto(tmp_path: Path, port: int | None = None,
 class Collector:
     """A paho subscriber that keeps every payload it receives, with a fixed client id."""
 
-    def __init__(self, host: str, port: int, topic_filter: str, *, client_id: str,
-                 qos: int = 1, clean_session: bool = False) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic_filter: str,
+        *,
+        client_id: str,
+        qos: int = 1,
+        clean_session: bool = False,
+    ) -> None:
         self.host = host
         self.port = port
         self.topic_filter = topic_filter
@@ -189,20 +208,31 @@ class Collector:
         self._condition = threading.Condition()
         self._subscribed = threading.Event()
         self._granted: list[ReasonCode] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=clean_session, protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean_session,
+            protocol=mqtt.MQTTv311,
+        )
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
-                    reason_code: ReasonCode, properties: Any) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
         self.session_present = flags.session_present
         if not reason_code.is_failure:
             client.subscribe(self.topic_filter, qos=self.qos)
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
-                      reason_codes: list[ReasonCode], properties: Any) -> None:
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode], properties: Any
+    ) -> None:
         self._granted = list(reason_codes)
         self._subscribed.set()
 

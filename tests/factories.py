@@ -9,15 +9,19 @@ from pathlib import Path
 
 import orjson
 
-from warehouse.segments import SegmentWriter
 from transforms.decode import Limits
 from warehouse.layout import Layout
+from warehouse.segments import SegmentWriter
 
 LIMITS = Limits()
 
 
-def land(layout: Layout, messages: Iterable[tuple[str, bytes | dict | list]],
-         listener: str = "l1", received_at_ns: int | None = None) -> Path:
+def land(
+    layout: Layout,
+    messages: Iterable[tuple[str, bytes | dict | list]],
+    listener: str = "l1",
+    received_at_ns: int | None = None,
+) -> Path:
     """Write messages into one closed raw segment, as the listener would."""
     writer = SegmentWriter(layout.raw / listener, max_bytes=1 << 30, max_age_s=3600)
     ns = received_at_ns or time.time_ns()
@@ -29,13 +33,19 @@ def land(layout: Layout, messages: Iterable[tuple[str, bytes | dict | list]],
     return path
 
 
-def car_park(device: str, observed_at: str, occupied: int, total: int = 100,
-             council: str = "testtown") -> tuple[str, dict]:
-    return (f"city/{council}/parking/{device}",
-            {"observed_at": observed_at, "occupied_spots": occupied, "total_spots": total})
+def car_park(
+    device: str, observed_at: str, occupied: int, total: int = 100, council: str = "testtown"
+) -> tuple[str, dict]:
+    return (
+        f"city/{council}/parking/{device}",
+        {"observed_at": observed_at, "occupied_spots": occupied, "total_spots": total},
+    )
 
 
 def tree_digest(root: Path, pattern: str = "**/*") -> dict[str, str]:
     """sha256 of every file under root matching pattern, keyed by relative path."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.glob(pattern)) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.glob(pattern))
+        if p.is_file()
+    }

@@ -18,8 +18,13 @@ ALLOWED = {
     "civicflow": set(),
 }
 # Entry points: they read settings and wire stages together, importing them inside functions.
-ENTRY_POINTS = {"civicflow/cli.py", "civicflow/jobs.py", "civicflow/batch.py", "civicflow/demo.py",
-                "civicflow/summary.py"}
+ENTRY_POINTS = {
+    "civicflow/cli.py",
+    "civicflow/jobs.py",
+    "civicflow/batch.py",
+    "civicflow/demo.py",
+    "civicflow/summary.py",
+}
 THIRD_PARTY_HOMES = {
     "airflow": {"dags", "civicflow/batch.py"},
     "paho": {"ingest"},
@@ -67,4 +72,5 @@ def test_frameworks_stay_in_their_adapters():
 
 def test_the_checker_sees_imports():
     assert {"civicflow", "warehouse", "orjson"} <= imports(ROOT / "transforms" / "decode.py") | imports(
-        ROOT / "transforms" / "stage.py")
+        ROOT / "transforms" / "stage.py"
+    )

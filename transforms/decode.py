@@ -18,9 +18,7 @@ import orjson
 from civicflow.contract import DATASETS, LOCATION_COLUMNS, NAME_RE, Column, Dataset, Domain, Reason
 
 COMMON_FIELDS = frozenset({"observed_at", "msg_id", "lat", "lon"})
-RFC3339_RE = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?$"
-)
+RFC3339_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?$")
 EPOCH_MAX = 32503680000  # 3000-01-01: anything later is a unit error (ms or ns sent as seconds)
 MSG_ID_MAX = 200
 
@@ -76,13 +74,13 @@ def parse_topic(topic: bytes, prefix: str) -> Topic:
         raise _Invalid(Reason.BAD_TOPIC, "topic is not UTF-8") from exc
     parts = text.split("/")
     if len(parts) != 4 or parts[0] != prefix:
-        raise _Invalid(Reason.BAD_TOPIC,
-                       f"topic {text[:200]!r} is not {prefix}/<council>/<domain>/<device_id>")
+        raise _Invalid(
+            Reason.BAD_TOPIC, f"topic {text[:200]!r} is not {prefix}/<council>/<domain>/<device_id>"
+        )
     _, council, domain, device_id = parts
     for what, value in (("council", council), ("device_id", device_id)):
         if not NAME_RE.match(value):
-            raise _Invalid(Reason.BAD_TOPIC,
-                           f"{what} {value[:80]!r} must match [a-z0-9][a-z0-9_-]{{0,63}}")
+            raise _Invalid(Reason.BAD_TOPIC, f"{what} {value[:80]!r} must match [a-z0-9][a-z0-9_-]{{0,63}}")
     try:
         dom = Domain(domain)
     except ValueError as exc:
@@ -97,8 +95,9 @@ def parse_observed_at(value: Any) -> datetime:
         raise _Invalid(Reason.INVALID_TIMESTAMP, "observed_at is a boolean")
     if isinstance(value, int | float):
         if not math.isfinite(value) or not 0 <= value < EPOCH_MAX:
-            raise _Invalid(Reason.INVALID_TIMESTAMP,
-                           f"observed_at {value!r} is not epoch seconds between 1970 and 3000")
+            raise _Invalid(
+                Reason.INVALID_TIMESTAMP, f"observed_at {value!r} is not epoch seconds between 1970 and 3000"
+            )
         return datetime.fromtimestamp(value, tz=UTC)
     if not isinstance(value, str):
         raise _Invalid(Reason.INVALID_TIMESTAMP, "observed_at must be an RFC 3339 string or a number")
@@ -107,8 +106,9 @@ def parse_observed_at(value: Any) -> datetime:
         raise _Invalid(Reason.INVALID_TIMESTAMP, f"observed_at {value[:64]!r} is not RFC 3339")
     day, clock, fraction, offset = m.groups()
     if offset is None:
-        raise _Invalid(Reason.TIMESTAMP_WITHOUT_OFFSET,
-                       f"observed_at {value!r} has no UTC offset (add Z or +hh:mm)")
+        raise _Invalid(
+            Reason.TIMESTAMP_WITHOUT_OFFSET, f"observed_at {value!r} has no UTC offset (add Z or +hh:mm)"
+        )
     fraction = (fraction or "")[:7]
     try:
         parsed = datetime.fromisoformat(f"{day}T{clock}{fraction}{offset.upper()}")
@@ -133,8 +133,9 @@ def _check_column(col: Column, value: Any) -> Any:
         if not isinstance(value, str):
             raise _Invalid(Reason.INVALID_TYPE, f"{col.name} must be a string, got {value!r}")
         if col.enum is not None and value not in col.enum:
-            raise _Invalid(Reason.INVALID_VALUE,
-                           f"{col.name} {value[:40]!r} is not one of {', '.join(col.enum)}")
+            raise _Invalid(
+                Reason.INVALID_VALUE, f"{col.name} {value[:40]!r} is not one of {', '.join(col.enum)}"
+            )
     if col.minimum is not None and value < col.minimum:
         raise _Invalid(Reason.OUT_OF_RANGE, f"{col.name} {value} is below {col.minimum:g}")
     if col.maximum is not None and value > col.maximum:
@@ -146,15 +147,18 @@ def _check_parking(reading: dict[str, Any]) -> None:
     occupied, total = reading.get("occupied_spots"), reading.get("total_spots")
     if occupied is None and total is None:
         if reading.get("status") is None:
-            raise _Invalid(Reason.MISSING_FIELD,
-                           "parking needs occupied_spots and total_spots (car park) or status (bay)")
+            raise _Invalid(
+                Reason.MISSING_FIELD,
+                "parking needs occupied_spots and total_spots (car park) or status (bay)",
+            )
         return
     if occupied is None or total is None:
         missing = "occupied_spots" if occupied is None else "total_spots"
         raise _Invalid(Reason.MISSING_FIELD, f"car park reading has no {missing}")
     if occupied > total:
-        raise _Invalid(Reason.OCCUPIED_EXCEEDS_TOTAL,
-                       f"occupied_spots {occupied} exceeds total_spots {total}")
+        raise _Invalid(
+            Reason.OCCUPIED_EXCEEDS_TOTAL, f"occupied_spots {occupied} exceeds total_spots {total}"
+        )
     reading["occupancy"] = occupied / total
 
 
@@ -167,8 +171,9 @@ def decode_reading(obj: Any, dataset: Dataset, topic: Topic) -> dict[str, Any]:
         raise _Invalid(Reason.NOT_AN_OBJECT, f"a reading must be a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - COMMON_FIELDS - set(dataset.measurement_names))
     if unknown:
-        raise _Invalid(Reason.UNKNOWN_FIELD,
-                       f"fields not in the {dataset.domain} contract: {', '.join(unknown)[:200]}")
+        raise _Invalid(
+            Reason.UNKNOWN_FIELD, f"fields not in the {dataset.domain} contract: {', '.join(unknown)[:200]}"
+        )
     if "observed_at" not in obj:
         raise _Invalid(Reason.MISSING_FIELD, "reading has no observed_at")
     observed_at = parse_observed_at(obj["observed_at"])
@@ -186,7 +191,9 @@ def decode_reading(obj: Any, dataset: Dataset, topic: Topic) -> dict[str, Any]:
     msg_id = obj.get("msg_id")
     if msg_id is not None:
         if isinstance(msg_id, bool) or not isinstance(msg_id, str | int) or len(str(msg_id)) > MSG_ID_MAX:
-            raise _Invalid(Reason.INVALID_TYPE, f"msg_id must be a string or integer of at most {MSG_ID_MAX} characters")
+            raise _Invalid(
+                Reason.INVALID_TYPE, f"msg_id must be a string or integer of at most {MSG_ID_MAX} characters"
+            )
         msg_id = str(msg_id)
     reading["msg_id"] = msg_id
     lat, lon = obj.get("lat"), obj.get("lon")
@@ -207,21 +214,26 @@ def decode_message(topic: bytes, payload: bytes, limits: Limits) -> Decoded:
         out.rejections.append(Rejection(exc.reason, exc.detail, payload))
         return out
     out.domain = parsed_topic.domain
-    where = {"council": parsed_topic.council, "domain": parsed_topic.domain.value,
-             "device_id": parsed_topic.device_id}
+    where = {
+        "council": parsed_topic.council,
+        "domain": parsed_topic.domain.value,
+        "device_id": parsed_topic.device_id,
+    }
 
     def reject_message(reason: Reason, detail: str) -> Decoded:
         out.rejections.append(Rejection(reason, detail, payload, **where))
         return out
 
     if len(payload) > limits.max_payload_bytes:
-        return reject_message(Reason.PAYLOAD_TOO_LARGE,
-                              f"payload of {len(payload)} bytes exceeds {limits.max_payload_bytes}")
+        return reject_message(
+            Reason.PAYLOAD_TOO_LARGE, f"payload of {len(payload)} bytes exceeds {limits.max_payload_bytes}"
+        )
     dataset = DATASETS.get(parsed_topic.domain)
     if dataset is None:
-        return reject_message(Reason.DOMAIN_NOT_ENABLED,
-                              f"domain {parsed_topic.domain} has no published dataset yet; "
-                              "kept for replay once it is declared")
+        return reject_message(
+            Reason.DOMAIN_NOT_ENABLED,
+            f"domain {parsed_topic.domain} has no published dataset yet; kept for replay once it is declared",
+        )
     try:
         payload.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -236,12 +248,12 @@ def decode_message(topic: bytes, payload: bytes, limits: Limits) -> Decoded:
         if not doc:
             return reject_message(Reason.EMPTY_BATCH, "batch array is empty")
         if len(doc) > limits.max_batch_readings:
-            return reject_message(Reason.BATCH_TOO_LARGE,
-                                  f"batch of {len(doc)} readings exceeds {limits.max_batch_readings}")
+            return reject_message(
+                Reason.BATCH_TOO_LARGE, f"batch of {len(doc)} readings exceeds {limits.max_batch_readings}"
+            )
         items = doc
     else:
-        return reject_message(Reason.NOT_AN_OBJECT,
-                              "payload must be a JSON object or an array of objects")
+        return reject_message(Reason.NOT_AN_OBJECT, "payload must be a JSON object or an array of objects")
     batch = isinstance(doc, list)
     for index, item in enumerate(items):
         try:

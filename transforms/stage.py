@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from civicflow.contract import DATASETS, Dataset, Domain, Reason
+from transforms.decode import Limits, Rejection, decode_message
+from warehouse.layout import Layout
 from warehouse.segments import (
     CLOSED_SUFFIX,
     RawRecord,
@@ -32,8 +34,6 @@ from warehouse.segments import (
     list_closed_segments,
     read_segment_lenient,
 )
-from transforms.decode import Limits, Rejection, decode_message
-from warehouse.layout import Layout
 from warehouse.tables import arrow_schema, quarantine_schema
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,9 @@ def _quarantine_row(seg: str, record: RawRecord, rej: Rejection, now: datetime) 
     }
 
 
-def _decode_segment(layout: Layout, path: Path, limits: Limits, now: datetime,
-                    batch: _Batch, result: StageResult) -> None:
+def _decode_segment(
+    layout: Layout, path: Path, limits: Limits, now: datetime, batch: _Batch, result: StageResult
+) -> None:
     seg = segment_id(layout, path)
     data = path.read_bytes()
     records, tail, why = read_segment_lenient(path)
@@ -107,8 +108,9 @@ def _decode_segment(layout: Layout, path: Path, limits: Limits, now: datetime,
         for rej in decoded.rejections:
             quarantine_rows.append(_quarantine_row(seg, record, rej, now))
         for reading in decoded.readings:
-            reading.update(received_at=record.received_at, segment_id=seg,
-                           record_offset=record.offset, staged_at=now)
+            reading.update(
+                received_at=record.received_at, segment_id=seg, record_offset=record.offset, staged_at=now
+            )
             batch.readings.setdefault(decoded.domain, []).append(reading)
         readings += len(decoded.readings)
         rejected += len(decoded.rejections)
@@ -116,17 +118,26 @@ def _decode_segment(layout: Layout, path: Path, limits: Limits, now: datetime,
         err = SegmentCorrupt(path, len(data) - len(tail), why)
         log.error("%s; the bytes from there on are quarantined as corrupt_record", err)
         torn = RawRecord(offset=err.offset, topic=b"", payload=tail, received_at_ns=0)
-        quarantine_rows.append(_quarantine_row(
-            seg, torn, Rejection(Reason.CORRUPT_RECORD, str(err), tail), now))
+        quarantine_rows.append(
+            _quarantine_row(seg, torn, Rejection(Reason.CORRUPT_RECORD, str(err), tail), now)
+        )
         rejected += 1
     batch.quarantine.extend(quarantine_rows)
     if quarantine_rows:
-        _write_parquet(pa.Table.from_pylist(quarantine_rows, schema=quarantine_schema()),
-                       layout.quarantine_file(seg))
-    batch.ledger.append({
-        "segment_id": seg, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-        "records": len(records), "readings": readings, "rejected": rejected, "staged_at": now,
-    })
+        _write_parquet(
+            pa.Table.from_pylist(quarantine_rows, schema=quarantine_schema()), layout.quarantine_file(seg)
+        )
+    batch.ledger.append(
+        {
+            "segment_id": seg,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "records": len(records),
+            "readings": readings,
+            "rejected": rejected,
+            "staged_at": now,
+        }
+    )
     result.segments += 1
     result.records += len(records)
     result.readings += readings
@@ -140,8 +151,9 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _merge_domain(con: duckdb.DuckDBPyConnection, dataset: Dataset, rows: list[dict],
-                  now: datetime) -> tuple[int, list[tuple[str, date]]]:
+def _merge_domain(
+    con: duckdb.DuckDBPyConnection, dataset: Dataset, rows: list[dict], now: datetime
+) -> tuple[int, list[tuple[str, date]]]:
     """Replace every partition the rows touch; return duplicates collapsed and changed partitions."""
     table = f"staged.{dataset.domain}"
     columns = [c.name for c in dataset.staged_columns]
@@ -149,8 +161,7 @@ def _merge_domain(con: duckdb.DuckDBPyConnection, dataset: Dataset, rows: list[d
     values = ", ".join(c.name for c in (*dataset.measurements, *dataset.derived))
     incoming = pa.Table.from_pylist(rows, schema=arrow_schema(dataset.staged_columns))
     con.register("incoming", incoming)
-    con.execute("CREATE OR REPLACE TEMP TABLE affected AS "
-                "SELECT DISTINCT council, event_date FROM incoming")
+    con.execute("CREATE OR REPLACE TEMP TABLE affected AS SELECT DISTINCT council, event_date FROM incoming")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE existing AS
         SELECT t.* FROM {table} t JOIN affected a USING (council, event_date)""")
@@ -158,8 +169,8 @@ def _merge_domain(con: duckdb.DuckDBPyConnection, dataset: Dataset, rows: list[d
         CREATE OR REPLACE TEMP TABLE merged AS
         WITH cand AS (
             SELECT *, md5(CAST(struct_pack({values}, lat, lon) AS VARCHAR)) AS value_hash
-            FROM (SELECT {', '.join(columns)} FROM existing
-                  UNION ALL SELECT {', '.join(columns)} FROM incoming)
+            FROM (SELECT {", ".join(columns)} FROM existing
+                  UNION ALL SELECT {", ".join(columns)} FROM incoming)
         ), ranked AS (
             SELECT *, first_value(value_hash) OVER (
                 PARTITION BY {key}
@@ -167,7 +178,7 @@ def _merge_domain(con: duckdb.DuckDBPyConnection, dataset: Dataset, rows: list[d
                          reading_index DESC) AS winning_hash
             FROM cand
         )
-        SELECT {', '.join(columns)} FROM ranked
+        SELECT {", ".join(columns)} FROM ranked
         WHERE value_hash = winning_hash
         QUALIFY row_number() OVER (
             PARTITION BY {key}
@@ -185,15 +196,22 @@ def _merge_domain(con: duckdb.DuckDBPyConnection, dataset: Dataset, rows: list[d
                                              EXCEPT SELECT {identity} FROM merged)
         ) GROUP BY ALL ORDER BY ALL""").fetchall()
     if changed:
-        con.execute("CREATE OR REPLACE TEMP TABLE changed AS SELECT * FROM (VALUES "
-                    + ", ".join("(?, ?::DATE)" for _ in changed)
-                    + ") v(council, event_date)", [x for pair in changed for x in pair])
-        con.execute(f"DELETE FROM {table} WHERE (council, event_date) IN "
-                    "(SELECT (council, event_date) FROM changed)")
-        con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} "
-                    "FROM merged WHERE (council, event_date) IN "
-                    "(SELECT (council, event_date) FROM changed)")
-        con.execute("""
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE changed AS SELECT * FROM (VALUES "
+            + ", ".join("(?, ?::DATE)" for _ in changed)
+            + ") v(council, event_date)",
+            [x for pair in changed for x in pair],
+        )
+        con.execute(
+            f"DELETE FROM {table} WHERE (council, event_date) IN (SELECT (council, event_date) FROM changed)"
+        )
+        con.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} "
+            "FROM merged WHERE (council, event_date) IN "
+            "(SELECT (council, event_date) FROM changed)"
+        )
+        con.execute(
+            """
             INSERT INTO staged.partitions AS p
                 (domain, council, event_date, version, rows, changed_at, exported_version)
             SELECT ?, c.council, c.event_date, 1,
@@ -202,7 +220,9 @@ def _merge_domain(con: duckdb.DuckDBPyConnection, dataset: Dataset, rows: list[d
             FROM changed c
             ON CONFLICT (domain, council, event_date) DO UPDATE
             SET version = p.version + 1, rows = excluded.rows, changed_at = excluded.changed_at
-            """, [dataset.domain.value, now])
+            """,
+            [dataset.domain.value, now],
+        )
     con.unregister("incoming")
     return duplicates, [(c, d) for c, d in changed]
 
@@ -219,19 +239,30 @@ def export_partitions(con: duckdb.DuckDBPyConnection, layout: Layout) -> list[Pa
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".parquet.tmp")
         cols = ", ".join(c.name for c in dataset.staged_columns)
-        rows = con.sql(f"SELECT {cols} FROM staged.{domain} WHERE council = $council "
-                       "AND event_date = $day ORDER BY device_id, observed_at",
-                       params={"council": council, "day": day}).to_arrow_table()
+        rows = con.sql(
+            f"SELECT {cols} FROM staged.{domain} WHERE council = $council "
+            "AND event_date = $day ORDER BY device_id, observed_at",
+            params={"council": council, "day": day},
+        ).to_arrow_table()
         pq.write_table(rows, tmp, compression="zstd")
         os.replace(tmp, path)
-        con.execute("UPDATE staged.partitions SET exported_version = ? WHERE domain = ? AND "
-                    "council = ? AND event_date = ?", [version, domain, council, day])
+        con.execute(
+            "UPDATE staged.partitions SET exported_version = ? WHERE domain = ? AND "
+            "council = ? AND event_date = ?",
+            [version, domain, council, day],
+        )
         written.append(path)
     return written
 
 
-def stage_segments(layout: Layout, con: duckdb.DuckDBPyConnection, limits: Limits, *,
-                   now: datetime | None = None, max_readings_per_txn: int = 500_000) -> StageResult:
+def stage_segments(
+    layout: Layout,
+    con: duckdb.DuckDBPyConnection,
+    limits: Limits,
+    *,
+    now: datetime | None = None,
+    max_readings_per_txn: int = 500_000,
+) -> StageResult:
     """Stage every closed raw segment not yet in the ledger; return what happened."""
     now = now or datetime.now(tz=UTC)
     result = StageResult()
@@ -256,8 +287,10 @@ def stage_segments(layout: Layout, con: duckdb.DuckDBPyConnection, limits: Limit
                 con.unregister("q_incoming")
             ledger = pa.Table.from_pylist(batch.ledger)
             con.register("ledger", ledger)
-            con.execute("INSERT INTO raw.segments SELECT segment_id, bytes, sha256, records, "
-                        "readings, rejected, staged_at FROM ledger")
+            con.execute(
+                "INSERT INTO raw.segments SELECT segment_id, bytes, sha256, records, "
+                "readings, rejected, staged_at FROM ledger"
+            )
             con.unregister("ledger")
             con.execute("COMMIT")
         except Exception:
@@ -265,8 +298,12 @@ def stage_segments(layout: Layout, con: duckdb.DuckDBPyConnection, limits: Limit
             raise
     export_partitions(con, layout)
     result.changed_partitions = sorted((d, c, day.isoformat()) for d, c, day in changed)
-    log.info("staged %d segments: %d records, %d readings, %d duplicates, quarantined %s",
-             result.segments, result.records, result.readings, result.duplicates,
-             dict(result.quarantined))
+    log.info(
+        "staged %d segments: %d records, %d readings, %d duplicates, quarantined %s",
+        result.segments,
+        result.records,
+        result.readings,
+        result.duplicates,
+        dict(result.quarantined),
+    )
     return result
-

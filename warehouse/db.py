@@ -24,10 +24,12 @@ def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConn
         if "lock" in str(exc).lower():
             raise TransientError(
                 f"warehouse {path} is open for writing by another process (DuckDB allows one "
-                f"writer); retry when it has finished: {exc}") from exc
+                f"writer); retry when it has finished: {exc}"
+            ) from exc
         raise TerminalError(
             f"cannot open warehouse {path}: {exc}. Restore it from a backup, or move it away and "
-            "rebuild it from the raw zone with `civicflow batch`") from exc
+            "rebuild it from the raw zone with `civicflow batch`"
+        ) from exc
     con.execute("SET TimeZone = 'UTC'")
     if not read_only:
         for statement in all_ddl():

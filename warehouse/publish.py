@@ -55,9 +55,16 @@ def _replace_into_place(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def publish_partition(con: duckdb.DuckDBPyConnection, layout: Layout, dataset: Dataset,
-                      council: str, day: date, version: int, rows: pa.Table,
-                      now: datetime) -> dict[str, dict]:
+def publish_partition(
+    con: duckdb.DuckDBPyConnection,
+    layout: Layout,
+    dataset: Dataset,
+    council: str,
+    day: date,
+    version: int,
+    rows: pa.Table,
+    now: datetime,
+) -> dict[str, dict]:
     """Write one validated partition as Parquet and CSV and record the release."""
     columns = dataset.published_columns
     table = rows.select([c.name for c in columns]).cast(arrow_schema(columns))
@@ -68,27 +75,33 @@ def publish_partition(con: duckdb.DuckDBPyConnection, layout: Layout, dataset: D
     pq.write_table(table, parquet_path.with_suffix(".parquet.tmp"), compression="zstd")
     con.register("release_rows", table)
     tmp_csv = csv_path.with_suffix(".csv.tmp")
-    con.execute(f"COPY (SELECT {_csv_select(columns)} FROM release_rows) TO '{tmp_csv}' "
-                "(FORMAT csv, HEADER true)")
+    con.execute(
+        f"COPY (SELECT {_csv_select(columns)} FROM release_rows) TO '{tmp_csv}' (FORMAT csv, HEADER true)"
+    )
     _replace_into_place(parquet_path.with_suffix(".parquet.tmp"), parquet_path)
     _replace_into_place(tmp_csv, csv_path)
     files = {
-        fmt: {"path": path.relative_to(layout.published_dataset(dataset.domain)).as_posix(),
-              "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        fmt: {
+            "path": path.relative_to(layout.published_dataset(dataset.domain)).as_posix(),
+            "bytes": path.stat().st_size,
+            "sha256": _sha256(path),
+        }
         for fmt, path in (("parquet", parquet_path), ("csv", csv_path))
     }
     names = ", ".join(c.name for c in columns)
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"DELETE FROM published.{dataset.domain} WHERE council = ? AND "
-                    "CAST(observed_at AS DATE) = ?", [council, day])
-        con.execute(f"INSERT INTO published.{dataset.domain} ({names}) SELECT {names} "
-                    "FROM release_rows")
-        con.execute("""INSERT OR REPLACE INTO published.releases
+        con.execute(
+            f"DELETE FROM published.{dataset.domain} WHERE council = ? AND CAST(observed_at AS DATE) = ?",
+            [council, day],
+        )
+        con.execute(f"INSERT INTO published.{dataset.domain} ({names}) SELECT {names} FROM release_rows")
+        con.execute(
+            """INSERT OR REPLACE INTO published.releases
                        (domain, council, event_date, partition_version, rows, published_at, files)
                        VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                    [dataset.domain.value, council, day, version, table.num_rows, now,
-                     json.dumps(files)])
+            [dataset.domain.value, council, day, version, table.num_rows, now, json.dumps(files)],
+        )
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -126,7 +139,9 @@ def write_datapackage(con: duckdb.DuckDBPyConnection, layout: Layout, dataset: D
     """Rebuild `datapackage.json` for a dataset from its current releases."""
     releases = con.execute(
         "SELECT council, event_date, rows, files FROM published.releases WHERE domain = ? "
-        "ORDER BY council, event_date", [dataset.domain.value]).fetchall()
+        "ORDER BY council, event_date",
+        [dataset.domain.value],
+    ).fetchall()
     schema = table_schema(dataset)
     resources = []
     for council, day, rows, files_json in releases:
@@ -135,7 +150,7 @@ def write_datapackage(con: duckdb.DuckDBPyConnection, layout: Layout, dataset: D
             meta = files[fmt]
             resource = {
                 "name": f"{dataset.domain}-{council}-{day.isoformat()}"
-                        + ("" if fmt == "parquet" else "-csv"),
+                + ("" if fmt == "parquet" else "-csv"),
                 "path": meta["path"],
                 "format": fmt,
                 "mediatype": MEDIA_TYPES[fmt],
@@ -156,8 +171,7 @@ def write_datapackage(con: duckdb.DuckDBPyConnection, layout: Layout, dataset: D
         "version": f"contract-{CONTRACT_VERSION}",
         "licenses": [LICENCE],
         "keywords": ["smart city", str(dataset.domain), *dataset.fiware_types],
-        "sources": [{"title": "Council sensor gateways, via Civicflow",
-                     "path": "docs/mqtt-contract.md"}],
+        "sources": [{"title": "Council sensor gateways, via Civicflow", "path": "docs/mqtt-contract.md"}],
         "civicflow": {"version": __version__, "fiware_types": list(dataset.fiware_types)},
         "resources": resources,
     }

@@ -63,8 +63,9 @@ class RawRecord:
         return datetime.fromtimestamp(self.received_at_ns / 1e9, tz=UTC)
 
 
-def encode_record(topic: bytes, payload: bytes, received_at_ns: int, qos: int = 1,
-                  retain: bool = False) -> bytes:
+def encode_record(
+    topic: bytes, payload: bytes, received_at_ns: int, qos: int = 1, retain: bool = False
+) -> bytes:
     """Frame one message as a segment record."""
     if len(topic) > 0xFFFF:
         raise ValueError(f"topic of {len(topic)} bytes exceeds the MQTT limit of 65535")
@@ -154,8 +155,14 @@ def recover_open_segments(directory: Path) -> list[Path]:
         if why is not None and tail:
             torn = open_path.with_suffix(TORN_SUFFIX)
             torn.write_bytes(tail)
-            log.warning("recovered %s: kept %d records, %d torn bytes moved to %s (%s)",
-                        open_path.name, len(records), len(tail), torn.name, why)
+            log.warning(
+                "recovered %s: kept %d records, %d torn bytes moved to %s (%s)",
+                open_path.name,
+                len(records),
+                len(tail),
+                torn.name,
+                why,
+            )
             with open_path.open("r+b") as fh:
                 fh.truncate(open_path.stat().st_size - len(tail))
                 fh.flush()
@@ -179,8 +186,9 @@ class SegmentWriter:
     the bytes are on disk (fsync), which is when the listener may acknowledge the messages.
     """
 
-    def __init__(self, directory: Path, *, max_bytes: int, max_age_s: float,
-                 fsync: bool = True, clock=time.time) -> None:
+    def __init__(
+        self, directory: Path, *, max_bytes: int, max_age_s: float, fsync: bool = True, clock=time.time
+    ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
@@ -221,8 +229,9 @@ class SegmentWriter:
         self._opened_at = now
         self.records_in_segment = 0
 
-    def append(self, topic: bytes, payload: bytes, received_at_ns: int, qos: int = 1,
-               retain: bool = False) -> None:
+    def append(
+        self, topic: bytes, payload: bytes, received_at_ns: int, qos: int = 1, retain: bool = False
+    ) -> None:
         if self._fh is None:
             self._open()
         record = encode_record(topic, payload, received_at_ns, qos, retain)
@@ -260,8 +269,9 @@ class SegmentWriter:
         os.replace(self._path, closed)
         _fsync_dir(self.directory)
         self.closed_segments.append(closed)
-        log.info("closed raw segment %s (%d records, %d bytes)", closed.name,
-                 self.records_in_segment, self._size)
+        log.info(
+            "closed raw segment %s (%d records, %d bytes)", closed.name, self.records_in_segment, self._size
+        )
         return closed
 
     def close(self) -> Path | None:

@@ -53,10 +53,19 @@ PARSE_PROBE = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def parsed(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("airflow-home-empty")
-    env = os.environ | {"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR)}
-    out = subprocess.run([sys.executable, "-c", PARSE_PROBE, *map(str, DAG_FILES)], env=env,
-                         capture_output=True, text=True, timeout=300, check=False)
+    env = os.environ | {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", PARSE_PROBE, *map(str, DAG_FILES)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert not list(home.glob("*.db")), "parsing DAG files created a metadata database"
     return json.loads(out.stdout.strip().splitlines()[-1])

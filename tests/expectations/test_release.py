@@ -28,10 +28,14 @@ def wh(tmp_path):
 
 def test_passing_partition_is_published_with_a_valid_data_package(wh):
     layout, con = wh
-    land(layout, [car_park("p1", "2016-10-04T08:00:00+01:00", 10),
-                  car_park("p1", "2016-10-04T08:30:00.250+01:00", 15),
-                  ("city/testtown/parking/bay-7", {"observed_at": "2016-10-04T09:00:00Z",
-                                                   "status": "occupied"})])
+    land(
+        layout,
+        [
+            car_park("p1", "2016-10-04T08:00:00+01:00", 10),
+            car_park("p1", "2016-10-04T08:30:00.250+01:00", 15),
+            ("city/testtown/parking/bay-7", {"observed_at": "2016-10-04T09:00:00Z", "status": "occupied"}),
+        ],
+    )
     stage_segments(layout, con, LIMITS)
     result = gate_and_publish(layout, con, now=NOW)
     assert (result.validated, result.passed, result.failed, result.published) == (1, 1, 0, 1)
@@ -66,8 +70,7 @@ def test_passing_partition_is_published_with_a_valid_data_package(wh):
 
 def test_failing_partition_is_held_back_and_previous_release_is_untouched(wh):
     layout, con = wh
-    land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 10),
-                  car_park("p2", "2016-10-04T08:00:00Z", 20)])
+    land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 10), car_park("p2", "2016-10-04T08:00:00Z", 20)])
     stage_segments(layout, con, LIMITS)
     assert gate_and_publish(layout, con, now=NOW).published == 1
     published_before = tree_digest(layout.published_dataset("parking"))
@@ -85,14 +88,13 @@ def test_failing_partition_is_held_back_and_previous_release_is_untouched(wh):
     assert "expect_column_pair_values_a_to_be_greater_than_b" in held["failed"]
     assert tree_digest(layout.published_dataset("parking")) == published_before
     assert con.execute("SELECT * FROM published.parking ORDER BY ALL").fetchall() == rows_before
-    report_file = (layout.validations / "parking" / "council=testtown" / "date=2016-10-04"
-                   / "v2.json")
+    report_file = layout.validations / "parking" / "council=testtown" / "date=2016-10-04" / "v2.json"
     report = json.loads(report_file.read_text())
     assert report["success"] is False
     assert any(f["unexpected_count"] == 1 for f in report["failed"])
-    assert con.execute("SELECT partition_version, success, published FROM published.validations "
-                       "ORDER BY partition_version").fetchall() == [(1, True, True),
-                                                                    (2, False, False)]
+    assert con.execute(
+        "SELECT partition_version, success, published FROM published.validations ORDER BY partition_version"
+    ).fetchall() == [(1, True, True), (2, False, False)]
     assert gate_and_publish(layout, con, now=NOW).validated == 0  # not re-validated every run
 
 

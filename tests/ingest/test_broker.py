@@ -35,13 +35,16 @@ def test_persistent_qos1_subscriber_receives_every_message(tmp_path: Path) -> No
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         pid = broker.pid
         assert pid is not None and broker.host == "127.0.0.1" and broker.port > 0
-        collector = Collector(broker.host, broker.port, "civicflow/parking/#",
-                              client_id="broker-test-sub", clean_session=False)
+        collector = Collector(
+            broker.host, broker.port, "civicflow/parking/#", client_id="broker-test-sub", clean_session=False
+        )
         assert collector.start() == [1]
         try:
-            stats = publish_messages(broker.host, broker.port,
-                                     ((f"civicflow/parking/dev-{i % 20}", b"reading-%05d" % i)
-                                      for i in range(MESSAGES)))
+            stats = publish_messages(
+                broker.host,
+                broker.port,
+                ((f"civicflow/parking/dev-{i % 20}", b"reading-%05d" % i) for i in range(MESSAGES)),
+            )
             received = collector.wait_for(MESSAGES, timeout_s=30)
         finally:
             collector.stop()
@@ -76,8 +79,9 @@ def test_mqtt_v5_clients_are_refused() -> None:
     connack: list[ReasonCode] = []
     answered = threading.Event()
 
-    def on_connect(client: mqtt.Client, userdata: object, flags: object, reason_code: ReasonCode,
-                   properties: object) -> None:
+    def on_connect(
+        client: mqtt.Client, userdata: object, flags: object, reason_code: ReasonCode, properties: object
+    ) -> None:
         connack.append(reason_code)
         answered.set()
 
@@ -95,14 +99,22 @@ def test_mqtt_v5_clients_are_refused() -> None:
     assert [str(rc) for rc in connack] == ["Unsupported protocol version"]
 
 
-@pytest.mark.xfail(strict=True, reason="amqtt 0.12.1 drops unacknowledged in-flight QoS 1 messages "
-                                       "when the subscriber disconnects instead of redelivering them")
+@pytest.mark.xfail(
+    strict=True,
+    reason="amqtt 0.12.1 drops unacknowledged in-flight QoS 1 messages "
+    "when the subscriber disconnects instead of redelivering them",
+)
 def test_unacknowledged_messages_are_redelivered_after_reconnect(tmp_path: Path) -> None:
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
         delivered: list[bytes] = []
         subscribed = threading.Event()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="no-ack-sub", clean_session=False,
-                             protocol=mqtt.MQTTv311, manual_ack=True)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id="no-ack-sub",
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,
+        )
         client.on_connect = lambda c, u, f, rc, p: c.subscribe("civicflow/#", qos=1)
         client.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
         client.on_message = lambda c, u, m: delivered.append(m.payload)
@@ -117,8 +129,9 @@ def test_unacknowledged_messages_are_redelivered_after_reconnect(tmp_path: Path)
         client.loop_stop()
         assert len(delivered) == 50
 
-        again = Collector(broker.host, broker.port, "civicflow/#", client_id="no-ack-sub",
-                          clean_session=False)
+        again = Collector(
+            broker.host, broker.port, "civicflow/#", client_id="no-ack-sub", clean_session=False
+        )
         again.start()
         try:
             redelivered = again.wait_for(50, timeout_s=3)
@@ -133,7 +146,10 @@ def test_start_failure_reports_the_broker_log(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = int(taken.getsockname()[1])
         broker = EmbeddedBroker(port, log_path=tmp_path / "broker.log", start_timeout_s=20)
-        with pytest.raises(EmbeddedBrokerError, match=rf"exited with code 1 before accepting connections on "
-                                                      rf"127.0.0.1:{port}(.|\n)*address already in use"):
+        with pytest.raises(
+            EmbeddedBrokerError,
+            match=rf"exited with code 1 before accepting connections on "
+            rf"127.0.0.1:{port}(.|\n)*address already in use",
+        ):
             broker.start()
     assert broker.pid is None

@@ -96,10 +96,18 @@ def test_times_out_when_the_broker_stops_acknowledging() -> None:
     broker = SilentBroker()
     try:
         started = time.monotonic()
-        with pytest.raises(TimeoutError, match=r"no acknowledgement for 1s while waiting for room in the "
-                                               r"window of 2 \(2 unacknowledged, 0 acknowledged"):
-            publish_messages("127.0.0.1", broker.port, [(f"civicflow/t/{i}", b"x") for i in range(5)],
-                             window=2, timeout_s=1.0)
+        with pytest.raises(
+            TimeoutError,
+            match=r"no acknowledgement for 1s while waiting for room in the "
+            r"window of 2 \(2 unacknowledged, 0 acknowledged",
+        ):
+            publish_messages(
+                "127.0.0.1",
+                broker.port,
+                [(f"civicflow/t/{i}", b"x") for i in range(5)],
+                window=2,
+                timeout_s=1.0,
+            )
         assert 1.0 <= time.monotonic() - started < 5.0
     finally:
         broker.close()
@@ -116,8 +124,11 @@ def test_a_qos0_publish_without_a_connection_names_the_topic() -> None:
         yield "civicflow/t/second", b"2"
 
     try:
-        with pytest.raises(RuntimeError, match=r"publishing to 'civicflow/t/second' failed with rc=.*"
-                                               r"after 1 messages"):
+        with pytest.raises(
+            RuntimeError,
+            match=r"publishing to 'civicflow/t/second' failed with rc=.*"
+            r"after 1 messages",
+        ):
             publish_messages("127.0.0.1", broker.port, messages(), qos=0, timeout_s=5.0)
     finally:
         broker.close()

@@ -29,8 +29,12 @@ def start_listener(data_root: Path, port: int, log: Path) -> subprocess.Popen:
         "CIVICFLOW_MQTT__CLIENT_ID": CLIENT_ID,
         "CIVICFLOW_LANDING__SEGMENT_MAX_AGE_S": "1",
     }
-    return subprocess.Popen([sys.executable, "-m", "civicflow.cli", "listen"], env=env,
-                            stdout=log.open("a"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "civicflow.cli", "listen"],
+        env=env,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def status(data_root: Path) -> dict:
@@ -68,26 +72,29 @@ def test_sigkill_mid_stream_loses_nothing_the_broker_thinks_was_delivered(tmp_pa
     log = tmp_path / "listener.log"
     with run_mosquitto(tmp_path, persistence=True) as broker:
         listener = start_listener(data_root, broker.port, log)
-        wait_for(lambda: status(data_root).get("state") == "subscribed", 30, "subscribing",
-                 listener)
+        wait_for(lambda: status(data_root).get("state") == "subscribed", 30, "subscribing", listener)
         publisher = threading.Thread(
-            target=publish_messages, args=("127.0.0.1", broker.port, messages(n)),
-            kwargs={"window": 500, "timeout_s": 120, "client_id": "test-gateway"})
+            target=publish_messages,
+            args=("127.0.0.1", broker.port, messages(n)),
+            kwargs={"window": 500, "timeout_s": 120, "client_id": "test-gateway"},
+        )
         publisher.start()
-        wait_for(lambda: status(data_root).get("acked", 0) >= 1500, 60, "landing the first "
-                 "messages", listener)
+        wait_for(
+            lambda: status(data_root).get("acked", 0) >= 1500, 60, "landing the first messages", listener
+        )
         listener.send_signal(signal.SIGKILL)
         listener.wait(timeout=10)
-        killed_at = sum(len(read_segment_lenient(p)[0])
-                        for p in (data_root / "raw" / CLIENT_ID).glob("*.*")
-                        if p.suffix in (".seg", ".open"))
+        killed_at = sum(
+            len(read_segment_lenient(p)[0])
+            for p in (data_root / "raw" / CLIENT_ID).glob("*.*")
+            if p.suffix in (".seg", ".open")
+        )
         assert listener.returncode == -signal.SIGKILL
 
         listener = start_listener(data_root, broker.port, log)
         publisher.join(timeout=120)
         assert not publisher.is_alive()
-        wait_for(lambda: status(data_root).get("state") == "subscribed", 30, "re-subscribing",
-                 listener)
+        wait_for(lambda: status(data_root).get("state") == "subscribed", 30, "re-subscribing", listener)
         # The broker has every message (the publisher returned); wait until the listener has
         # landed and acknowledged all it still had to send.
         last = [-1, time.monotonic()]
@@ -122,8 +129,7 @@ def test_sigterm_closes_the_open_segment_and_exits_zero(tmp_path):
         finally:
             for k in env_age:
                 os.environ.pop(k)
-        wait_for(lambda: status(data_root).get("state") == "subscribed", 30, "subscribing",
-                 listener)
+        wait_for(lambda: status(data_root).get("state") == "subscribed", 30, "subscribing", listener)
         publish_messages("127.0.0.1", broker.port, messages(250), client_id="test-gateway")
         wait_for(lambda: status(data_root).get("acked", 0) >= 250, 30, "landing", listener)
         listener.send_signal(signal.SIGTERM)

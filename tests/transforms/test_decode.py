@@ -25,8 +25,16 @@ def decode(payload, topic: bytes = TOPIC, limits: Limits = LIMITS):
 
 
 def test_car_park_reading_with_offset_is_converted_to_utc():
-    out = decode({"observed_at": "2016-10-04T07:59:42+01:00", "occupied_spots": 61,
-                  "total_spots": 577, "msg_id": "a1", "lat": 52.48, "lon": -1.89})
+    out = decode(
+        {
+            "observed_at": "2016-10-04T07:59:42+01:00",
+            "occupied_spots": 61,
+            "total_spots": 577,
+            "msg_id": "a1",
+            "lat": 52.48,
+            "lon": -1.89,
+        }
+    )
     assert out.rejections == []
     [r] = out.readings
     assert r["council"] == "birmingham" and r["device_id"] == "bhmbccmkt01"
@@ -45,11 +53,13 @@ def test_bay_sensor_reading_with_status_and_epoch_seconds():
 
 
 def test_batch_keeps_good_readings_and_quarantines_bad_ones_with_their_index():
-    out = decode([
-        {"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 1, "total_spots": 5},
-        {"observed_at": "2016-10-04T07:29:42Z", "occupied_spots": 9, "total_spots": 5},
-        {"observed_at": "2016-10-04T07:59:42.123456Z", "occupied_spots": 2, "total_spots": 5},
-    ])
+    out = decode(
+        [
+            {"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 1, "total_spots": 5},
+            {"observed_at": "2016-10-04T07:29:42Z", "occupied_spots": 9, "total_spots": 5},
+            {"observed_at": "2016-10-04T07:59:42.123456Z", "occupied_spots": 2, "total_spots": 5},
+        ]
+    )
     assert [r["reading_index"] for r in out.readings] == [0, 2]
     assert out.readings[1]["observed_at"].microsecond == 123456
     [rej] = out.rejections
@@ -60,36 +70,78 @@ def test_batch_keeps_good_readings_and_quarantines_bad_ones_with_their_index():
 @pytest.mark.parametrize(
     ("payload", "reason", "detail"),
     [
-        ({"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": -3, "total_spots": 480},
-         Reason.OUT_OF_RANGE, "occupied_spots -3 is below 0"),
-        ({"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 320, "total_spots": 317},
-         Reason.OCCUPIED_EXCEEDS_TOTAL, "occupied_spots 320 exceeds total_spots 317"),
-        ({"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 3, "total_spots": 0},
-         Reason.OUT_OF_RANGE, "total_spots 0 is below 1"),
-        ({"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 3},
-         Reason.MISSING_FIELD, "car park reading has no total_spots"),
+        (
+            {"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": -3, "total_spots": 480},
+            Reason.OUT_OF_RANGE,
+            "occupied_spots -3 is below 0",
+        ),
+        (
+            {"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 320, "total_spots": 317},
+            Reason.OCCUPIED_EXCEEDS_TOTAL,
+            "occupied_spots 320 exceeds total_spots 317",
+        ),
+        (
+            {"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 3, "total_spots": 0},
+            Reason.OUT_OF_RANGE,
+            "total_spots 0 is below 1",
+        ),
+        (
+            {"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 3},
+            Reason.MISSING_FIELD,
+            "car park reading has no total_spots",
+        ),
         ({"observed_at": "2016-10-04T06:59:42Z"}, Reason.MISSING_FIELD, "parking needs"),
         ({"occupied_spots": 3, "total_spots": 5}, Reason.MISSING_FIELD, "no observed_at"),
-        ({"observed_at": "2016-10-04 07:59:42", "occupied_spots": 3, "total_spots": 5},
-         Reason.TIMESTAMP_WITHOUT_OFFSET, "has no UTC offset"),
-        ({"observed_at": "04/10/2016 07:59", "occupied_spots": 3, "total_spots": 5},
-         Reason.INVALID_TIMESTAMP, "is not RFC 3339"),
-        ({"observed_at": 1475564382000, "occupied_spots": 3, "total_spots": 5},
-         Reason.INVALID_TIMESTAMP, "between 1970 and 3000"),
-        ({"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": "3", "total_spots": 5},
-         Reason.INVALID_TYPE, "occupied_spots must be an integer"),
-        ({"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 2.5, "total_spots": 5},
-         Reason.INVALID_TYPE, "occupied_spots must be an integer"),
-        ({"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": True, "total_spots": 5},
-         Reason.INVALID_TYPE, "occupied_spots must be an integer"),
-        ({"observed_at": "2016-10-04T06:59:42Z", "status": "reserved"},
-         Reason.INVALID_VALUE, "status 'reserved' is not one of"),
-        ({"observed_at": "2016-10-04T06:59:42Z", "status": "free", "colour": "red"},
-         Reason.UNKNOWN_FIELD, "colour"),
-        ({"observed_at": "2016-10-04T06:59:42Z", "status": "free", "lat": 52.4},
-         Reason.MISSING_FIELD, "lat and lon come together"),
-        ({"observed_at": "2016-10-04T06:59:42Z", "status": "free", "lat": 95, "lon": 1},
-         Reason.OUT_OF_RANGE, "lat 95.0 is above 90"),
+        (
+            {"observed_at": "2016-10-04 07:59:42", "occupied_spots": 3, "total_spots": 5},
+            Reason.TIMESTAMP_WITHOUT_OFFSET,
+            "has no UTC offset",
+        ),
+        (
+            {"observed_at": "04/10/2016 07:59", "occupied_spots": 3, "total_spots": 5},
+            Reason.INVALID_TIMESTAMP,
+            "is not RFC 3339",
+        ),
+        (
+            {"observed_at": 1475564382000, "occupied_spots": 3, "total_spots": 5},
+            Reason.INVALID_TIMESTAMP,
+            "between 1970 and 3000",
+        ),
+        (
+            {"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": "3", "total_spots": 5},
+            Reason.INVALID_TYPE,
+            "occupied_spots must be an integer",
+        ),
+        (
+            {"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": 2.5, "total_spots": 5},
+            Reason.INVALID_TYPE,
+            "occupied_spots must be an integer",
+        ),
+        (
+            {"observed_at": "2016-10-04T06:59:42Z", "occupied_spots": True, "total_spots": 5},
+            Reason.INVALID_TYPE,
+            "occupied_spots must be an integer",
+        ),
+        (
+            {"observed_at": "2016-10-04T06:59:42Z", "status": "reserved"},
+            Reason.INVALID_VALUE,
+            "status 'reserved' is not one of",
+        ),
+        (
+            {"observed_at": "2016-10-04T06:59:42Z", "status": "free", "colour": "red"},
+            Reason.UNKNOWN_FIELD,
+            "colour",
+        ),
+        (
+            {"observed_at": "2016-10-04T06:59:42Z", "status": "free", "lat": 52.4},
+            Reason.MISSING_FIELD,
+            "lat and lon come together",
+        ),
+        (
+            {"observed_at": "2016-10-04T06:59:42Z", "status": "free", "lat": 95, "lon": 1},
+            Reason.OUT_OF_RANGE,
+            "lat 95.0 is above 90",
+        ),
         ("just a string", Reason.NOT_AN_OBJECT, "JSON object or an array"),
         ([], Reason.EMPTY_BATCH, "empty"),
         ([1], Reason.NOT_AN_OBJECT, "got int"),
@@ -163,9 +215,16 @@ def test_any_bytes_yield_readings_or_rejections_never_an_exception(topic, payloa
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(["observed_at", "occupied_spots", "total_spots", "status",
-                                       "lat", "lon", "msg_id", "x"]), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                ["observed_at", "occupied_spots", "total_spots", "status", "lat", "lon", "msg_id", "x"]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
     max_leaves=12,
 )
 

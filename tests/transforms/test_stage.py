@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-from zoneinfo import ZoneInfo
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import orjson
 import pyarrow.parquet as pq
@@ -28,18 +28,23 @@ def wh(tmp_path):
 
 
 def staged_rows(con):
-    return con.execute("SELECT device_id, observed_at, occupied_spots, segment_id, record_offset "
-                       "FROM staged.parking ORDER BY ALL").fetchall()
+    return con.execute(
+        "SELECT device_id, observed_at, occupied_spots, segment_id, record_offset "
+        "FROM staged.parking ORDER BY ALL"
+    ).fetchall()
 
 
 def test_staging_twice_changes_nothing(wh):
     layout, con = wh
-    land(layout, [car_park("p1", "2016-10-04T08:00:00+01:00", 10),
-                  car_park("p2", "2016-10-05T08:00:00Z", 20)])
+    land(
+        layout, [car_park("p1", "2016-10-04T08:00:00+01:00", 10), car_park("p2", "2016-10-05T08:00:00Z", 20)]
+    )
     first = stage_segments(layout, con, LIMITS)
     assert (first.segments, first.readings) == (1, 2)
-    assert first.changed_partitions == [("parking", "testtown", "2016-10-04"),
-                                        ("parking", "testtown", "2016-10-05")]
+    assert first.changed_partitions == [
+        ("parking", "testtown", "2016-10-04"),
+        ("parking", "testtown", "2016-10-05"),
+    ]
     rows, files = staged_rows(con), tree_digest(layout.root / "staged")
     versions = con.execute("SELECT * FROM staged.partitions ORDER BY ALL").fetchall()
 
@@ -74,20 +79,24 @@ def test_a_different_value_for_the_same_key_replaces_the_earlier_one(wh):
     assert result.changed_partitions == [("parking", "testtown", "2016-10-04")]
     assert con.execute("SELECT occupied_spots FROM staged.parking").fetchall() == [(11,)]
     assert con.execute("SELECT version, rows FROM staged.partitions").fetchall() == [(2, 1)]
-    [pq_row] = pq.read_table(layout.staged_file("parking", "testtown",
-                                                datetime(2016, 10, 4).date())).to_pylist()
+    [pq_row] = pq.read_table(
+        layout.staged_file("parking", "testtown", datetime(2016, 10, 4).date())
+    ).to_pylist()
     assert pq_row["occupied_spots"] == 11
 
 
 def test_rejections_are_kept_in_table_and_files_with_reason_and_bytes(wh):
     layout, con = wh
     bad = b'{"observed_at":"2016-10-04T08:00:00Z","occupied_spots":7,"total_spots":5}'
-    seg = land(layout, [("city/testtown/parking/p1", bad), ("city/x/parking", b"{}"),
-                        ("city/testtown/parking/p1", b"\xff")])
+    seg = land(
+        layout,
+        [("city/testtown/parking/p1", bad), ("city/x/parking", b"{}"), ("city/testtown/parking/p1", b"\xff")],
+    )
     result = stage_segments(layout, con, LIMITS)
     assert dict(result.quarantined) == {"occupied_exceeds_total": 1, "bad_topic": 1, "not_utf8": 1}
-    rows = con.execute("SELECT reason, payload, topic, record_offset FROM quarantine.readings "
-                       "ORDER BY record_offset").fetchall()
+    rows = con.execute(
+        "SELECT reason, payload, topic, record_offset FROM quarantine.readings ORDER BY record_offset"
+    ).fetchall()
     assert [(r[0], r[1], r[2]) for r in rows] == [
         ("occupied_exceeds_total", bad, "city/testtown/parking/p1"),
         ("bad_topic", b"{}", "city/x/parking"),
@@ -95,8 +104,7 @@ def test_rejections_are_kept_in_table_and_files_with_reason_and_bytes(wh):
     ]
     qfile = layout.quarantine_file(seg.relative_to(layout.raw).as_posix().removesuffix(".seg"))
     assert [r["reason"] for r in pq.read_table(qfile).to_pylist()] == [r[0] for r in rows]
-    assert con.execute("SELECT records, readings, rejected FROM raw.segments").fetchall() == [
-        (3, 0, 3)]
+    assert con.execute("SELECT records, readings, rejected FROM raw.segments").fetchall() == [(3, 0, 3)]
 
 
 def test_corrupt_segment_tail_is_quarantined_and_good_records_staged(wh):
@@ -127,13 +135,16 @@ def test_birmingham_sample_exact_duplicates_are_staged_once(wh):
     (n,) = con.execute("SELECT count(*) FROM staged.parking").fetchone()
     assert n == len(valid) == result.readings - result.duplicates
     assert result.duplicates > 0
-    (keys,) = con.execute("SELECT count(DISTINCT (device_id, observed_at)) FROM staged.parking"
-                          ).fetchone()
+    (keys,) = con.execute("SELECT count(DISTINCT (device_id, observed_at)) FROM staged.parking").fetchone()
     assert keys == n
     # Gateways' local clocks become UTC on both sides of the clock change (2016-10-30).
     first = orjson.loads(next(iter(birmingham_parking_messages()))[1])["observed_at"]
     assert first == "2016-10-04T07:59:42+01:00"
-    day_min = dict(con.execute("SELECT event_date::VARCHAR, strftime(min(observed_at), '%H:%M:%S') "
-                               "FROM staged.parking GROUP BY 1").fetchall())
+    day_min = dict(
+        con.execute(
+            "SELECT event_date::VARCHAR, strftime(min(observed_at), '%H:%M:%S') "
+            "FROM staged.parking GROUP BY 1"
+        ).fetchall()
+    )
     assert day_min["2016-10-04"] == "06:46:28"  # 07:46:28 BST
     assert day_min["2016-10-31"] == "07:46:01"  # 07:46:01 GMT

@@ -28,7 +28,8 @@ def test_records_round_trip_exact_bytes(tmp_path):
     assert closed.suffix == ".seg" and not list((tmp_path / "l1").glob("*.open"))
     records = read_segment(closed)
     assert [(r.topic, r.payload, r.received_at_ns, r.qos) for r in records] == [
-        (t, p, ns, 1) for t, p, ns in msgs]
+        (t, p, ns, 1) for t, p, ns in msgs
+    ]
     assert records[0].offset == len(MAGIC)
 
 
@@ -96,8 +97,10 @@ def test_two_writers_cannot_share_a_directory(tmp_path):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.binary(max_size=100), st.binary(max_size=300)), max_size=20),
-       st.integers(min_value=0, max_value=400))
+@given(
+    st.lists(st.tuples(st.binary(max_size=100), st.binary(max_size=300)), max_size=20),
+    st.integers(min_value=0, max_value=400),
+)
 def test_any_truncation_keeps_a_valid_prefix(tmp_path_factory, msgs, cut):
     path = tmp_path_factory.mktemp("seg") / "s.seg"
     data = MAGIC + b"".join(encode_record(t, p, i) for i, (t, p) in enumerate(msgs))
