@@ -56,7 +56,11 @@ class Reason(StrEnum):
     TIMESTAMP_WITHOUT_OFFSET = "timestamp_without_offset"
     OUT_OF_RANGE = "out_of_range"
     INVALID_VALUE = "invalid_value"
+    NO_MEASUREMENT = "no_measurement"
     OCCUPIED_EXCEEDS_TOTAL = "occupied_exceeds_total"
+    UNKNOWN_DEVICE = "unknown_device"
+    UNCONVERTIBLE_UNIT = "unconvertible_unit"
+    JSON_TOO_DEEP = "json_too_deep"
     CORRUPT_RECORD = "corrupt_record"
 
 
@@ -73,6 +77,7 @@ class Column:
     maximum: float | None = None
     enum: tuple[str, ...] | None = None
     fiware: str | None = None  # the Smart Data Models attribute this column carries
+    default: int | float | str | None = None  # filled in when a reading leaves it out
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class Dataset:
     fiware_types: tuple[str, ...]
     measurements: tuple[Column, ...]
     natural_key: tuple[str, ...] = ("council", "device_id", "observed_at")
+    qualifiers: tuple[Column, ...] = field(default=())
     derived: tuple[Column, ...] = field(default=())
 
     @property
@@ -92,8 +98,18 @@ class Dataset:
         return tuple(c.name for c in self.measurements)
 
     @property
+    def reading_fields(self) -> tuple[Column, ...]:
+        """Columns a reading may carry besides the common fields: measurements and qualifiers."""
+        return (*self.measurements, *self.qualifiers)
+
+    @property
+    def value_columns(self) -> tuple[Column, ...]:
+        """Columns whose values make a reading what it is (what de-duplication compares)."""
+        return (*self.measurements, *self.qualifiers, *self.derived)
+
+    @property
     def published_columns(self) -> tuple[Column, ...]:
-        return (*IDENTITY_COLUMNS, *self.measurements, *self.derived, *LOCATION_COLUMNS)
+        return (*IDENTITY_COLUMNS, *self.qualifiers, *self.measurements, *self.derived, *LOCATION_COLUMNS)
 
     @property
     def staged_columns(self) -> tuple[Column, ...]:
@@ -183,9 +199,151 @@ PARKING = Dataset(
     ),
 )
 
-DATASETS: dict[Domain, Dataset] = {Domain.PARKING: PARKING}
-"""Domains whose readings Civicflow stages and publishes. Others are kept in quarantine
-(`domain_not_enabled`) until their dataset is declared here, and can be replayed from raw then."""
+TRAFFIC = Dataset(
+    domain=Domain.TRAFFIC,
+    title="Road traffic flow",
+    description=(
+        "Vehicle counts, average speeds and detector occupancy from council traffic counters, "
+        "per measuring interval and, where the counter reports it, per lane."
+    ),
+    fiware_types=("TrafficFlowObserved",),
+    natural_key=("council", "device_id", "lane_id", "observed_at"),
+    measurements=(
+        Column(
+            "intensity",
+            "integer",
+            "Vehicles counted during the interval.",
+            unit="vehicle",
+            minimum=0,
+            fiware="intensity",
+        ),
+        Column(
+            "average_vehicle_speed",
+            "number",
+            "Average speed of the vehicles counted.",
+            unit="km/h",
+            minimum=0,
+            maximum=400,
+            fiware="averageVehicleSpeed",
+        ),
+        Column(
+            "occupancy",
+            "number",
+            "Fraction of the interval during which the detector was occupied.",
+            unit="1",
+            minimum=0,
+            maximum=1,
+            fiware="occupancy",
+        ),
+    ),
+    qualifiers=(
+        Column(
+            "interval_s",
+            "integer",
+            "Length of the measuring interval that starts at observed_at.",
+            unit="s",
+            minimum=1,
+            maximum=86_400,
+            required=True,
+            default=300,
+        ),
+        Column("lane_id", "integer", "Lane the detector counts, if per lane.", minimum=0, fiware="laneId"),
+    ),
+)
+
+AIR_POLLUTANT_MAX = 50_000  # µg/m³: far above any ambient reading, below a unit error
+
+AIR_QUALITY = Dataset(
+    domain=Domain.AIR_QUALITY,
+    title="Air quality",
+    description=(
+        "Concentrations of air pollutants with temperature and humidity, from council and "
+        "citizen air-quality monitors. Gases are mass concentrations at the EU reference "
+        "conditions (20 °C, 101.325 kPa)."
+    ),
+    fiware_types=("AirQualityObserved",),
+    measurements=(
+        *(
+            Column(
+                name,
+                "number",
+                f"{label} concentration.",
+                unit="ug/m3",
+                minimum=0,
+                maximum=AIR_POLLUTANT_MAX,
+                fiware=fiware,
+            )
+            for name, label, fiware in (
+                ("no2", "Nitrogen dioxide (NO2)", "no2"),
+                ("pm10", "Particulate matter under 10 µm (PM10)", "pm10"),
+                ("pm25", "Particulate matter under 2.5 µm (PM2.5)", "pm25"),
+                ("o3", "Ozone (O3)", "o3"),
+                ("so2", "Sulphur dioxide (SO2)", "so2"),
+            )
+        ),
+        Column(
+            "co",
+            "number",
+            "Carbon monoxide (CO) concentration.",
+            unit="mg/m3",
+            minimum=0,
+            maximum=1_000,
+            fiware="co",
+        ),
+        Column(
+            "temperature",
+            "number",
+            "Air temperature.",
+            unit="Cel",
+            minimum=-60,
+            maximum=70,
+            fiware="temperature",
+        ),
+        Column(
+            "relative_humidity",
+            "number",
+            "Relative humidity, as a fraction.",
+            unit="1",
+            minimum=0,
+            maximum=1,
+            fiware="relativeHumidity",
+        ),
+    ),
+)
+
+WASTE_STATUS = ("ok", "lidOpen", "dropped", "moved", "vandalized", "burning", "unknown")
+
+WASTE = Dataset(
+    domain=Domain.WASTE,
+    title="Litter bin and waste container fill levels",
+    description="Fill level, temperature and status of council litter bins and waste containers.",
+    fiware_types=("WasteContainer",),
+    measurements=(
+        Column(
+            "filling_level",
+            "number",
+            "How full the container is, as a fraction of its capacity.",
+            unit="1",
+            minimum=0,
+            maximum=1,
+            fiware="fillingLevel",
+        ),
+        Column(
+            "temperature",
+            "number",
+            "Temperature inside the container.",
+            unit="Cel",
+            minimum=-60,
+            maximum=150,
+            fiware="temperature",
+        ),
+        Column("status", "string", "Status of the container.", enum=WASTE_STATUS, fiware="status"),
+    ),
+)
+
+DATASETS: dict[Domain, Dataset] = {d.domain: d for d in (TRAFFIC, PARKING, AIR_QUALITY, WASTE)}
+"""Domains whose readings Civicflow stages and publishes. A domain missing here is kept in
+quarantine (`domain_not_enabled`) until its dataset is declared, and can be replayed from raw then."""
 
 
 def asset_uri(zone: Zone, domain: Domain) -> str:

@@ -9,6 +9,19 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class TlsSettings(BaseModel):
+    """TLS to the broker. Off unless `enabled`; a CA file pins the broker's certificate authority."""
+
+    enabled: bool = False
+    ca_file: Path | None = Field(default=None, description="PEM CA bundle; unset: the system's CAs")
+    cert_file: Path | None = Field(default=None, description="Client certificate (mutual TLS)")
+    key_file: Path | None = Field(default=None, description="Client certificate's private key")
+
+
+LORAWAN_TOPIC_FILTERS = ("v3/+/devices/+/up", "application/+/device/+/event/up")
+"""Uplink topics of The Things Stack v3 and ChirpStack v4, subscribed to besides `<prefix>/#`."""
+
+
 class MqttSettings(BaseModel):
     """Where the listener connects and what it subscribes to."""
 
@@ -23,6 +36,22 @@ class MqttSettings(BaseModel):
     keepalive_s: int = 30
     username: str | None = None
     password: SecretStr | None = None
+    tls: TlsSettings = TlsSettings()
+    lorawan_topics: bool = Field(
+        default=True, description="Also subscribe to The Things Stack and ChirpStack uplink topics"
+    )
+    shared_group: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Share the subscription ($share/<group>/...) among several listener processes",
+    )
+
+    def topic_filters(self) -> list[str]:
+        """What the listener subscribes to, shared among the group's listeners when one is set."""
+        filters = [f"{self.topic_prefix}/#", *(LORAWAN_TOPIC_FILTERS if self.lorawan_topics else ())]
+        if self.shared_group:
+            return [f"$share/{self.shared_group}/{f}" for f in filters]
+        return filters
 
 
 class LandingSettings(BaseModel):
@@ -35,6 +64,13 @@ class LandingSettings(BaseModel):
     fsync: bool = True
 
 
+class MetricsSettings(BaseModel):
+    """The listener's Prometheus endpoint (`/metrics`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535, description="0 turns the endpoint off")
+
+
 class Settings(BaseSettings):
     """Civicflow settings, from `CIVICFLOW_*` environment variables (`__` nests)."""
 
@@ -43,6 +79,7 @@ class Settings(BaseSettings):
     data_root: Path = Field(default=Path("data"))
     mqtt: MqttSettings = MqttSettings()
     landing: LandingSettings = LandingSettings()
+    metrics: MetricsSettings = MetricsSettings()
     max_payload_bytes: int = Field(default=256 * 1024, ge=1)
     max_batch_readings: int = Field(default=10_000, ge=1)
     publish_csv: bool = True

@@ -6,7 +6,9 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, dag, task
 
-STAGED_PARKING = Asset(name="staged.parking", uri="civicflow://staged/parking")
+from civicflow.contract import DATASETS, Zone, asset_uri
+
+STAGED = [Asset(name=f"{Zone.STAGED}.{d}", uri=asset_uri(Zone.STAGED, d)) for d in DATASETS]
 
 
 @dag(
@@ -26,7 +28,7 @@ in one transaction and writes their Parquet files under `data/staged/`. Rejected
 """,
 )
 def civicflow_stage():
-    @task(outlets=[STAGED_PARKING])
+    @task(outlets=STAGED)
     def stage_segments() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 

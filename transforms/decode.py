@@ -146,12 +146,7 @@ def _check_column(col: Column, value: Any) -> Any:
 def _check_parking(reading: dict[str, Any]) -> None:
     occupied, total = reading.get("occupied_spots"), reading.get("total_spots")
     if occupied is None and total is None:
-        if reading.get("status") is None:
-            raise _Invalid(
-                Reason.MISSING_FIELD,
-                "parking needs occupied_spots and total_spots (car park) or status (bay)",
-            )
-        return
+        return  # a single-bay sensor: status only
     if occupied is None or total is None:
         missing = "occupied_spots" if occupied is None else "total_spots"
         raise _Invalid(Reason.MISSING_FIELD, f"car park reading has no {missing}")
@@ -169,7 +164,7 @@ def decode_reading(obj: Any, dataset: Dataset, topic: Topic) -> dict[str, Any]:
     """Validate one reading object against the dataset contract; raise _Invalid if it fails."""
     if not isinstance(obj, dict):
         raise _Invalid(Reason.NOT_AN_OBJECT, f"a reading must be a JSON object, got {type(obj).__name__}")
-    unknown = sorted(set(obj) - COMMON_FIELDS - set(dataset.measurement_names))
+    unknown = sorted(set(obj) - COMMON_FIELDS - {c.name for c in dataset.reading_fields})
     if unknown:
         raise _Invalid(
             Reason.UNKNOWN_FIELD, f"fields not in the {dataset.domain} contract: {', '.join(unknown)[:200]}"
@@ -183,9 +178,14 @@ def decode_reading(obj: Any, dataset: Dataset, topic: Topic) -> dict[str, Any]:
         "observed_at": observed_at,
         "event_date": observed_at.date(),
     }
-    for col in dataset.measurements:
-        value = obj.get(col.name)
+    for col in dataset.reading_fields:
+        value = obj.get(col.name, col.default)
         reading[col.name] = None if value is None else _check_column(col, value)
+    if all(reading[name] is None for name in dataset.measurement_names):
+        raise _Invalid(
+            Reason.NO_MEASUREMENT,
+            f"{dataset.domain} reading carries none of {', '.join(dataset.measurement_names)}",
+        )
     for col in dataset.derived:
         reading[col.name] = None
     msg_id = obj.get("msg_id")

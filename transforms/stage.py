@@ -158,7 +158,7 @@ def _merge_domain(
     table = f"staged.{dataset.domain}"
     columns = [c.name for c in dataset.staged_columns]
     key = ", ".join(dataset.natural_key)
-    values = ", ".join(c.name for c in (*dataset.measurements, *dataset.derived))
+    values = ", ".join(c.name for c in dataset.value_columns)
     incoming = pa.Table.from_pylist(rows, schema=arrow_schema(dataset.staged_columns))
     con.register("incoming", incoming)
     con.execute("CREATE OR REPLACE TEMP TABLE affected AS SELECT DISTINCT council, event_date FROM incoming")

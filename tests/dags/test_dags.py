@@ -13,6 +13,7 @@ import pytest
 from factories import car_park, land
 
 from civicflow.batch import DAGS_DIR, run_batch
+from civicflow.contract import DATASETS
 from civicflow.settings import Settings
 from ingest.samples import birmingham_parking_messages
 from warehouse.db import connect
@@ -83,10 +84,12 @@ def test_dag_policy(parsed):
         assert dag["doc_md"], dag_id
         assert dag["catchup"] is False, dag_id
         assert all(r >= 1 for r in dag["retries"]), dag_id
-    assert parsed["civicflow_stage"]["outlets"] == ["civicflow://staged/parking"]
-    assert parsed["civicflow_publish"]["outlets"] == ["civicflow://published/parking"]
+    domains = sorted(d.value for d in DATASETS)
+    assert parsed["civicflow_stage"]["outlets"] == [f"civicflow://staged/{d}" for d in domains]
+    assert parsed["civicflow_publish"]["outlets"] == [f"civicflow://published/{d}" for d in domains]
     assert parsed["civicflow_stage"]["schedule"] == "@hourly"
-    assert "staged.parking" in parsed["civicflow_publish"]["schedule"]
+    for domain in domains:  # publication runs when any staged dataset changes
+        assert f"staged.{domain}" in parsed["civicflow_publish"]["schedule"]
 
 
 @pytest.mark.integration

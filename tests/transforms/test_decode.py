@@ -90,7 +90,7 @@ def test_batch_keeps_good_readings_and_quarantines_bad_ones_with_their_index():
             Reason.MISSING_FIELD,
             "car park reading has no total_spots",
         ),
-        ({"observed_at": "2016-10-04T06:59:42Z"}, Reason.MISSING_FIELD, "parking needs"),
+        ({"observed_at": "2016-10-04T06:59:42Z"}, Reason.NO_MEASUREMENT, "parking reading carries none"),
         ({"occupied_spots": 3, "total_spots": 5}, Reason.MISSING_FIELD, "no observed_at"),
         (
             {"observed_at": "2016-10-04 07:59:42", "occupied_spots": 3, "total_spots": 5},
@@ -189,10 +189,61 @@ def test_limits_on_size_and_batch_length():
     assert len(decode(batch[:2], limits=two).readings) == 2
 
 
-def test_domains_without_a_dataset_are_kept_not_dropped():
-    out = decode({"observed_at": 1, "filling_level": 0.4}, topic=b"city/edinburgh/waste/bin-1")
+@pytest.mark.parametrize(
+    ("topic", "payload", "expected"),
+    [
+        (
+            b"city/leeds/traffic/a64-york-rd",
+            {"observed_at": "2026-03-02T08:00:00Z", "intensity": 212, "average_vehicle_speed": 41.5},
+            {"intensity": 212, "average_vehicle_speed": 41.5, "occupancy": None, "interval_s": 300},
+        ),
+        (
+            b"city/leeds/traffic/a64-york-rd",
+            {"observed_at": 1772438400, "occupancy": 0.25, "interval_s": 60, "lane_id": 2},
+            {"occupancy": 0.25, "interval_s": 60, "lane_id": 2, "intensity": None},
+        ),
+        (
+            b"city/aberdeen/air_quality/union-st",
+            {"observed_at": "2026-03-02T08:00:00Z", "pm10": 18, "pm25": 7.5, "relative_humidity": 0.81},
+            {"pm10": 18.0, "pm25": 7.5, "relative_humidity": 0.81, "no2": None, "co": None},
+        ),
+        (
+            b"city/edinburgh/waste/bin-1",
+            {"observed_at": 1, "filling_level": 0.4, "temperature": 11.5, "status": "lidOpen"},
+            {"filling_level": 0.4, "temperature": 11.5, "status": "lidOpen"},
+        ),
+        (
+            b"city/birmingham/parking/bay-12",
+            {"observed_at": 1, "status": "occupied"},
+            {"status": "occupied", "occupied_spots": None, "occupancy": None},
+        ),
+    ],
+)
+def test_a_valid_reading_of_each_domain(topic, payload, expected):
+    out = decode(payload, topic=topic)
+    assert out.rejections == []
+    [reading] = out.readings
+    assert {k: reading[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason", "detail"),
+    [
+        (b"city/leeds/traffic/a64", {"observed_at": 1, "intensity": -1}, Reason.OUT_OF_RANGE, "below 0"),
+        (b"city/leeds/traffic/a64", {"observed_at": 1, "occupancy": 1.2}, Reason.OUT_OF_RANGE, "above 1"),
+        (b"city/leeds/traffic/a64", {"observed_at": 1, "interval_s": 60}, Reason.NO_MEASUREMENT, "none of"),
+        (b"city/abdn/air_quality/x", {"observed_at": 1, "pm10": -2}, Reason.OUT_OF_RANGE, "pm10 -2.0"),
+        (b"city/abdn/air_quality/x", {"observed_at": 1, "nox": 2}, Reason.UNKNOWN_FIELD, "nox"),
+        (b"city/edin/waste/bin-1", {"observed_at": 1, "filling_level": 40}, Reason.OUT_OF_RANGE, "above 1"),
+        (b"city/edin/waste/bin-1", {"observed_at": 1, "status": "full"}, Reason.INVALID_VALUE, "'full'"),
+    ],
+)
+def test_domain_rules_quarantine_with_reasons(topic, payload, reason, detail):
+    out = decode(payload, topic=topic)
+    assert out.readings == []
     [rej] = out.rejections
-    assert (rej.reason, rej.domain, rej.council) == (Reason.DOMAIN_NOT_ENABLED, "waste", "edinburgh")
+    assert (rej.reason, rej.domain) == (reason, topic.split(b"/")[2].decode())
+    assert detail in rej.detail
 
 
 def test_birmingham_sample_mess_is_quarantined_with_reasons():

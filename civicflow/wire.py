@@ -1,0 +1,47 @@
+"""Which gateway format a topic carries (docs/mqtt-contract.md). Pure, shared by listener and decoder.
+
+The listener uses it only to count what it will not be able to decode (it lands every message
+anyway, so the bytes are kept); the decoder uses it to choose the format's parser.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from civicflow.contract import NAME_PATTERN
+
+
+class WireFormat(StrEnum):
+    NATIVE = "native"  # <prefix>/<council>/<domain>/<device_id>
+    SENML = "senml"  # <prefix>/<council>/<domain>/<device_id>/senml
+    TTS_V3 = "tts_v3"  # v3/<application>@<tenant>/devices/<device>/up
+    CHIRPSTACK_V4 = "chirpstack_v4"  # application/<application-id>/device/<dev-eui>/event/up
+
+
+_LORA_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+TTS_TOPIC_RE = re.compile(
+    rf"^v3/(?P<application>{_LORA_ID})@(?P<tenant>{_LORA_ID})/devices/(?P<device>{_LORA_ID})/up$"
+)
+CHIRPSTACK_TOPIC_RE = re.compile(
+    rf"^application/(?P<application>{_LORA_ID})/device/(?P<dev_eui>[0-9A-Fa-f]{{16}})/event/up$"
+)
+
+
+def topic_format(topic: str, prefix: str) -> WireFormat | None:
+    """The format a topic announces, or None when it matches none of them (a `bad_topic`)."""
+    parts = topic.split("/")
+    if parts[0] == prefix:
+        if len(parts) == 4:
+            return WireFormat.NATIVE
+        if len(parts) == 5 and parts[4] == "senml":
+            return WireFormat.SENML
+        return None
+    if TTS_TOPIC_RE.match(topic):
+        return WireFormat.TTS_V3
+    if CHIRPSTACK_TOPIC_RE.match(topic):
+        return WireFormat.CHIRPSTACK_V4
+    return None
+
+
+__all__ = ["NAME_PATTERN", "WireFormat", "topic_format", "TTS_TOPIC_RE", "CHIRPSTACK_TOPIC_RE"]
