@@ -1,4 +1,4 @@
-"""The `civicflow` command: listen, batch, demo, sql.
+"""The `civicflow` command: listen, status, batch, demo, sql.
 
 An entry point: it reads the settings and imports stage packages inside each command, so
 `civicflow --help` stays fast and a command only loads what it runs.
@@ -6,7 +6,6 @@ An entry point: it reads the settings and imports stage packages inside each com
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from pathlib import Path
@@ -25,51 +24,32 @@ app = typer.Typer(
 console = Console()
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _logging(verbose: bool, json: bool = False) -> None:
+    from civicflow.logs import configure
+
+    configure(verbose=verbose, json=json)
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages too.")]
+LogJson = Annotated[
+    bool, typer.Option("--log-json", envvar="CIVICFLOW_LOG_JSON", help="Log one JSON object per line.")
+]
 
 
 @app.command()
-def listen(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def listen(verbose: Verbose = False, log_json: LogJson = False) -> None:
     """Subscribe to the broker and land every message in the raw zone (runs until SIGTERM)."""
-    from ingest.listener import BrokerAddress, Listener
-    from warehouse.layout import Layout
-    from warehouse.segments import SegmentWriter
+    from ingest.listener import Listener
 
-    _logging(verbose)
+    _logging(verbose, log_json)
     settings = Settings()
-    if settings.mqtt.host is None:
-        raise typer.BadParameter(
-            "set CIVICFLOW_MQTT__HOST (and CIVICFLOW_MQTT__PORT) to the broker to listen to",
-            param_hint="CIVICFLOW_MQTT__HOST",
-        )
-    layout = Layout(settings.data_root)
-    writer = SegmentWriter(
-        layout.raw / settings.mqtt.client_id,
-        max_bytes=settings.landing.segment_max_bytes,
-        max_age_s=settings.landing.segment_max_age_s,
-        fsync=settings.landing.fsync,
-    )
-    password = settings.mqtt.password.get_secret_value() if settings.mqtt.password else None
-    listener = Listener(
-        BrokerAddress(
-            settings.mqtt.host,
-            settings.mqtt.port,
-            settings.mqtt.username,
-            password,
-            settings.mqtt.keepalive_s,
-        ),
-        client_id=settings.mqtt.client_id,
-        topic_filter=f"{settings.mqtt.topic_prefix}/#",
-        writer=writer,
-        qos=settings.mqtt.qos,
-        flush_max_messages=settings.landing.flush_max_messages,
-        flush_max_delay_s=settings.landing.flush_max_delay_s,
-        status_path=layout.raw / settings.mqtt.client_id / "status.json",
-    )
+    try:
+        listener = Listener.from_settings(settings)
+    except (ValueError, RuntimeError) as exc:
+        console.print(f"[red]cannot start the listener:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if settings.metrics.port:
+        listener.serve_metrics(settings.metrics.host, settings.metrics.port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -77,12 +57,48 @@ def listen(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) ->
 
 
 @app.command()
-def batch(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Say whether each listener is healthy; exits 1 if any is not."""
+    from civicflow.health import listener_health
+
+    settings = Settings()
+    reports = listener_health(settings)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(reports, indent=2))
+    else:
+        from rich.table import Table
+
+        if not reports:
+            console.print(f"no listener has run under {settings.data_root.resolve()}/raw")
+        table = Table("listener", "healthy", "state", "received", "acked", "backlog", "source", "problem")
+        for r in reports:
+            table.add_row(
+                r["client_id"],
+                "[green]yes[/]" if r["healthy"] else "[red]no[/]",
+                r.get("state", "?"),
+                f"{r.get('received', 0):,}",
+                f"{r.get('acked', 0):,}",
+                str(r.get("closed_backlog", "?")),
+                r["source"],
+                r.get("problem") or "",
+            )
+        if reports:
+            console.print(table)
+    if not reports or not all(r["healthy"] for r in reports):
+        raise typer.Exit(1)
+
+
+@app.command()
+def batch(verbose: Verbose = False, log_json: LogJson = False) -> None:
     """Run the batch DAGs once through Airflow on whatever has landed, then summarise."""
     from civicflow.batch import run_batch
     from civicflow.summary import print_summary, warehouse_summary
 
-    _logging(verbose)
+    _logging(verbose, log_json)
     settings = Settings()
     outcome = run_batch(settings)
     print_summary(console, warehouse_summary(settings), outcome)
@@ -95,7 +111,7 @@ def demo(
     data_root: Annotated[Path, typer.Option(help="Where the demo writes (emptied first).")] = Path(
         "data/demo"
     ),
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Replay real Birmingham car-park data through MQTT, Airflow and the quality gate."""
     from civicflow.demo import run_demo

@@ -78,6 +78,7 @@ def run_demo(console: Console, data_root: Path) -> int:
             "CIVICFLOW_MQTT__PORT": str(port),
             "CIVICFLOW_MQTT__CLIENT_ID": DEMO_CLIENT_ID,
             "CIVICFLOW_LANDING__SEGMENT_MAX_AGE_S": "5",
+            "CIVICFLOW_METRICS__PORT": "0",
         }
         status = data_root / "raw" / DEMO_CLIENT_ID / "status.json"
         log_file = (run_dir / "listener.log").open("w")

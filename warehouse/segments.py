@@ -250,6 +250,45 @@ class SegmentWriter:
         if self.fsync:
             os.fsync(self._fh.fileno())
 
+    @property
+    def open_age_s(self) -> float:
+        """Seconds since the open segment was opened; 0 when none is open."""
+        return 0.0 if self._fh is None else max(0.0, self._clock() - self._opened_at)
+
+    def abandon(self) -> None:
+        """Drop what is buffered and let go of the open segment after a write failed.
+
+        Nothing dropped here was acknowledged, so the broker still holds it. The segment file
+        stays as `.open`; `recover()` closes it (keeping every whole record) once the disk
+        works again.
+        """
+        self._buffer.clear()
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            except OSError as exc:
+                log.warning("closing %s after a failed write: %s", self._path, exc)
+        self._fh = None
+        self._path = None
+
+    def probe(self, size: int = 64 * 1024) -> None:
+        """Raise OSError unless the segment directory takes a file of `size` bytes, fsynced."""
+        path = self.directory / ".probe"
+        try:
+            with path.open("wb") as fh:
+                fh.write(b"\0" * size)
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            path.unlink(missing_ok=True)
+
+    def recover(self) -> list[Path]:
+        """Close segments left open by a crash or a failed write; new appends open a new one."""
+        recovered = recover_open_segments(self.directory)
+        self.closed_segments.extend(recovered)
+        self._seq = max(self._seq, self._last_sequence() + 1)
+        return recovered
+
     def due_to_roll(self) -> bool:
         if self._fh is None:
             return False

@@ -28,6 +28,7 @@ def start_listener(data_root: Path, port: int, log: Path) -> subprocess.Popen:
         "CIVICFLOW_MQTT__PORT": str(port),
         "CIVICFLOW_MQTT__CLIENT_ID": CLIENT_ID,
         "CIVICFLOW_LANDING__SEGMENT_MAX_AGE_S": "1",
+        "CIVICFLOW_METRICS__PORT": "0",
     }
     return subprocess.Popen(
         [sys.executable, "-m", "civicflow.cli", "listen"],
