@@ -29,6 +29,10 @@ test: $(STAMP) ## run the whole test suite (starts its own Mosquitto and Airflow
 test-unit: $(STAMP) ## run only the fast unit tests
 	$(BIN)/python -m pytest -m unit
 
+.PHONY: bench
+bench: $(STAMP) ## drain a 200,000-message QoS 1 backlog: listener vs bare paho and mosquitto_sub
+	$(BIN)/python -m bench.drain $(BENCH_ARGS)
+
 lint: $(STAMP) ## ruff format check and lint
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
