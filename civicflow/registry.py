@@ -1,0 +1,241 @@
+"""The device registry: which devices each council runs, and the LoRaWAN identities they answer to.
+
+One TOML file per council under version control, `registry/<council>.toml` (docs/mqtt-contract.md,
+"Device registry"). It is part of the contract: it decides which council, domain and device id a
+LoRaWAN uplink belongs to (its topic names only a LoRaWAN application and device), which model
+profile decodes it, and what a message may leave out (a car park's capacity, a device's position,
+the depth of a bin whose sensor reports only a distance).
+
+Loading validates every file with pydantic and fails with what to fix; decoding only looks up the
+indexes built here, so the decoder stays pure (the registry is an argument, not a file it reads).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from civicflow.contract import NAME_PATTERN, Domain
+from civicflow.errors import TerminalError
+
+LORA_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+DEFAULT_REGISTRY_DIR = Path(__file__).resolve().parent.parent / "registry"
+"""`registry/` at the root of the Civicflow checkout."""
+
+
+class RegistryError(TerminalError):
+    """A registry file is missing, malformed or contradicts another: fix the file, then re-run."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoRaWANIds(_Strict):
+    """The identities a LoRaWAN device answers to. Any one that matches an uplink identifies it."""
+
+    dev_eui: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{16}$")
+    tts: str | None = Field(
+        default=None,
+        pattern=rf"^{LORA_ID}@{LORA_ID}$",
+        description="The Things Stack application and tenant, `<application>@<tenant>`",
+    )
+    tts_device_id: str | None = Field(default=None, pattern=rf"^{LORA_ID}$")
+    chirpstack_application: str | None = Field(default=None, pattern=rf"^{LORA_ID}$")
+
+    @model_validator(mode="after")
+    def _usable(self) -> LoRaWANIds:
+        if (self.tts is None) != (self.tts_device_id is None):
+            raise ValueError("tts and tts_device_id come together")
+        if self.dev_eui is None and self.tts is None:
+            raise ValueError("give dev_eui, or tts with tts_device_id")
+        if self.chirpstack_application is not None and self.dev_eui is None:
+            raise ValueError("chirpstack_application needs the dev_eui the topic carries")
+        return self
+
+    @property
+    def dev_eui_key(self) -> str | None:
+        return None if self.dev_eui is None else self.dev_eui.upper()
+
+
+class Device(_Strict):
+    """One device of a council, as its readings are published."""
+
+    device_id: str = Field(pattern=rf"^{NAME_PATTERN}$")
+    domain: Domain
+    model: str | None = Field(default=None, description="Decoding profile of a LoRaWAN device")
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    total_spots: int | None = Field(default=None, ge=1, description="Car park capacity")
+    bin_depth_mm: float | None = Field(
+        default=None, gt=0, description="Distance from an ultrasonic sensor to the bin's floor"
+    )
+    lorawan: LoRaWANIds | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Device:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("lat and lon come together")
+        if self.total_spots is not None and self.domain != Domain.PARKING:
+            raise ValueError("total_spots is for parking devices")
+        if self.bin_depth_mm is not None and self.domain != Domain.WASTE:
+            raise ValueError("bin_depth_mm is for waste devices")
+        if self.lorawan is not None and self.model is None:
+            raise ValueError("a LoRaWAN device needs the model whose profile decodes it")
+        return self
+
+
+class Application(_Strict):
+    """A LoRaWAN application the council owns; with accept_unknown_devices, its new devices are taken."""
+
+    tts: str | None = Field(default=None, pattern=rf"^{LORA_ID}@{LORA_ID}$")
+    chirpstack: str | None = Field(default=None, pattern=rf"^{LORA_ID}$")
+    domain: Domain
+    model: str
+
+    @model_validator(mode="after")
+    def _one_network(self) -> Application:
+        if (self.tts is None) == (self.chirpstack is None):
+            raise ValueError("give exactly one of tts (<application>@<tenant>) or chirpstack")
+        return self
+
+
+class CouncilRegistry(_Strict):
+    """The contents of `registry/<council>.toml`."""
+
+    council: str = Field(pattern=rf"^{NAME_PATTERN}$")
+    accept_unknown_devices: bool = Field(
+        default=False,
+        description="Take readings from devices not listed here instead of quarantining them",
+    )
+    devices: tuple[Device, ...] = ()
+    applications: tuple[Application, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> CouncilRegistry:
+        seen: set[str] = set()
+        for d in self.devices:
+            if d.device_id in seen:
+                raise ValueError(f"device_id {d.device_id!r} is listed twice")
+            seen.add(d.device_id)
+        return self
+
+
+@dataclass(frozen=True)
+class Match:
+    """The council and device a message belongs to; `device` is None for an accepted unknown device."""
+
+    council: str
+    device: Device | None
+    application: Application | None = None
+
+
+@dataclass
+class Registry:
+    """Every council's registry, indexed for the decoder's look-ups. Build it with `build_registry`."""
+
+    councils: dict[str, CouncilRegistry] = field(default_factory=dict)
+    devices: dict[tuple[str, str], Device] = field(default_factory=dict)
+    by_tts: dict[tuple[str, str], tuple[str, Device]] = field(default_factory=dict)
+    by_dev_eui: dict[str, tuple[str, Device]] = field(default_factory=dict)
+    tts_applications: dict[str, tuple[str, Application]] = field(default_factory=dict)
+    chirpstack_applications: dict[str, tuple[str, Application]] = field(default_factory=dict)
+
+    def device(self, council: str, device_id: str) -> Device | None:
+        return self.devices.get((council, device_id))
+
+    def models(self) -> set[str]:
+        """Every model a device or application names, to check against the decoder's profiles."""
+        return {
+            m
+            for c in self.councils.values()
+            for m in [*(d.model for d in c.devices), *(a.model for a in c.applications)]
+            if m is not None
+        }
+
+    def match_tts(self, application: str, tenant: str, device: str, dev_eui: str | None) -> Match | None:
+        """The device a The Things Stack uplink comes from: by application and device id, else DevEUI."""
+        app = f"{application}@{tenant}"
+        hit = self.by_tts.get((app, device))
+        if hit is None and dev_eui is not None:
+            hit = self.by_dev_eui.get(dev_eui.upper())
+        if hit is not None:
+            return Match(hit[0], hit[1])
+        owner = self.tts_applications.get(app)
+        return None if owner is None else Match(owner[0], None, owner[1])
+
+    def match_chirpstack(self, application: str, dev_eui: str) -> Match | None:
+        """The device a ChirpStack uplink comes from: by DevEUI, within its application if one is set."""
+        hit = self.by_dev_eui.get(dev_eui.upper())
+        if hit is not None:
+            app = hit[1].lorawan.chirpstack_application if hit[1].lorawan else None
+            if app is None or app == application:
+                return Match(hit[0], hit[1])
+        owner = self.chirpstack_applications.get(application)
+        return None if owner is None else Match(owner[0], None, owner[1])
+
+
+def build_registry(councils: list[CouncilRegistry], source: str = "registry") -> Registry:
+    """Index councils' registries; raise RegistryError if two devices claim the same identity."""
+    reg = Registry()
+
+    def claim(index: dict, key, value, what: str) -> None:
+        if key in index:
+            raise RegistryError(
+                f"{source}: {what} {key!r} is claimed by council {index[key][0]!r} and {value[0]!r}; "
+                "an identity may belong to one device only"
+            )
+        index[key] = value
+
+    for c in councils:
+        if c.council in reg.councils:
+            raise RegistryError(f"{source}: council {c.council!r} is defined twice")
+        reg.councils[c.council] = c
+        for d in c.devices:
+            reg.devices[(c.council, d.device_id)] = d
+            if d.lorawan is None:
+                continue
+            if d.lorawan.tts is not None and d.lorawan.tts_device_id is not None:
+                claim(reg.by_tts, (d.lorawan.tts, d.lorawan.tts_device_id), (c.council, d), "TTS device")
+            if d.lorawan.dev_eui_key is not None:
+                claim(reg.by_dev_eui, d.lorawan.dev_eui_key, (c.council, d), "DevEUI")
+        for a in c.applications:
+            if a.tts is not None:
+                claim(reg.tts_applications, a.tts, (c.council, a), "TTS application")
+            if a.chirpstack is not None:
+                claim(reg.chirpstack_applications, a.chirpstack, (c.council, a), "ChirpStack application")
+    return reg
+
+
+def load_council(path: Path) -> CouncilRegistry:
+    """Read and validate one `<council>.toml`; its `council` must be the file's name."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+        council = CouncilRegistry.model_validate(data)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RegistryError(f"cannot read device registry {path}: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise RegistryError(f"device registry {path} is invalid, fix: {problems}") from exc
+    if council.council != path.stem:
+        raise RegistryError(
+            f"device registry {path} declares council {council.council!r}; "
+            f"rename the file to {council.council}.toml or fix the council"
+        )
+    return council
+
+
+def load_registry(directory: Path = DEFAULT_REGISTRY_DIR) -> Registry:
+    """Load every `<council>.toml` in a directory into one Registry."""
+    if not directory.is_dir():
+        raise RegistryError(
+            f"device registry directory {directory} does not exist; create it with one "
+            "<council>.toml per council (docs/mqtt-contract.md, Device registry)"
+        )
+    return build_registry([load_council(p) for p in sorted(directory.glob("*.toml"))], str(directory))
