@@ -7,11 +7,18 @@ package stays light and never pulls in Great Expectations or Airflow.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from civicflow.settings import Settings
 
 
-def stage_job(settings: Settings | None = None) -> dict:
-    """Stage every closed raw segment not yet staged; returns the StageResult as a dict."""
+def stage_job(settings: Settings | None = None, registry_dir: Path | None = None) -> dict:
+    """Stage every closed raw segment not yet staged; returns the StageResult as a dict.
+
+    The device registry is read from `registry_dir`, by default `registry/` of the checkout
+    (civicflow.registry.DEFAULT_REGISTRY_DIR); a malformed registry fails the task (terminal).
+    """
+    from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
     from transforms.decode import Limits
     from transforms.stage import stage_segments
     from warehouse.db import connect
@@ -24,9 +31,10 @@ def stage_job(settings: Settings | None = None) -> dict:
         max_payload_bytes=settings.max_payload_bytes,
         max_batch_readings=settings.max_batch_readings,
     )
+    registry = load_registry(registry_dir or DEFAULT_REGISTRY_DIR)
     con = connect(layout.warehouse)
     try:
-        return stage_segments(layout, con, limits).to_dict()
+        return stage_segments(layout, con, limits, registry=registry).to_dict()
     finally:
         con.close()
 

@@ -25,7 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from civicflow.contract import DATASETS, Dataset, Domain, Reason
+from civicflow.registry import Registry, RegistryError
 from transforms.decode import Limits, Rejection, decode_message
+from transforms.lorawan import registry_problems
 from warehouse.layout import Layout
 from warehouse.segments import (
     CLOSED_SUFFIX,
@@ -96,7 +98,13 @@ def _quarantine_row(seg: str, record: RawRecord, rej: Rejection, now: datetime) 
 
 
 def _decode_segment(
-    layout: Layout, path: Path, limits: Limits, now: datetime, batch: _Batch, result: StageResult
+    layout: Layout,
+    path: Path,
+    limits: Limits,
+    registry: Registry | None,
+    now: datetime,
+    batch: _Batch,
+    result: StageResult,
 ) -> None:
     seg = segment_id(layout, path)
     data = path.read_bytes()
@@ -104,7 +112,9 @@ def _decode_segment(
     readings = rejected = 0
     quarantine_rows: list[dict] = []
     for record in records:
-        decoded = decode_message(record.topic, record.payload, limits)
+        decoded = decode_message(
+            record.topic, record.payload, limits, received_at=record.received_at, registry=registry
+        )
         for rej in decoded.rejections:
             quarantine_rows.append(_quarantine_row(seg, record, rej, now))
         for reading in decoded.readings:
@@ -260,10 +270,17 @@ def stage_segments(
     con: duckdb.DuckDBPyConnection,
     limits: Limits,
     *,
+    registry: Registry | None = None,
     now: datetime | None = None,
     max_readings_per_txn: int = 500_000,
 ) -> StageResult:
-    """Stage every closed raw segment not yet in the ledger; return what happened."""
+    """Stage every closed raw segment not yet in the ledger; return what happened.
+
+    `registry` maps LoRaWAN devices to councils and checks registered councils' devices
+    (docs/mqtt-contract.md, Device registry); without it LoRaWAN uplinks are quarantined.
+    """
+    if registry is not None and (problems := registry_problems(registry)):
+        raise RegistryError("device registry does not match the decoding profiles: " + "; ".join(problems))
     now = now or datetime.now(tz=UTC)
     result = StageResult()
     changed: set[tuple[str, str, date]] = set()
@@ -272,7 +289,7 @@ def stage_segments(
         batch = _Batch()
         size = 0
         while todo and size < max_readings_per_txn:
-            _decode_segment(layout, todo.pop(0), limits, now, batch, result)
+            _decode_segment(layout, todo.pop(0), limits, registry, now, batch, result)
             size = sum(len(v) for v in batch.readings.values())
         con.execute("BEGIN TRANSACTION")
         try:

@@ -17,6 +17,9 @@ from transforms.decode import Limits, decode_message
 pytestmark = pytest.mark.unit
 LIMITS = Limits()
 TOPIC = b"city/birmingham/parking/bhmbccmkt01"
+NESTED_33: object = 1
+for _ in range(32):
+    NESTED_33 = [NESTED_33]  # inside a reading object: 33 levels
 
 
 def decode(payload, topic: bytes = TOPIC, limits: Limits = LIMITS):
@@ -147,7 +150,9 @@ def test_batch_keeps_good_readings_and_quarantines_bad_ones_with_their_index():
         ([1], Reason.NOT_AN_OBJECT, "got int"),
         (b"{not json", Reason.NOT_JSON, "not JSON"),
         (b"\xff\xfe{}", Reason.NOT_UTF8, "not UTF-8"),
-        (b"[" * 5000 + b"]" * 5000, Reason.NOT_JSON, "not JSON"),
+        (b"[" * 5000 + b"]" * 5000, Reason.JSON_TOO_DEEP, "deeper than 32 levels"),
+        (b"[" * 33 + b"]" * 33, Reason.JSON_TOO_DEEP, "deeper than 32 levels"),
+        ({"observed_at": 1, "status": NESTED_33}, Reason.JSON_TOO_DEEP, "deeper than 32"),
     ],
 )
 def test_each_invalid_input_is_rejected_with_its_reason(payload, reason, detail):
