@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from civicflow.contract import Reason
+from civicflow.registry import load_registry
 from ingest.samples import birmingham_parking_messages
 from transforms.decode import Limits, decode_message
 
@@ -296,3 +298,55 @@ def test_any_json_document_yields_readings_or_rejections(doc):
     assert out.readings or out.rejections
     for r in out.readings:
         assert r["observed_at"].tzinfo is UTC
+
+
+GATEWAY_TOPICS = [
+    b"city/aberdeen/air_quality/union-st/senml",
+    b"city/birmingham/parking/bhmbccmkt01/senml",
+    b"v3/application-tts-name@ttn/devices/eui-1000000000000005/up",
+    b"v3/test-decentlab@ttn/devices/03022/up",
+    b"application/0b1f5c3e-7d2a-4c8e-9f61-3a5d2e8b4c17/device/24e1247100000007/event/up",
+]
+SAMPLE_REGISTRY = load_registry(Path(__file__).resolve().parents[2] / "samples" / "lorawan" / "registry")
+gateway_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                ["bn", "bt", "bu", "bv", "bver", "n", "u", "v", "vs", "vb", "t", "x_"]
+                + ["end_device_ids", "device_id", "application_ids", "application_id", "dev_eui"]
+                + ["uplink_message", "decoded_payload", "received_at", "f_cnt", "correlation_ids"]
+                + ["deviceInfo", "devEui", "applicationId", "object", "time", "deduplicationId", "fCnt"]
+                + ["distance", "occupied", "pm2_5", "temperature", "humidity"]
+            ),
+            children,
+            max_size=6,
+        )
+    ),
+    max_leaves=16,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(topic=st.sampled_from(GATEWAY_TOPICS), doc=gateway_values, payload=st.binary(max_size=200))
+def test_gateway_formats_never_raise_on_any_document_or_bytes(topic, doc, payload):
+    for raw in (orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS), payload):
+        for registry in (None, SAMPLE_REGISTRY):
+            out = decode_message(
+                topic, raw, LIMITS, received_at=datetime(2026, 3, 2, tzinfo=UTC), registry=registry
+            )
+            assert out.readings or out.rejections
+            for r in out.readings:
+                assert r["observed_at"].tzinfo is UTC
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tail=st.lists(st.sampled_from(["a", "senml", "up", "event", "devices", "x@y", ""]), max_size=5),
+    head=st.sampled_from(["city", "v3", "application", "town"]),
+)
+def test_strict_topics_of_every_format_yield_a_reading_or_a_rejection(head, tail):
+    topic = "/".join([head, *tail]).encode()
+    out = decode_message(topic, b'{"observed_at": 1, "status": "free"}', LIMITS, registry=SAMPLE_REGISTRY)
+    assert out.readings or out.rejections
