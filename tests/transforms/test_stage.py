@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from factories import LIMITS, car_park, land, tree_digest
 
+from civicflow.registry import load_registry
 from ingest.samples import BIRMINGHAM_PARKING, birmingham_parking_messages
 from transforms.stage import stage_segments
 from warehouse.db import connect
@@ -148,3 +150,74 @@ def test_birmingham_sample_exact_duplicates_are_staged_once(wh):
     )
     assert day_min["2016-10-04"] == "06:46:28"  # 07:46:28 BST
     assert day_min["2016-10-31"] == "07:46:01"  # 07:46:01 GMT
+
+
+def test_things_stack_uplink_and_senml_pack_are_staged_into_their_domains(wh):
+    layout, con = wh
+    lorawan = Path(__file__).resolve().parents[2] / "samples" / "lorawan"
+    registry = load_registry(lorawan / "registry")
+    uplink = (lorawan / "tts_v3_milesight_am319.json").read_bytes()
+    stranger = orjson.loads(uplink)
+    stranger["end_device_ids"].update(device_id="dev-1", dev_eui="FFFF000000000001")
+    stranger["end_device_ids"]["application_ids"]["application_id"] = "unknown-app"
+    pack = [
+        {"bn": "urn:dev:mac:0024befffe804ff1:", "bt": 1772438400, "bu": "ug/m3", "n": "no2", "v": 40},
+        {"n": "pm10", "v": 18},
+        {"n": "no2", "u": "ppb", "t": 300, "v": 20},
+    ]
+    seg = land(
+        layout,
+        [
+            ("v3/application-tts-name@ttn/devices/eui-1000000000000001/up", uplink),
+            ("city/aberdeen/air_quality/union-st/senml", pack),
+            ("city/aberdeen/waste/bin-1/senml", [{"n": "fillingLevel", "u": "%", "v": 40, "t": -60}]),
+            ("v3/unknown-app@ttn/devices/dev-1/up", stranger),
+        ],
+        received_at_ns=1772438700 * 10**9,
+    )
+    result = stage_segments(layout, con, LIMITS, registry=registry)
+    assert (result.readings, dict(result.quarantined)) == (4, {"unknown_device": 1})
+    rows = con.execute(
+        "SELECT council, device_id, strftime(observed_at, '%Y-%m-%dT%H:%M:%S'), pm25, pm10, no2, "
+        "relative_humidity, msg_id, segment_id, record_offset, reading_index "
+        "FROM staged.air_quality ORDER BY ALL"
+    ).fetchall()
+    seg_id = seg.relative_to(layout.raw).as_posix().removesuffix(".seg")
+    assert [r[:8] for r in rows] == [
+        ("aberdeen", "union-st", "2026-03-02T08:00:00", None, 18.0, 40.0, None, None),
+        (
+            "aberdeen",
+            "union-st",
+            "2026-03-02T08:05:00",
+            None,
+            None,
+            pytest.approx(38.2741, rel=1e-5),
+            None,
+            None,
+        ),
+        (
+            "example",
+            "am319-1",
+            "2023-05-19T05:33:35",
+            32.0,
+            48.0,
+            None,
+            0.62,
+            "tts:1000000000000001:10335:01H0S7ZJGS9KKD4HTTPKFEMWCV",
+        ),
+    ]
+    assert {r[8] for r in rows} == {seg_id}
+    assert [r[10] for r in rows] == [0, 1, 0]
+    # SenML relative time: 60 s before the listener received the message
+    assert con.execute(
+        "SELECT device_id, strftime(observed_at, '%Y-%m-%dT%H:%M:%S'), filling_level FROM staged.waste"
+    ).fetchall() == [("bin-1", "2026-03-02T08:04:00", 0.4)]
+    assert result.changed_partitions == [
+        ("air_quality", "aberdeen", "2026-03-02"),
+        ("air_quality", "example", "2023-05-19"),
+        ("waste", "aberdeen", "2026-03-02"),
+    ]
+    (reason, topic) = con.execute("SELECT reason, topic FROM quarantine.readings").fetchone()
+    assert (reason, topic) == ("unknown_device", "v3/unknown-app@ttn/devices/dev-1/up")
+    again = stage_segments(layout, con, LIMITS, registry=registry)
+    assert (again.segments, again.readings) == (0, 0)
