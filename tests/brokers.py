@@ -3,6 +3,9 @@
 `run_mosquitto` starts a private Mosquitto on a free port, never the system one on 1883, with a
 configuration that, unlike Mosquitto's defaults, never drops a QoS 1 message for a subscriber.
 `Collector` is a paho subscriber that records every payload it receives.
+
+`deploy_mosquitto_config` renders the example production configuration in deploy/mosquitto/ for a
+test broker (free ports, temporary paths), so the security tests exercise the example itself.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ import contextlib
 import logging
 import os
 import pwd
+import shutil
+import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 log = logging.getLogger(__name__)
 
 MOSQUITTO = Path(os.environ.get("CIVICFLOW_TEST_MOSQUITTO", "/usr/sbin/mosquitto"))
+MOSQUITTO_PASSWD = os.environ.get("CIVICFLOW_TEST_MOSQUITTO_PASSWD") or shutil.which("mosquitto_passwd")
+DEPLOY_MOSQUITTO = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -54,7 +61,7 @@ def mosquitto_config(port: int, workdir: Path, *, persistence: bool) -> str:
     Returns:
         The configuration text.
     """
-    user = pwd.getpwuid(os.geteuid()).pw_name
+    user = _current_user()
     return "\n".join(
         [
             "# Written by tests/brokers.py for one test; not for production.",
@@ -82,14 +89,102 @@ def mosquitto_config(port: int, workdir: Path, *, persistence: bool) -> str:
     )
 
 
+def _current_user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+_PATH_DIRECTIVES = ("cafile", "capath", "certfile", "keyfile", "crlfile", "password_file", "acl_file")
+
+
+def deploy_mosquitto_config(
+    workdir: Path,
+    *,
+    ports: Mapping[int, int],
+    files: Mapping[str, Path],
+    source: Path = DEPLOY_MOSQUITTO / "mosquitto.conf",
+) -> str:
+    """Render deploy/mosquitto/mosquitto.conf for a private test broker.
+
+    Every line is kept except: each `listener <port> ...` moves to its test port on 127.0.0.1,
+    each file directive (`cafile`, `password_file`, `acl_file`, ...) points at the test's file,
+    persistence goes to `workdir`, logs go to stderr, and the broker runs as the current user.
+
+    Args:
+        workdir: Directory for the persistence file.
+        ports: Test port for each port the example listens on, e.g. {8883: 41234, 1883: 41235}.
+        files: Test path for each file directive the example uses, e.g. {"acl_file": ...}.
+        source: The example configuration.
+
+    Returns:
+        The configuration text.
+
+    Raises:
+        ValueError: The example has a listener or a file directive the test gave no value for,
+            so the rendered broker would not be the one the test meant to run.
+    """
+    out = [f"# Rendered by tests/brokers.py from {source.name} for one test."]
+    for number, line in enumerate(source.read_text().splitlines(), 1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            out.append(line)
+            continue
+        key = words[0]
+        if key == "listener":
+            port = int(words[1])
+            if port not in ports:
+                raise ValueError(f"{source}:{number}: no test port for listener {port}")
+            out.append(f"listener {ports[port]} 127.0.0.1")
+        elif key in _PATH_DIRECTIVES:
+            if key not in files:
+                raise ValueError(f"{source}:{number}: no test file for {key}")
+            out.append(f"{key} {files[key]}")
+        elif key == "persistence_location":
+            out.append(f"persistence_location {workdir}/")
+        elif key == "log_dest":
+            out.append("log_dest stderr")
+        elif key == "user":
+            continue
+        else:
+            out.append(line)
+    out.append("# As root Mosquitto would switch to the 'mosquitto' user, who cannot read pytest's tmp_path.")
+    out.append(f"user {_current_user()}")
+    out.append("")
+    return "\n".join(out)
+
+
+def write_password_file(path: Path, users: Mapping[str, str]) -> Path:
+    """Write a Mosquitto password file (salted hashes) with `mosquitto_passwd -U`.
+
+    The plain `user:password` lines are hashed in place, so no password is ever on a command line.
+    """
+    if MOSQUITTO_PASSWD is None:
+        raise RuntimeError("mosquitto_passwd not found; set CIVICFLOW_TEST_MOSQUITTO_PASSWD")
+    path.write_text("".join(f"{user}:{password}\n" for user, password in users.items()))
+    path.chmod(0o600)
+    subprocess.run([MOSQUITTO_PASSWD, "-U", str(path)], check=True, capture_output=True)
+    return path
+
+
 class MosquittoProcess:
-    """One private Mosquitto broker; restartable on the same port and persistence file."""
+    """One private Mosquitto broker; restartable on the same port and persistence file.
+
+    By default it runs `mosquitto_config`; pass `config` to run another configuration (its
+    listeners must include `port`, and `extra_ports` names any others to wait for at start).
+    """
 
     def __init__(
-        self, port: int, workdir: Path, *, persistence: bool = True, start_timeout_s: float = 10.0
+        self,
+        port: int,
+        workdir: Path,
+        *,
+        persistence: bool = True,
+        start_timeout_s: float = 10.0,
+        config: str | None = None,
+        extra_ports: Sequence[int] = (),
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port
+        self.extra_ports = tuple(extra_ports)
         self.workdir = workdir
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
@@ -97,7 +192,9 @@ class MosquittoProcess:
         self.start_timeout_s = start_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(mosquitto_config(port, workdir, persistence=persistence))
+        if config is None:
+            config = mosquitto_config(port, workdir, persistence=persistence)
+        self.config_path.write_text(config)
 
     @property
     def running(self) -> bool:
@@ -133,7 +230,7 @@ class MosquittoProcess:
                     f"mosquitto exited with code {self._process.returncode} before "
                     f"listening on port {self.port}; its log:\n{self.log_text()}"
                 )
-            if _accepts_connections(self.host, self.port):
+            if all(_accepts_connections(self.host, p) for p in (self.port, *self.extra_ports)):
                 return
             time.sleep(0.05)
         self.kill()
@@ -162,10 +259,21 @@ class MosquittoProcess:
             process.kill()
             process.wait()
 
+    def reload(self) -> None:
+        """Send SIGHUP: Mosquitto rereads its password and ACL files, keeping connections."""
+        if self._process is None or not self.running:
+            raise RuntimeError(f"mosquitto on port {self.port} is not running")
+        self._process.send_signal(signal.SIGHUP)
+
 
 @contextlib.contextmanager
 def run_mosquitto(
-    tmp_path: Path, port: int | None = None, persistence: bool = True
+    tmp_path: Path,
+    port: int | None = None,
+    persistence: bool = True,
+    *,
+    config: str | None = None,
+    extra_ports: Sequence[int] = (),
 ) -> Iterator[MosquittoProcess]:
     """Run a private Mosquitto for the duration of a `with` block.
 
@@ -173,12 +281,21 @@ def run_mosquitto(
         tmp_path: Directory for the configuration, log and persistence file.
         port: Port to listen on; a free one when None.
         persistence: Whether to keep sessions and queued messages across restarts.
+        config: A whole configuration to run instead of `mosquitto_config` (it must listen on
+            `port`, so pass `port` too).
+        extra_ports: Other ports `config` listens on, to wait for at start.
 
     Yields:
         The running broker.
     """
     port = port if port is not None else free_port()
-    broker = MosquittoProcess(port, tmp_path / f"mosquitto-{port}", persistence=persistence)
+    broker = MosquittoProcess(
+        port,
+        tmp_path / f"mosquitto-{port}",
+        persistence=persistence,
+        config=config,
+        extra_ports=extra_ports,
+    )
     broker.start()
     try:
         yield broker
@@ -187,7 +304,11 @@ def run_mosquitto(
 
 
 class Collector:
-    """A paho subscriber that keeps every payload it receives, with a fixed client id."""
+    """A paho subscriber that keeps every payload it receives, with a fixed client id.
+
+    Optionally authenticated (`username`, `password`) and over TLS (`ca_file`: the CA that signed
+    the broker's certificate).
+    """
 
     def __init__(
         self,
@@ -198,13 +319,18 @@ class Collector:
         client_id: str,
         qos: int = 1,
         clean_session: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.topic_filter = topic_filter
         self.qos = qos
         self.payloads: list[bytes] = []
+        self.topics: list[str] = []
         self.session_present: bool | None = None
+        self.connack: ReasonCode | None = None
         self._condition = threading.Condition()
         self._subscribed = threading.Event()
         self._granted: list[ReasonCode] = []
@@ -214,6 +340,10 @@ class Collector:
             clean_session=clean_session,
             protocol=mqtt.MQTTv311,
         )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if ca_file is not None:
+            self.client.tls_set(ca_certs=str(ca_file))
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -227,6 +357,7 @@ class Collector:
         properties: Any,
     ) -> None:
         self.session_present = flags.session_present
+        self.connack = reason_code
         if not reason_code.is_failure:
             client.subscribe(self.topic_filter, qos=self.qos)
 
@@ -239,6 +370,7 @@ class Collector:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._condition:
             self.payloads.append(message.payload)
+            self.topics.append(message.topic)
             self._condition.notify_all()
 
     def start(self, timeout_s: float = 10.0) -> list[int]:

@@ -1,0 +1,521 @@
+"""Broker security with a real Mosquitto running the example in deploy/mosquitto/.
+
+The broker's configuration is rendered from deploy/mosquitto/mosquitto.conf and its ACL is
+deploy/mosquitto/acl itself, the certificates come from deploy/mosquitto/make-test-certs.sh: what
+these tests check is what the example ships. They check that a council's gateway can publish only
+under its own council, that nobody gets in without a valid password, that `civicflow listen`
+lands readings over TLS with credentials from the environment, and that it never logs its password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from brokers import (
+    DEPLOY_MOSQUITTO,
+    Collector,
+    MosquittoProcess,
+    deploy_mosquitto_config,
+    free_port,
+    run_mosquitto,
+    write_password_file,
+)
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from warehouse.segments import list_closed_segments, read_segment
+
+pytestmark = pytest.mark.integration
+
+HOST = "127.0.0.1"
+NOT_AUTHORIZED = 0x87
+LISTENER_USER = "civicflow-listener"
+# Users of deploy/mosquitto/acl, with passwords made up for the test broker's password file.
+PASSWORDS = {
+    LISTENER_USER: "listener-pw-5a1e",
+    "gw-birmingham-1": "bham-pw-77c2",
+    "gw-leeds-1": "leeds-pw-19d0",
+    "lns-chirpstack": "lns-pw-3b4f",
+}
+# A password distinctive enough that finding it anywhere means it leaked.
+SECRET = "Tr0ub4dor-civicflow-9f27c1e3-secret"
+LISTENER_CLIENT_ID = "sec-listener"
+
+
+# -- Broker --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SecureBroker:
+    """The example broker: TLS on `tls_port`, plain MQTT on `plain_port` (both 127.0.0.1)."""
+
+    process: MosquittoProcess
+    tls_port: int
+    plain_port: int
+    certs: Path
+    password_file: Path
+
+    @property
+    def ca_file(self) -> Path:
+        return self.certs / "ca.crt"
+
+
+def make_certs(directory: Path, *names: str) -> Path:
+    """A throwaway CA and server certificate from the example's own script."""
+    subprocess.run(
+        ["sh", str(DEPLOY_MOSQUITTO / "make-test-certs.sh"), str(directory), *names],
+        check=True,
+        capture_output=True,
+    )
+    return directory
+
+
+@contextlib.contextmanager
+def secure_broker(tmp_path: Path, passwords: dict[str, str] = PASSWORDS) -> Iterator[SecureBroker]:
+    certs = make_certs(tmp_path / "certs", "localhost", HOST)
+    password_file = write_password_file(tmp_path / "passwd", passwords)
+    tls_port, plain_port = free_port(), free_port()
+    workdir = tmp_path / f"mosquitto-{plain_port}"
+    config = deploy_mosquitto_config(
+        workdir,
+        ports={8883: tls_port, 1883: plain_port},
+        files={
+            "cafile": certs / "ca.crt",
+            "certfile": certs / "server.crt",
+            "keyfile": certs / "server.key",
+            "password_file": password_file,
+            "acl_file": DEPLOY_MOSQUITTO / "acl",
+        },
+    )
+    with run_mosquitto(tmp_path, plain_port, config=config, extra_ports=[tls_port]) as process:
+        yield SecureBroker(process, tls_port, plain_port, certs, password_file)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[SecureBroker]:
+    with secure_broker(tmp_path) as running:
+        yield running
+
+
+# -- MQTT clients --------------------------------------------------------------------------------
+
+
+class Client:
+    """A paho client driven by hand (`loop`), so a test sees each CONNACK and PUBACK itself."""
+
+    def __init__(
+        self,
+        port: int,
+        username: str | None,
+        password: str | None = None,
+        *,
+        protocol: int = mqtt.MQTTv5,
+        ca_file: Path | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self.port = port
+        self.connack: ReasonCode | None = None
+        self.pubacks: dict[int, ReasonCode] = {}
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"sec-{username or 'anonymous'}-{protocol}",
+            protocol=protocol,
+        )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if ca_file is not None:
+            self.client.tls_set(ca_certs=str(ca_file))
+        self.client.on_connect = self._on_connect
+        self.client.on_publish = self._on_publish
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
+        self.connack = rc
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode, props: Any) -> None:
+        self.pubacks[mid] = rc
+
+    def _loop_until(self, done: Callable[[], bool], timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError("no answer from the broker")
+            if self.client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS and not done():
+                return  # connection closed before the answer
+
+    def connect(self) -> ReasonCode | None:
+        """Connect and return the CONNACK's reason code (None: closed without one)."""
+        self.client.connect(HOST, self.port, keepalive=10)
+        self._loop_until(lambda: self.connack is not None)
+        return self.connack
+
+    def publish(self, topic: str, payload: bytes) -> ReasonCode:
+        """Publish at QoS 1 and return the PUBACK's reason code."""
+        info = self.client.publish(topic, payload, qos=1)
+        assert info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS, mqtt.error_string(info.rc)
+        self._loop_until(lambda: info.mid in self.pubacks)
+        assert info.mid in self.pubacks, f"connection closed before the PUBACK for {topic}"
+        return self.pubacks[info.mid]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+            self.client.loop(timeout=0.05)
+
+
+@contextlib.contextmanager
+def connected(port: int, username: str, **kwargs: Any) -> Iterator[Client]:
+    client = Client(port, username, PASSWORDS[username], **kwargs)
+    try:
+        connack = client.connect()
+        assert connack is not None and connack.value == 0, f"{username} refused: {connack}"
+        yield client
+    finally:
+        client.close()
+
+
+_collector_ids = itertools.count()
+
+
+@contextlib.contextmanager
+def collecting(port: int, topic_filter: str, username: str, **kwargs: Any) -> Iterator[Collector]:
+    collector = Collector(
+        HOST,
+        port,
+        topic_filter,
+        client_id=f"sec-collector-{next(_collector_ids)}",
+        clean_session=True,
+        username=username,
+        password=PASSWORDS[username],
+        **kwargs,
+    )
+    assert collector.start() == [1]
+    try:
+        yield collector
+    finally:
+        collector.stop()
+
+
+# -- ACL: a gateway publishes only under its own council ----------------------------------------
+
+FORGED_BY_BIRMINGHAM = [
+    "city/leeds/parking/lds-car-park-3",  # another council
+    "city/leedsx/parking/p1",  # a council whose name starts like another's
+    "city/traffic/birmingham/p1",  # its own name at the wrong level
+    "v3/parking@leeds/devices/dev1/up",  # LoRaWAN uplinks belong to network servers
+    "application/parking/device/0011223344556677/event/up",
+    "civicflow/birmingham/parking/p1",  # outside the city/ prefix
+]
+
+
+def test_gateway_is_refused_outside_its_council_and_nothing_reaches_the_listener(
+    broker: SecureBroker,
+) -> None:
+    with (
+        collecting(broker.plain_port, "#", LISTENER_USER) as everything,
+        connected(broker.plain_port, "gw-birmingham-1") as birmingham,
+        connected(broker.plain_port, "gw-leeds-1") as leeds,
+    ):
+        refused = {topic: birmingham.publish(topic, b'{"forged": true}') for topic in FORGED_BY_BIRMINGHAM}
+        assert {t: rc.value for t, rc in refused.items()} == dict.fromkeys(
+            FORGED_BY_BIRMINGHAM, NOT_AUTHORIZED
+        )
+        assert all(str(rc) == "Not authorized" for rc in refused.values())
+        # The listener's own credential cannot inject readings either.
+        with connected(broker.plain_port, LISTENER_USER) as listener_user:
+            assert listener_user.publish("city/leeds/parking/p9", b'{"forged": true}').value == NOT_AUTHORIZED
+
+        assert birmingham.publish("city/birmingham/parking/bhm-001", b'{"seq": 1}').value == 0
+        assert leeds.publish("city/leeds/parking/lds-001", b'{"seq": 2}').value == 0
+        # A denied publish is dropped before it is routed, so once the two allowed messages
+        # (published after every denied one) have arrived, anything else would have too.
+        assert everything.wait_for(2, timeout_s=5) == 2
+        assert everything.quiet_for(0.3) == 2
+
+    assert sorted(zip(everything.topics, everything.payloads, strict=True)) == [
+        ("city/birmingham/parking/bhm-001", b'{"seq": 1}'),
+        ("city/leeds/parking/lds-001", b'{"seq": 2}'),
+    ]
+    assert b"forged" not in b"".join(everything.payloads)
+
+
+def test_mqtt311_gateway_outside_its_council_gets_a_plain_puback_but_nothing_is_delivered(
+    broker: SecureBroker,
+) -> None:
+    """MQTT 3.1.1 has no PUBACK reason codes: the broker drops the message without saying so."""
+    with (
+        collecting(broker.plain_port, "city/#", LISTENER_USER) as listener_view,
+        connected(broker.plain_port, "gw-birmingham-1", protocol=mqtt.MQTTv311) as birmingham,
+    ):
+        assert birmingham.publish("city/leeds/parking/p1", b"forged").value == 0
+        assert birmingham.publish("city/birmingham/parking/p1", b"genuine").value == 0
+        assert listener_view.wait_for(1, timeout_s=5) == 1
+        assert listener_view.quiet_for(0.3) == 1
+    assert listener_view.payloads == [b"genuine"]
+
+
+def test_gateway_cannot_read_any_council(broker: SecureBroker) -> None:
+    with (
+        collecting(broker.plain_port, "city/#", LISTENER_USER) as listener_view,
+        collecting(broker.plain_port, "city/#", "gw-leeds-1") as leeds_snooping,
+        connected(broker.plain_port, "gw-birmingham-1") as birmingham,
+        connected(broker.plain_port, "gw-leeds-1") as leeds,
+    ):
+        # Mosquitto grants the subscription and checks read access on every delivery.
+        assert birmingham.publish("city/birmingham/parking/p1", b"bham").value == 0
+        assert leeds.publish("city/leeds/parking/p1", b"leeds").value == 0
+        assert listener_view.wait_for(2, timeout_s=5) == 2
+        assert leeds_snooping.quiet_for(0.3) == 0
+    assert sorted(listener_view.payloads) == [b"bham", b"leeds"]
+    assert leeds_snooping.payloads == []
+
+
+def test_listener_user_reads_lorawan_uplinks_and_shared_subscriptions(broker: SecureBroker) -> None:
+    uplink = "application/parking/device/0011223344556677/event/up"
+    with (
+        collecting(broker.plain_port, "application/+/device/+/event/up", LISTENER_USER) as lorawan,
+        collecting(broker.plain_port, "$share/civicflow/city/#", LISTENER_USER) as shared,
+        connected(broker.plain_port, "lns-chirpstack") as network_server,
+        connected(broker.plain_port, "gw-birmingham-1") as birmingham,
+    ):
+        assert network_server.publish(uplink, b'{"deviceInfo": {}}').value == 0
+        # A network server writes its own uplink topics only.
+        assert network_server.publish("city/leeds/parking/p1", b"forged").value == NOT_AUTHORIZED
+        assert birmingham.publish("city/birmingham/parking/p1", b"bham").value == 0
+        assert lorawan.wait_for(1, timeout_s=5) == 1
+        assert shared.wait_for(1, timeout_s=5) == 1
+        assert shared.quiet_for(0.3) == 1
+    assert list(zip(lorawan.topics, lorawan.payloads, strict=True)) == [(uplink, b'{"deviceInfo": {}}')]
+    assert list(zip(shared.topics, shared.payloads, strict=True)) == [("city/birmingham/parking/p1", b"bham")]
+
+
+# -- Authentication ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv5, mqtt.MQTTv311], ids=["v5", "v311"])
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [
+        (None, None),
+        ("gw-birmingham-1", "wrong"),
+        ("gw-birmingham-1", ""),
+        ("gw-birmingham-1", PASSWORDS["gw-leeds-1"]),  # another user's password
+        ("gw-unknown-1", "whatever"),
+        (LISTENER_USER, PASSWORDS[LISTENER_USER].upper()),
+    ],
+    ids=["anonymous", "wrong-password", "empty-password", "other-users-password", "unknown-user", "case"],
+)
+def test_connect_is_refused_without_valid_credentials(
+    broker: SecureBroker, username: str | None, password: str | None, protocol: int
+) -> None:
+    for port, ca_file in ((broker.plain_port, None), (broker.tls_port, broker.ca_file)):
+        client = Client(port, username, password, protocol=protocol, ca_file=ca_file)
+        try:
+            connack = client.connect()
+        finally:
+            client.close()
+        # MQTT 3.1.1's return code 5 reaches paho as the same reason code.
+        assert connack is not None and connack.value == NOT_AUTHORIZED, (port, connack)
+
+
+def test_tls_listener_refuses_plain_mqtt_and_clients_of_another_ca(
+    broker: SecureBroker, tmp_path: Path
+) -> None:
+    plain = Client(broker.tls_port, "gw-birmingham-1", PASSWORDS["gw-birmingham-1"])
+    try:
+        assert plain.connect() is None  # Mosquitto waits for a TLS handshake, not a CONNECT
+    finally:
+        plain.close()
+
+    other_ca = make_certs(tmp_path / "other-certs") / "ca.crt"
+    stranger = Client(broker.tls_port, "gw-birmingham-1", PASSWORDS["gw-birmingham-1"], ca_file=other_ca)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        stranger.connect()
+    stranger.close()
+
+    with (
+        collecting(broker.tls_port, "city/#", LISTENER_USER, ca_file=broker.ca_file) as listener_view,
+        connected(broker.tls_port, "gw-birmingham-1", ca_file=broker.ca_file) as gateway,
+    ):
+        assert gateway.publish("city/birmingham/parking/p1", b"over-tls").value == 0
+        assert gateway.publish("city/leeds/parking/p1", b"forged").value == NOT_AUTHORIZED
+        assert listener_view.wait_for(1, timeout_s=5) == 1
+        assert listener_view.quiet_for(0.3) == 1
+    assert listener_view.payloads == [b"over-tls"]
+
+
+# -- civicflow listen ----------------------------------------------------------------------------
+
+
+def start_listener(
+    data_root: Path, port: int, password: str, log_dir: Path, *, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = os.environ | {
+        "CIVICFLOW_DATA_ROOT": str(data_root),
+        "CIVICFLOW_MQTT__HOST": HOST,
+        "CIVICFLOW_MQTT__PORT": str(port),
+        "CIVICFLOW_MQTT__CLIENT_ID": LISTENER_CLIENT_ID,
+        "CIVICFLOW_MQTT__USERNAME": LISTENER_USER,
+        "CIVICFLOW_MQTT__PASSWORD": password,
+        "CIVICFLOW_METRICS__PORT": "0",
+        "CIVICFLOW_LANDING__SEGMENT_MAX_AGE_S": "3600",
+    }
+    env |= extra_env or {}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "civicflow.cli", "listen", "-v"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=(log_dir / "listener.stdout").open("ab"),
+        stderr=(log_dir / "listener.stderr").open("ab"),
+    )
+
+
+def tls_env(broker: SecureBroker) -> dict[str, str]:
+    return {
+        "CIVICFLOW_MQTT__TLS__ENABLED": "true",
+        "CIVICFLOW_MQTT__TLS__CA_FILE": str(broker.ca_file),
+    }
+
+
+def status(data_root: Path) -> dict[str, Any]:
+    try:
+        return json.loads((data_root / "raw" / LISTENER_CLIENT_ID / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def wait_for(predicate: Callable[[], Any], what: str, proc: subprocess.Popen[bytes], log_dir: Path) -> Any:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"listener exited ({proc.returncode}) while {what}:\n{logs(log_dir)}")
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out {what}:\n{logs(log_dir)}")
+
+
+def logs(log_dir: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted(log_dir.glob("listener.*")))
+
+
+@contextlib.contextmanager
+def listener_process(*args: Any, **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
+    proc = start_listener(*args, **kwargs)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=20)
+
+
+def test_civicflow_listen_over_tls_lands_a_tls_gateways_readings(
+    broker: SecureBroker, tmp_path: Path
+) -> None:
+    data_root, log_dir = tmp_path / "data", tmp_path / "logs"
+    readings = [
+        (f"city/birmingham/parking/bhm-{i:03d}", b'{"observed_at": 1475564382, "occupied_spots": %d}' % i)
+        for i in range(5)
+    ]
+    with listener_process(
+        data_root, broker.tls_port, PASSWORDS[LISTENER_USER], log_dir, extra_env=tls_env(broker)
+    ) as listener:
+        wait_for(lambda: status(data_root).get("state") == "subscribed", "subscribing", listener, log_dir)
+        with connected(broker.tls_port, "gw-birmingham-1", ca_file=broker.ca_file) as gateway:
+            assert [gateway.publish(t, p).value for t, p in readings] == [0] * len(readings)
+            assert gateway.publish("city/leeds/parking/lds-001", b"forged").value == NOT_AUTHORIZED
+        wait_for(lambda: status(data_root).get("acked", 0) >= len(readings), "landing", listener, log_dir)
+        assert stop(listener) == 0, logs(log_dir)
+
+    final = status(data_root)
+    assert final["state"] == "stopped"
+    assert (final["received"], final["acked"]) == (len(readings), len(readings))
+    landed = [(r.topic, r.payload) for p in list_closed_segments(data_root / "raw") for r in read_segment(p)]
+    assert sorted(landed) == sorted((t.encode(), p) for t, p in readings)
+    # The listener came in on the TLS port, as its user.
+    assert connection_ports(broker.process.log_text(), LISTENER_CLIENT_ID, LISTENER_USER) == [broker.tls_port]
+
+
+def connection_ports(broker_log: str, client_id: str, username: str) -> list[int]:
+    """The broker ports `client_id` connected to as `username`, from Mosquitto's log."""
+    port_of = {m[1]: int(m[2]) for m in re.finditer(r"New connection from (\S+) on port (\d+)\.", broker_log)}
+    connected_from = re.findall(
+        rf"New client connected from (\S+) as {client_id} \(.*u'{username}'\)", broker_log
+    )
+    return [port_of[address] for address in connected_from]
+
+
+def test_civicflow_listen_never_logs_its_password(broker: SecureBroker, tmp_path: Path) -> None:
+    """Refused, accepted, disconnected by a broker restart, reconnected, stopped: the password
+    appears in none of the listener's output or files."""
+    data_root, log_dir = tmp_path / "data", tmp_path / "logs"
+    with listener_process(data_root, broker.tls_port, SECRET, log_dir, extra_env=tls_env(broker)) as listener:
+        # The broker does not know this password yet: CONNECT is refused, again and again.
+        wait_for(lambda: logs(log_dir).count("Not authorized") >= 2, "being refused", listener, log_dir)
+        assert status(data_root).get("state") != "subscribed"
+
+        write_password_file(broker.password_file, PASSWORDS | {LISTENER_USER: SECRET})
+        broker.process.reload()
+        wait_for(lambda: status(data_root).get("state") == "subscribed", "subscribing", listener, log_dir)
+        with connected(broker.tls_port, "gw-leeds-1", ca_file=broker.ca_file) as gateway:
+            assert gateway.publish("city/leeds/parking/lds-001", b'{"seq": 1}').value == 0
+        wait_for(lambda: status(data_root).get("acked", 0) >= 1, "landing", listener, log_dir)
+
+        broker.process.stop()
+        wait_for(lambda: status(data_root).get("state") != "subscribed", "noticing", listener, log_dir)
+        broker.process.start()
+        wait_for(lambda: status(data_root).get("connects", 0) >= 2, "reconnecting", listener, log_dir)
+        wait_for(lambda: status(data_root).get("state") == "subscribed", "resubscribing", listener, log_dir)
+        assert stop(listener) == 0, logs(log_dir)
+
+    files = [p for p in [*log_dir.rglob("*"), *data_root.rglob("*")] if p.is_file()]
+    assert (data_root / "raw" / LISTENER_CLIENT_ID / "status.json") in files
+    assert any(p.suffix == ".seg" for p in files)
+    leaks = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert leaks == []
+    text = logs(log_dir)
+    assert "Not authorized" in text and len(text) > 200  # the failures were logged, minus the secret
+    assert SECRET not in broker.process.log_text()
+
+
+@pytest.mark.parametrize(
+    "bad_env",
+    [
+        {"CIVICFLOW_MQTT__PORT": "not-a-port"},
+        {"CIVICFLOW_MQTT__TLS": "not-a-table"},
+        {"CIVICFLOW_MQTT__TLS__ENABLED": "true", "CIVICFLOW_MQTT__TLS__CA_FILE": "/nonexistent/ca.crt"},
+    ],
+    ids=["bad-port", "bad-tls-section", "missing-ca-file"],
+)
+def test_civicflow_listen_failing_at_startup_does_not_print_its_password(
+    tmp_path: Path, bad_env: dict[str, str]
+) -> None:
+    log_dir = tmp_path / "logs"
+    with listener_process(tmp_path / "data", free_port(), SECRET, log_dir, extra_env=bad_env) as listener:
+        returncode = listener.wait(timeout=30)
+    output = logs(log_dir)
+    assert returncode != 0, output
+    assert output.strip()
+    assert SECRET not in output
