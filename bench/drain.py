@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import signal
 import statistics
@@ -130,6 +131,18 @@ class Child:
 
     def max_rss_mib(self) -> float:
         return self.vm_hwm_kib / 1024
+
+
+def busy_cpu_s() -> float:
+    """CPU time the whole machine has spent busy since boot (all cores, all processes)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def spawn(cmd: list[str], *, env: dict[str, str] | None = None, stdout=None, log: Path) -> Child:
@@ -271,6 +284,7 @@ class Run:
         assert self.broker is not None
         n = self.opts.messages
         broker_cpu_before = self.broker.cpu_seconds()
+        machine_before, self_before = busy_cpu_s(), self_cpu_s()
         result: dict[str, Any] = {"subscriber": self.kind, "client_id": self.client_id}
         if self.kind == "listener":
             self._status_path().unlink(missing_ok=True)
@@ -286,7 +300,10 @@ class Run:
                 p.stat().st_mtime_ns / 1e9 for p in raw_dir.iterdir() if p.suffix in (".open", ".seg")
             )
             child.poll()  # one more peak-RSS sample before shutdown
-            child.proc.send_signal(signal.SIGTERM)
+            if self.opts.listener_prefix:  # signal the listener, not the profiler wrapping it
+                os.kill(int(status["pid"]), signal.SIGTERM)
+            else:
+                child.proc.send_signal(signal.SIGTERM)
             code = child.wait(60)
             if code != 0:
                 raise RuntimeError(f"listener exited {code} after SIGTERM; see {self.log}")
@@ -322,8 +339,15 @@ class Run:
                 finished = counted["last"]
                 result["first_message_s"] = counted["first"] - started
                 result["last_message_s"] = counted["last"] - started
+        # CPU that neither the subscriber, the broker nor this script used during the drain: other
+        # work on the machine competing for its cores (should be near 0 for a clean measurement).
+        other_cpu = (
+            (busy_cpu_s() - machine_before) - (self_cpu_s() - self_before) - broker_cpu - child.cpu_s()
+        )
         seconds = finished - started
         result |= {
+            "other_cpu_s": max(0.0, other_cpu),
+            "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
             "seconds": seconds,
             "msgs_per_s": n / seconds,
             "cpu_s": child.cpu_s(),
@@ -418,6 +442,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "seconds": statistics.median(r["seconds"] for r in mine),
             "cpu_s": statistics.median(r["cpu_s"] for r in mine),
             "broker_cpu_s": statistics.median(r["broker_cpu_s"] for r in mine),
+            "other_cpu_s": statistics.median(r["other_cpu_s"] for r in mine),
             "max_rss_mib": max(r["max_rss_mib"] for r in mine),
         }
         if kind == "listener":
@@ -463,8 +488,9 @@ def markdown(report: dict[str, Any]) -> str:
         + ("median shown." if cfg["repeat"] > 1 else "single run.")
         + f" Order: {', '.join(report['order'])}.",
         "",
-        "| subscriber | drain time (s) | msg/s | vs bare paho | CPU (s) | broker CPU (s) | peak RSS (MiB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| subscriber | drain time (s) | msg/s | vs bare paho | CPU (s) | broker CPU (s) "
+        "| other CPU (s) | peak RSS (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for kind in SUBSCRIBERS:
         if kind not in s:
@@ -473,7 +499,8 @@ def markdown(report: dict[str, Any]) -> str:
         ratio = f"{row['msgs_per_s'] / base:.2f}×" if base else "n/a"
         lines.append(
             f"| {labels[kind]} | {row['seconds']:.2f} | {row['msgs_per_s']:,.0f} | {ratio} | "
-            f"{row['cpu_s']:.2f} | {row['broker_cpu_s']:.2f} | {row['max_rss_mib']:.0f} |"
+            f"{row['cpu_s']:.2f} | {row['broker_cpu_s']:.2f} | {row['other_cpu_s']:.2f} | "
+            f"{row['max_rss_mib']:.0f} |"
         )
     if "listener" in s:
         lines += [
@@ -488,6 +515,12 @@ def markdown(report: dict[str, Any]) -> str:
             + ". The table's time is when its status.json first showed every message acknowledged "
             "(the listener rewrites that file at most every 0.5 s).",
         ]
+    lines += [
+        "",
+        "CPU is user + system seconds during the drain; *other CPU* is what the rest of the machine "
+        "used meanwhile (it competes for the cores, so it should be near 0). Peak RSS is the "
+        "process's VmHWM.",
+    ]
     streaming = [k for k in ("listener", "bare_paho") if "streaming_msgs_per_s" in s.get(k, {})]
     if streaming:
         lines += [
@@ -568,9 +601,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"[repeat {rep + 1}/{opts.repeat}] {kind}: {result['seconds']:.2f}s, "
                 f"{result['msgs_per_s']:,.0f} msg/s, peak RSS {result['max_rss_mib']:.0f} MiB"
             )
-    command = "make bench" if os.environ.get("MAKELEVEL") else "python -m bench.drain"
-    if argv is None and sys.argv[1:]:
-        command += " " + " ".join(sys.argv[1:])
+    cli_args = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
+    if os.environ.get("MAKELEVEL"):
+        command = f'make bench BENCH_ARGS="{cli_args}"' if cli_args else "make bench"
+    else:
+        command = f"python -m bench.drain {cli_args}".strip()
     report = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
