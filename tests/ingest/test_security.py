@@ -303,6 +303,30 @@ def test_listener_user_reads_lorawan_uplinks_and_shared_subscriptions(broker: Se
     assert list(zip(shared.topics, shared.payloads, strict=True)) == [("city/birmingham/parking/p1", b"bham")]
 
 
+def test_broker_takes_a_full_size_reading_and_disconnects_a_client_sending_a_bigger_packet(
+    broker: SecureBroker,
+) -> None:
+    """max_packet_size fits Civicflow's 256 KiB payload limit on the longest topic, and no more."""
+    max_payload = 256 * 1024  # CIVICFLOW_MAX_PAYLOAD_BYTES' default
+    longest_topic = "city/birmingham/air_quality/" + "d" * 64  # names are at most 64 characters
+    full_size = b"[" + b" " * (max_payload - 2) + b"]"
+    with (
+        collecting(broker.plain_port, "city/#", LISTENER_USER) as listener_view,
+        connected(broker.plain_port, "gw-birmingham-1", protocol=mqtt.MQTTv311) as gateway,
+    ):
+        assert gateway.publish(longest_topic, full_size).value == 0
+        assert listener_view.wait_for(1, timeout_s=5) == 1
+
+        too_big = gateway.client.publish(longest_topic, b"x" * (max_payload + 4096), qos=1)
+        deadline = time.monotonic() + 5
+        while gateway.client.loop(timeout=0.05) == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            assert time.monotonic() < deadline, "the broker kept the connection open"
+        assert too_big.mid not in gateway.pubacks
+        assert listener_view.quiet_for(0.3) == 1
+    assert [len(p) for p in listener_view.payloads] == [max_payload]
+    assert listener_view.topics == [longest_topic]
+
+
 # -- Authentication ------------------------------------------------------------------------------
 
 
