@@ -20,6 +20,7 @@ app = typer.Typer(
     help="Civicflow: smart-city sensor readings from MQTT to quality-checked open data.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # a traceback must never print a password
 )
 console = Console()
 
@@ -42,10 +43,10 @@ def listen(verbose: Verbose = False, log_json: LogJson = False) -> None:
     from ingest.listener import Listener
 
     _logging(verbose, log_json)
-    settings = Settings()
     try:
+        settings = Settings()
         listener = Listener.from_settings(settings)
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:  # ssl.SSLError is an OSError
         console.print(f"[red]cannot start the listener:[/] {exc}")
         raise typer.Exit(2) from exc
     if settings.metrics.port:
