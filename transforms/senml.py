@@ -103,6 +103,11 @@ def resolve_pack(pack: list, received_at: datetime | None) -> list[Record]:
                     Reason.INVALID_TIMESTAMP,
                     f"SenML record {index} has a relative time ({t:g} s) and the receive time is unknown",
                 )
+            if not 0 <= received_at.timestamp() + t < EPOCH_MAX:
+                raise Invalid(
+                    Reason.INVALID_TIMESTAMP,
+                    f"SenML record {index}: relative time {t:g} s falls outside 1970..3000",
+                )
             time = received_at.astimezone(UTC) + timedelta(seconds=t)
         elif t >= EPOCH_MAX:
             raise Invalid(

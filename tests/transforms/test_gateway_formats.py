@@ -174,6 +174,7 @@ def test_senml_bad_reading_is_quarantined_alone_with_its_records():
         ([{"bt": T0, "n": "no 2", "u": "ug/m3", "v": 1}], Reason.INVALID_VALUE, "name 'no 2'"),
         ([{"bt": T0, "n": "no2", "u": "ug/m3", "v": "1"}], Reason.INVALID_TYPE, "v must be a number"),
         ([{"bt": T0 * 1000, "n": "no2", "u": "ug/m3", "v": 1}], Reason.INVALID_TIMESTAMP, "after 3000"),
+        ([{"bt": -1e308, "n": "no2", "u": "ug/m3", "v": 1}], Reason.INVALID_TIMESTAMP, "outside 1970..3000"),
         ([1], Reason.NOT_AN_OBJECT, "SenML record 0 is a int"),
         ([{"bt": T0, "n": "temperature", "v": 5}], Reason.UNCONVERTIBLE_UNIT, "temperature has no unit"),
         ([{"bt": T0, "n": "status", "vs": "open"}], Reason.UNKNOWN_FIELD, "not a air_quality measurement"),
