@@ -31,7 +31,7 @@ def stage_job(settings: Settings | None = None, registry_dir: Path | None = None
         max_payload_bytes=settings.max_payload_bytes,
         max_batch_readings=settings.max_batch_readings,
     )
-    registry = load_registry(registry_dir or DEFAULT_REGISTRY_DIR)
+    registry = load_registry(registry_dir or settings.registry_dir or DEFAULT_REGISTRY_DIR)
     con = connect(layout.warehouse)
     try:
         return stage_segments(layout, con, limits, registry=registry).to_dict()

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CIVICFLOW_", env_nested_delimiter="__", extra="ignore")
 
     data_root: Path = Field(default=Path("data"))
+    registry_dir: Path | None = Field(
+        default=None,
+        description="Device registry (one TOML file per council); unset: registry/ of the checkout",
+    )
     mqtt: MqttSettings = MqttSettings()
     landing: LandingSettings = LandingSettings()
     metrics: MetricsSettings = MetricsSettings()

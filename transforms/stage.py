@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from civicflow.contract import DATASETS, Dataset, Domain, Reason
+from civicflow.health import STAGED_MARKER
 from civicflow.registry import Registry, RegistryError
 from transforms.decode import Limits, Rejection, decode_message
 from transforms.lorawan import registry_problems
@@ -265,6 +266,23 @@ def export_partitions(con: duckdb.DuckDBPyConnection, layout: Layout) -> list[Pa
     return written
 
 
+def mark_staged(layout: Layout, con: duckdb.DuckDBPyConnection) -> None:
+    """Tell each listener how far staging has got, for its closed-segment backlog metric.
+
+    Writes `<raw>/<listener>/.staged-through` with the name of the newest segment in the ledger.
+    """
+    rows = con.execute("""
+        SELECT split_part(segment_id, '/', 1) AS listener, max(segment_id) FROM raw.segments GROUP BY 1
+    """).fetchall()
+    for listener, newest in rows:
+        directory = layout.raw / listener
+        if directory.is_dir():
+            marker = directory / STAGED_MARKER
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(newest.split("/", 1)[1] + CLOSED_SUFFIX + "\n")
+            os.replace(tmp, marker)
+
+
 def stage_segments(
     layout: Layout,
     con: duckdb.DuckDBPyConnection,
@@ -314,6 +332,7 @@ def stage_segments(
             con.execute("ROLLBACK")
             raise
     export_partitions(con, layout)
+    mark_staged(layout, con)
     result.changed_partitions = sorted((d, c, day.isoformat()) for d, c, day in changed)
     log.info(
         "staged %d segments: %d records, %d readings, %d duplicates, quarantined %s",

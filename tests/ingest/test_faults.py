@@ -23,6 +23,7 @@ import pytest
 from brokers import run_mosquitto
 from listeners import ListenerProcess, landed_payloads
 
+from civicflow.health import closed_backlog
 from civicflow.jobs import publish_job, stage_job
 from civicflow.settings import Settings
 from ingest.gateway import publish_messages
@@ -276,8 +277,10 @@ def test_two_listeners_share_one_subscription_and_together_land_everything(tmp_p
     shares = [sequences(landed_payloads_of(data_root, lp.client_id)) for lp in listeners]
     assert all(len(share) > n // 10 for share in shares), [len(s) for s in shares]  # both took load
     assert shares[0] | shares[1] == set(range(n))
+    assert [closed_backlog(lp.directory) for lp in listeners] != [0, 0]
     staged = stage_job(Settings(data_root=data_root))
     assert staged["readings"] - staged["duplicates"] == n
+    assert [closed_backlog(lp.directory) for lp in listeners] == [0, 0]  # staging caught up
 
 
 def landed_payloads_of(data_root: Path, client_id: str) -> list[bytes]:
