@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PUBACK_HEADER = bytes((0x40, 0x02))
+"""MQTT 3.1.1 PUBACK fixed header: packet type 4, remaining length 2 (the packet id follows)."""
+
 
 @dataclass
 class ListenerStats:
@@ -309,10 +312,10 @@ class Listener:
         m.open_segment_age.set(self.writer.open_age_s)
         m.closed_backlog.set(self.closed_backlog())
 
-    def write_status(self, *, force: bool = False) -> None:
+    def write_status(self, *, force: bool = False, min_interval_s: float = 0.5) -> None:
         """Publish counters to the metrics and to a JSON file operators and `civicflow status` read."""
         now = time.monotonic()
-        if not force and now - self._status_written < 0.5:
+        if not force and now - self._status_written < min_interval_s:
             return
         self._status_written = now
         self._publish_metrics()
@@ -335,17 +338,38 @@ class Listener:
 
     # -- landing --------------------------------------------------------------------------------
 
-    def _commit(self) -> None:
+    def _commit(self, *, drained: bool = False) -> None:
         """Make landed messages durable, then acknowledge them."""
         self.writer.flush()
         self.stats.flushes += 1
         self.stats.landed = self.stats.received
-        if self._connected:
-            for mid, qos in self._pending:
-                self.client.ack(mid, qos)
+        if self._connected and self._pending:
+            self._send_acks()
             self.stats.acked += len(self._pending)
         self._pending.clear()
-        self.write_status()
+        self.write_status(min_interval_s=0.05 if drained else 0.5)
+
+    def _send_acks(self) -> None:
+        """Send the group's PUBACKs, in one write when paho has nothing else queued.
+
+        paho's `ack()` sends each PUBACK with its own system call; a group of 500 then costs 500
+        writes. When paho's own output queue is empty, the group's PUBACKs (4 bytes each: type,
+        length, packet id) go out in one blocking `sendall`, so they cannot interleave with a
+        packet paho is writing. Otherwise, and for QoS 2, paho sends them one by one.
+        """
+        sock = self.client.socket()
+        if sock is None or self.client.want_write() or any(qos != 1 for _, qos in self._pending):
+            for mid, qos in self._pending:
+                self.client.ack(mid, qos)
+            return
+        data = b"".join(PUBACK_HEADER + mid.to_bytes(2, "big") for mid, _ in self._pending)
+        sock.settimeout(10.0)
+        try:
+            sock.sendall(data)
+        except OSError as exc:  # the connection broke: nothing acknowledged, the broker redelivers
+            log.warning("sending %d acknowledgements failed (%s)", len(self._pending), exc)
+        finally:
+            sock.settimeout(0.0)
 
     def _roll(self) -> None:
         self._commit()
@@ -421,6 +445,16 @@ class Listener:
             before = self._delivered
             rc = self.client.loop(timeout=wait)
             got_message = self._delivered != before
+            # paho's loop() reads one packet; read on while messages keep coming, up to a group.
+            while (
+                got_message
+                and rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+                and len(self._pending) < self.flush_max_messages
+            ):
+                more = self._delivered
+                rc = self.client.loop_read()
+                if self._delivered == more:
+                    break
             try:
                 if self._fault is not None:
                     raise self._fault
@@ -440,7 +474,7 @@ class Listener:
                     or len(self._pending) >= self.flush_max_messages
                     or time.monotonic() - self._oldest_pending >= self.flush_max_delay_s
                 ):
-                    self._commit()
+                    self._commit(drained=not got_message)
                 if self.writer.due_to_roll():
                     self._roll()
             except OSError as exc:
