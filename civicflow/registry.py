@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from civicflow.contract import NAME_PATTERN, Domain
 from civicflow.errors import TerminalError
@@ -111,11 +114,52 @@ class CouncilRegistry(_Strict):
         default=False,
         description="Take readings from devices not listed here instead of quarantining them",
     )
+    timezone: str | None = Field(
+        default=None,
+        description="IANA time zone of the council's device clocks (e.g. Europe/London): a naive "
+        "observed_at is local time there. Unset: a naive observed_at is quarantined",
+    )
+    ambiguous_local_time: Literal["quarantine", "earlier", "later"] = Field(
+        default="quarantine",
+        description="A naive observed_at in the hour the clocks go back, which happens twice: "
+        "quarantine it, or take its first (earlier) or second (later) occurrence",
+    )
+    max_lateness_days: int | None = Field(
+        default=None,
+        ge=0,
+        description="Quarantine a reading as too_late when its UTC event date is more than this "
+        "many days before the UTC date it was received; unset: no horizon",
+    )
     devices: tuple[Device, ...] = ()
     applications: tuple[Application, ...] = ()
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not an IANA time zone such as 'Europe/London'") from exc
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo | None:
+        return None if self.timezone is None else ZoneInfo(self.timezone)
+
+    def too_late(self, observed_at: datetime, received_at: datetime) -> bool:
+        """Whether a reading falls behind the lateness horizon: judged on the receive time, not
+        the clock, so a replay of the raw zone decides the same way as the first staging did."""
+        if self.max_lateness_days is None:
+            return False
+        horizon = received_at.astimezone(UTC).date() - timedelta(days=self.max_lateness_days)
+        return observed_at.astimezone(UTC).date() < horizon
+
     @model_validator(mode="after")
     def _unique(self) -> CouncilRegistry:
+        if self.ambiguous_local_time != "quarantine" and self.timezone is None:
+            raise ValueError("ambiguous_local_time needs the timezone whose local times it resolves")
         seen: set[str] = set()
         for d in self.devices:
             if d.device_id in seen:

@@ -15,11 +15,12 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
 from civicflow.contract import DATASETS, LOCATION_COLUMNS, NAME_RE, Column, Dataset, Domain, Reason
-from civicflow.registry import Device, Registry
+from civicflow.registry import CouncilRegistry, Device, Registry
 from civicflow.wire import WireFormat, topic_format
 from transforms.invalid import Invalid
 from transforms.lorawan import find_owner, parse_chirpstack, parse_tts, profile_reading
@@ -99,11 +100,12 @@ def parse_topic(topic: bytes, prefix: str) -> Topic:
     return Topic(council, dom, device_id)
 
 
-def parse_observed_at(value: Any) -> datetime:
+def parse_observed_at(value: Any, council: CouncilRegistry | None = None) -> datetime:
     """RFC 3339 with a UTC offset, or epoch seconds; returned as aware UTC.
 
     A datetime comes only from a gateway format's parser (SenML resolves times itself), never
-    from JSON, and is always aware.
+    from JSON, and is always aware. RFC 3339 without an offset is local time of the council's
+    `timezone` when its registry file declares one (`local_to_utc`), and refused otherwise.
     """
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value.astimezone(UTC)
@@ -121,16 +123,53 @@ def parse_observed_at(value: Any) -> datetime:
     if m is None:
         raise _Invalid(Reason.INVALID_TIMESTAMP, f"observed_at {value[:64]!r} is not RFC 3339")
     day, clock, fraction, offset = m.groups()
-    if offset is None:
+    zone = council.zone if council is not None else None
+    if offset is None and zone is None:
         raise _Invalid(
-            Reason.TIMESTAMP_WITHOUT_OFFSET, f"observed_at {value!r} has no UTC offset (add Z or +hh:mm)"
+            Reason.TIMESTAMP_WITHOUT_OFFSET,
+            f"observed_at {value!r} has no UTC offset (add Z or +hh:mm, or declare the council's "
+            "timezone in its registry file)",
         )
     fraction = (fraction or "")[:7]
     try:
-        parsed = datetime.fromisoformat(f"{day}T{clock}{fraction}{offset.upper()}")
+        parsed = datetime.fromisoformat(f"{day}T{clock}{fraction}{(offset or '').upper()}")
     except ValueError as exc:
         raise _Invalid(Reason.INVALID_TIMESTAMP, f"observed_at {value!r}: {exc}") from exc
-    return parsed.astimezone(UTC)
+    try:
+        if offset is None and council is not None and zone is not None:
+            return local_to_utc(parsed, zone, council.ambiguous_local_time, value)
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
+        raise _Invalid(Reason.INVALID_TIMESTAMP, f"observed_at {value!r} is out of range") from exc
+
+
+def local_to_utc(naive: datetime, zone: ZoneInfo, ambiguous: str, text: str) -> datetime:
+    """A wall-clock time of `zone` as aware UTC, by an explicit rule for the clock changes.
+
+    A time in the hour the clocks skip (01:30 on 2016-03-27 in Europe/London) never happened:
+    `nonexistent_local_time`, always. A time in the hour the clocks go back happens twice
+    (01:30 on 2016-10-30 is 00:30Z and 01:30Z): `ambiguous_local_time`, unless the council's
+    `ambiguous_local_time` takes the "earlier" or the "later" occurrence.
+    """
+    first = naive.replace(tzinfo=zone, fold=0)
+    second = naive.replace(tzinfo=zone, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return first.astimezone(UTC)
+    if first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive:
+        raise _Invalid(
+            Reason.NONEXISTENT_LOCAL_TIME,
+            f"observed_at {text!r} does not exist in {zone.key}: the clocks skip that hour",
+        )
+    if ambiguous == "earlier":
+        return first.astimezone(UTC)
+    if ambiguous == "later":
+        return second.astimezone(UTC)
+    a, b = first.astimezone(UTC), second.astimezone(UTC)
+    raise _Invalid(
+        Reason.AMBIGUOUS_LOCAL_TIME,
+        f"observed_at {text!r} happens twice in {zone.key} ({a:%H:%M}Z and {b:%H:%M}Z): send a UTC "
+        "offset, or set ambiguous_local_time to earlier or later in the council's registry file",
+    )
 
 
 def _check_column(col: Column, value: Any) -> Any:
@@ -176,8 +215,19 @@ def _check_parking(reading: dict[str, Any]) -> None:
 DOMAIN_CHECKS = {Domain.PARKING: _check_parking}
 
 
-def decode_reading(obj: Any, dataset: Dataset, topic: Topic) -> dict[str, Any]:
-    """Validate one reading object against the dataset contract; raise _Invalid if it fails."""
+def decode_reading(
+    obj: Any,
+    dataset: Dataset,
+    topic: Topic,
+    *,
+    council: CouncilRegistry | None = None,
+    received_at: datetime | None = None,
+) -> dict[str, Any]:
+    """Validate one reading object against the dataset contract; raise _Invalid if it fails.
+
+    `council` (its registry file) gives the time zone of naive times and the lateness horizon,
+    which is judged against `received_at`: a reading with no receive time is never too late.
+    """
     if not isinstance(obj, dict):
         raise _Invalid(Reason.NOT_AN_OBJECT, f"a reading must be a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - COMMON_FIELDS - {c.name for c in dataset.reading_fields})
@@ -187,7 +237,7 @@ def decode_reading(obj: Any, dataset: Dataset, topic: Topic) -> dict[str, Any]:
         )
     if "observed_at" not in obj:
         raise _Invalid(Reason.MISSING_FIELD, "reading has no observed_at")
-    observed_at = parse_observed_at(obj["observed_at"])
+    observed_at = parse_observed_at(obj["observed_at"], council)
     reading: dict[str, Any] = {
         "council": topic.council,
         "device_id": topic.device_id,
@@ -218,6 +268,14 @@ def decode_reading(obj: Any, dataset: Dataset, topic: Topic) -> dict[str, Any]:
     for col, value in zip(LOCATION_COLUMNS, (lat, lon), strict=True):
         reading[col.name] = None if value is None else _check_column(col, value)
     DOMAIN_CHECKS.get(dataset.domain, lambda r: None)(reading)
+    if council is not None and received_at is not None and council.too_late(observed_at, received_at):
+        raise _Invalid(
+            Reason.TOO_LATE,
+            f"observed_at {observed_at:%Y-%m-%dT%H:%M:%S}Z was received on "
+            f"{received_at.astimezone(UTC):%Y-%m-%d}, more than max_lateness_days = "
+            f"{council.max_lateness_days} after its event date {observed_at:%Y-%m-%d}; "
+            "that day's release is final",
+        )
     return reading
 
 
@@ -291,7 +349,7 @@ def decode_message(
         return out
     fmt = topic_format(text, limits.topic_prefix)
     if fmt in (WireFormat.TTS_V3, WireFormat.CHIRPSTACK_V4):
-        return _decode_lorawan(out, fmt, text, payload, limits, registry)
+        return _decode_lorawan(out, fmt, text, payload, limits, received_at, registry)
     return _decode_city(out, fmt, topic, payload, limits, received_at, registry)
 
 
@@ -347,7 +405,9 @@ def _decode_city(
     except Invalid as exc:
         return reject_message(exc.reason, exc.detail)
     if fmt == WireFormat.SENML:
-        return _decode_senml(out, doc, dataset, parsed_topic, device, limits, received_at, where, payload)
+        return _decode_senml(
+            out, doc, dataset, parsed_topic, device, registered, limits, received_at, where, payload
+        )
     if isinstance(doc, dict):
         items = [doc]
     elif isinstance(doc, list):
@@ -363,7 +423,13 @@ def _decode_city(
     batch = isinstance(doc, list)
     for index, item in enumerate(items):
         try:
-            reading = decode_reading(fill_from_registry(item, device), dataset, parsed_topic)
+            reading = decode_reading(
+                fill_from_registry(item, device),
+                dataset,
+                parsed_topic,
+                council=registered,
+                received_at=received_at,
+            )
         except _Invalid as exc:
             raw = orjson.dumps(item) if batch else payload
             out.rejections.append(Rejection(exc.reason, exc.detail, raw, index, **where))
@@ -379,6 +445,7 @@ def _decode_senml(
     dataset: Dataset,
     topic: Topic,
     device: Device | None,
+    council: CouncilRegistry | None,
     limits: Limits,
     received_at: datetime | None,
     where: dict[str, str],
@@ -405,7 +472,9 @@ def _decode_senml(
     for index, group in enumerate(group_by_time(records)):
         try:
             obj = reading_object(group, dataset)
-            reading = decode_reading(fill_from_registry(obj, device), dataset, topic)
+            reading = decode_reading(
+                fill_from_registry(obj, device), dataset, topic, council=council, received_at=received_at
+            )
         except Invalid as exc:
             raw = orjson.dumps([doc[r.index] for r in group])
             out.rejections.append(Rejection(exc.reason, exc.detail, raw, index, **where))
@@ -416,7 +485,13 @@ def _decode_senml(
 
 
 def _decode_lorawan(
-    out: Decoded, fmt: WireFormat, topic: str, payload: bytes, limits: Limits, registry: Registry | None
+    out: Decoded,
+    fmt: WireFormat,
+    topic: str,
+    payload: bytes,
+    limits: Limits,
+    received_at: datetime | None,
+    registry: Registry | None,
 ) -> Decoded:
     """A The Things Stack v3 or ChirpStack v4 uplink: one reading (transforms/lorawan.py)."""
     if len(payload) > limits.max_payload_bytes:
@@ -440,7 +515,14 @@ def _decode_lorawan(
     try:
         obj = profile_reading(uplink, owner, dataset)
         topic_of_device = Topic(owner.council, owner.domain, owner.device_id)
-        reading = decode_reading(fill_from_registry(obj, owner.device), dataset, topic_of_device)
+        council = registry.councils.get(owner.council) if registry is not None else None
+        reading = decode_reading(
+            fill_from_registry(obj, owner.device),
+            dataset,
+            topic_of_device,
+            council=council,
+            received_at=received_at,
+        )
     except Invalid as exc:
         out.rejections.append(Rejection(exc.reason, exc.detail, payload, 0, **where))
         return out
