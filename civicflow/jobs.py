@@ -52,3 +52,34 @@ def publish_job(settings: Settings | None = None) -> dict:
         return gate_and_publish(layout, con).to_dict()
     finally:
         con.close()
+
+
+def replay_job(
+    start: str, end: str, settings: Settings | None = None, registry_dir: Path | None = None
+) -> dict:
+    """Re-stage the raw segments opened between `start` and `end` (UTC dates or date-times).
+
+    Every partition those segments touch is rebuilt from all the raw segments that feed it
+    (transforms/replay.py); the ones whose rows changed get a new version, so the next
+    `civicflow_publish` run re-validates exactly those. A bad bound fails the task (terminal).
+    """
+    from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
+    from transforms.decode import Limits
+    from transforms.replay import parse_bound, replay_segments
+    from warehouse.db import connect
+    from warehouse.layout import Layout
+
+    settings = settings or Settings()
+    layout = Layout(settings.data_root)
+    limits = Limits(
+        topic_prefix=settings.mqtt.topic_prefix,
+        max_payload_bytes=settings.max_payload_bytes,
+        max_batch_readings=settings.max_batch_readings,
+    )
+    lower, upper = parse_bound(start, upper=False), parse_bound(end, upper=True)
+    registry = load_registry(registry_dir or settings.registry_dir or DEFAULT_REGISTRY_DIR)
+    con = connect(layout.warehouse)
+    try:
+        return replay_segments(layout, con, limits, lower, upper, registry=registry).to_dict()
+    finally:
+        con.close()

@@ -48,6 +48,27 @@ BASE_DDL = [
     exported_version BIGINT,
     PRIMARY KEY (domain, council, event_date)
 )""",
+    """CREATE TABLE IF NOT EXISTS staged.corrections (
+    domain VARCHAR NOT NULL,
+    council VARCHAR NOT NULL,
+    event_date DATE NOT NULL,
+    device_id VARCHAR NOT NULL,
+    lane_id BIGINT,
+    observed_at TIMESTAMPTZ NOT NULL,
+    old_value_hash VARCHAR NOT NULL,
+    new_value_hash VARCHAR NOT NULL,
+    old_values JSON NOT NULL,
+    new_values JSON NOT NULL,
+    old_segment_id VARCHAR NOT NULL,
+    old_record_offset BIGINT NOT NULL,
+    old_reading_index BIGINT NOT NULL,
+    old_received_at TIMESTAMPTZ NOT NULL,
+    new_segment_id VARCHAR NOT NULL,
+    new_record_offset BIGINT NOT NULL,
+    new_reading_index BIGINT NOT NULL,
+    new_received_at TIMESTAMPTZ NOT NULL,
+    corrected_at TIMESTAMPTZ NOT NULL
+)""",
     """CREATE TABLE IF NOT EXISTS quarantine.readings (
     segment_id VARCHAR NOT NULL,
     record_offset BIGINT NOT NULL,
