@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from brokers import run_mosquitto
+from brokers import free_port, run_mosquitto
 from listeners import ListenerProcess, landed_payloads
 
 from ingest.gateway import publish_messages
@@ -113,3 +117,32 @@ def test_metrics_and_health_endpoint_count_what_landed(tmp_path):
     values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
     assert {k: float(values[k]) for k in expected} == expected
     assert float(values["civicflow_listener_payload_bytes_total"]) > 256 * 1024
+
+
+def test_log_json_writes_one_json_object_per_line(tmp_path):
+    env = os.environ | {
+        "CIVICFLOW_DATA_ROOT": str(tmp_path / "data"),
+        "CIVICFLOW_MQTT__HOST": "127.0.0.1",
+        "CIVICFLOW_MQTT__PORT": str(free_port()),  # nothing listens there
+        "CIVICFLOW_METRICS__PORT": "0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "civicflow.cli", "listen", "--log-json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    status_path = tmp_path / "data" / "raw" / "civicflow-listener-1" / "status.json"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and '"disconnected"' not in (
+        status_path.read_text() if status_path.exists() else ""
+    ):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert lines and all({"event", "level", "logger", "timestamp"} <= set(doc) for doc in lines)
+    assert any(d["level"] == "warning" and "cannot reach broker" in d["event"] for d in lines)
+    assert lines[-1]["event"].startswith("listener stopped")
