@@ -2,10 +2,12 @@
 
 1. start an embedded MQTT broker (amqtt) on a free port, unless CIVICFLOW_MQTT__HOST names one;
 2. start the listener (`civicflow listen`) as its own process, as in production;
-3. replay a month of real Birmingham car-park readings as the car parks' gateways would publish
-   them (QoS 1, one message per reading);
+3. replay every domain as its gateways would publish it (QoS 1; `ingest/samples.py`): a month of
+   real Birmingham car-park readings, two weeks of real Edinburgh litter-bin collections, two days
+   of real Aberdeen Sensor.Community air-quality readings, and two days of SYNTHETIC traffic
+   counts (no open traffic-counter recording is shipped);
 4. stop the listener with SIGTERM once it has acknowledged every message;
-5. run the batch DAGs once through Airflow, and print what happened.
+5. run the batch DAGs once through Airflow, and print what happened, per domain.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -85,19 +88,64 @@ def _replay(publish, messages: list, status: Path, listener: subprocess.Popen, s
             time.sleep(0.1)
 
 
+@dataclass(frozen=True)
+class Replay:
+    """What the demo publishes for one domain, and where it comes from."""
+
+    domain: str
+    kind: str  # "real" or "synthetic"
+    description: str
+    messages: list[tuple[str, bytes]]
+
+
+def demo_replays(prefix: str) -> list[Replay]:
+    """The messages of every domain, from `samples/` (real) or generated (traffic)."""
+    from ingest import samples
+
+    return [
+        Replay(
+            "traffic",
+            "synthetic",
+            "generated counters, council 'synthetic', 3 devices x 2 lanes every 5 min, "
+            f"{', '.join(d.isoformat() for d in samples.SYNTHETIC_TRAFFIC_DAYS)}",
+            list(samples.synthetic_traffic_messages(prefix=prefix)),
+        ),
+        Replay(
+            "parking",
+            "real",
+            f"Birmingham car parks, October 2016 (samples/parking/{samples.BIRMINGHAM_PARKING.name})",
+            list(samples.birmingham_parking_messages(prefix=prefix)),
+        ),
+        Replay(
+            "air_quality",
+            "real",
+            "Aberdeen Sensor.Community stations, 2018-01-01..02 "
+            f"(samples/air_quality/{samples.ABERDEEN_AIR_QUALITY.name}/)",
+            list(samples.aberdeen_air_quality_messages(prefix=prefix)),
+        ),
+        Replay(
+            "waste",
+            "real",
+            "Edinburgh litter-bin fill sensors, 2016-07-25..08-07 "
+            f"(samples/waste/{samples.EDINBURGH_WASTE.name})",
+            list(samples.edinburgh_waste_messages(prefix=prefix)),
+        ),
+    ]
+
+
 def run_demo(console: Console, data_root: Path) -> int:
     from civicflow.batch import run_batch
     from civicflow.summary import print_summary, warehouse_summary
     from ingest.broker import EmbeddedBroker
     from ingest.gateway import publish_messages
-    from ingest.samples import BIRMINGHAM_PARKING, birmingham_parking_messages
 
     data_root = data_root.resolve()
     if data_root.exists():
         shutil.rmtree(data_root)
     data_root.mkdir(parents=True)
     base = Settings()
-    messages = list(birmingham_parking_messages(prefix=base.mqtt.topic_prefix))
+    replays = demo_replays(base.mqtt.topic_prefix)
+    messages = [m for replay in replays for m in replay.messages]
     run_dir = data_root / "run"
     run_dir.mkdir()
 
@@ -149,9 +197,11 @@ def run_demo(console: Console, data_root: Path) -> int:
                 listener,
             )
             console.print(
-                f"[bold]3.[/] gateways published {len(messages):,} real readings from "
-                f"{BIRMINGHAM_PARKING.name} in {time.monotonic() - started:.1f}s"
+                f"[bold]3.[/] gateways published {len(messages):,} messages in "
+                f"{time.monotonic() - started:.1f}s:"
             )
+            for replay in replays:
+                console.print(f"   {replay.domain}: {len(replay.messages):,} messages ({replay.kind} data)")
             doc = _wait_for_status(
                 status,
                 listener,
@@ -181,5 +231,6 @@ def run_demo(console: Console, data_root: Path) -> int:
         "[bold]5.[/] running the batch DAGs through Airflow (civicflow_stage, then civicflow_publish)..."
     )
     outcome = run_batch(settings)
-    print_summary(console, warehouse_summary(settings), outcome)
+    sources = {r.domain: (r.kind, r.description) for r in replays}
+    print_summary(console, warehouse_summary(settings, count_topics=True), outcome, sources)
     return 0 if outcome.ok else 1

@@ -1,17 +1,48 @@
-"""What the pipeline holds, read from the warehouse: the numbers `batch` and `demo` report."""
+"""What the pipeline holds, read from the warehouse: the numbers `batch` and `demo` report.
+
+One column per domain of the contract, plus a total. Messages are counted per domain from the
+topics of the raw zone only when asked (`count_topics=True`, as the demo does): that reads every
+raw segment, which is cheap for a demo and wasteful for a production raw zone.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from civicflow.contract import DATASETS
 from civicflow.settings import Settings
+
+DOMAINS: tuple[str, ...] = tuple(d.value for d in DATASETS)
+
+
+@dataclass
+class DomainSummary:
+    """One domain's numbers. `received` is None when the raw zone's topics were not counted."""
+
+    received: int | None = None
+    staged_rows: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    validated: int = 0
+    passed: int = 0
+    failed: int = 0
+    published_partitions: int = 0
+    published_rows: int = 0
+    published_path: str = ""
 
 
 @dataclass
 class WarehouseSummary:
+    """Totals over every domain, and `domains` for each one.
+
+    Totals include what belongs to no domain: a message on a topic that names none is quarantined
+    (`bad_topic`) without one, and a LoRaWAN topic names no domain until the registry is read.
+    """
+
     segments: int = 0
     messages: int = 0
     readings_staged: int = 0
@@ -23,11 +54,29 @@ class WarehouseSummary:
     failed: int = 0
     published_partitions: int = 0
     published_rows: int = 0
-    published_path: str = ""
     held_back: list[tuple[str, str, str]] = field(default_factory=list)
+    domains: dict[str, DomainSummary] = field(default_factory=lambda: {d: DomainSummary() for d in DOMAINS})
 
 
-def warehouse_summary(settings: Settings) -> WarehouseSummary:
+def count_messages_by_domain(raw_root: Path, prefix: str) -> dict[str, int]:
+    """Messages in the closed raw segments, per domain their `<prefix>/<council>/<domain>` topic names."""
+    from warehouse.segments import list_closed_segments, read_segment_lenient
+
+    counts = dict.fromkeys(DOMAINS, 0)
+    for path in list_closed_segments(raw_root):
+        records, _, _ = read_segment_lenient(path)
+        for record in records:
+            parts = record.topic.split(b"/", 3)
+            if (
+                len(parts) >= 3
+                and parts[0] == prefix.encode()
+                and parts[2].decode(errors="replace") in counts
+            ):
+                counts[parts[2].decode()] += 1
+    return counts
+
+
+def warehouse_summary(settings: Settings, *, count_topics: bool = False) -> WarehouseSummary:
     from warehouse.db import connect
     from warehouse.layout import Layout
 
@@ -40,20 +89,31 @@ def warehouse_summary(settings: Settings) -> WarehouseSummary:
         s.segments, s.messages, s.readings_staged = con.execute(
             "SELECT count(*), coalesce(sum(records), 0), coalesce(sum(readings), 0) FROM raw.segments"
         ).fetchone()
-        (s.staged_rows,) = con.execute("SELECT count(*) FROM staged.parking").fetchone()
+        for domain, d in s.domains.items():
+            (d.staged_rows,) = con.execute(f"SELECT count(*) FROM staged.{domain}").fetchone()
+        s.staged_rows = sum(d.staged_rows for d in s.domains.values())
         s.duplicates = s.readings_staged - s.staged_rows
-        s.quarantined = dict(
-            con.execute(
-                "SELECT reason, count(*) FROM quarantine.readings GROUP BY reason ORDER BY 2 DESC, 1"
-            ).fetchall()
-        )
-        s.validated, s.passed, s.failed = con.execute(
-            "SELECT count(*), count(*) FILTER (success), count(*) FILTER (NOT success) "
-            "FROM published.validations"
-        ).fetchone()
-        s.published_partitions, s.published_rows = con.execute(
-            "SELECT count(*), coalesce(sum(rows), 0) FROM published.releases"
-        ).fetchone()
+        for domain, reason, n in con.execute(
+            "SELECT domain, reason, count(*) FROM quarantine.readings GROUP BY ALL ORDER BY 3 DESC, 2, 1"
+        ).fetchall():
+            s.quarantined[reason] = s.quarantined.get(reason, 0) + n
+            if domain in s.domains:
+                s.domains[domain].quarantined[reason] = n
+        for domain, validated, passed, failed in con.execute(
+            "SELECT domain, count(*), count(*) FILTER (success), count(*) FILTER (NOT success) "
+            "FROM published.validations GROUP BY domain"
+        ).fetchall():
+            if domain in s.domains:
+                d = s.domains[domain]
+                d.validated, d.passed, d.failed = validated, passed, failed
+            s.validated, s.passed, s.failed = s.validated + validated, s.passed + passed, s.failed + failed
+        for domain, partitions, rows in con.execute(
+            "SELECT domain, count(*), coalesce(sum(rows), 0) FROM published.releases GROUP BY domain"
+        ).fetchall():
+            if domain in s.domains:
+                s.domains[domain].published_partitions, s.domains[domain].published_rows = partitions, rows
+            s.published_partitions += partitions
+            s.published_rows += rows
         s.held_back = [
             (d, c, day.isoformat())
             for d, c, day in con.execute(
@@ -65,29 +125,57 @@ def warehouse_summary(settings: Settings) -> WarehouseSummary:
         ]
     finally:
         con.close()
-    s.published_path = str((layout.published_dataset("parking") / "datapackage.json").resolve())
+    for domain, d in s.domains.items():
+        package = layout.published_dataset(domain) / "datapackage.json"
+        d.published_path = str(package.resolve()) if package.exists() else ""
+    if count_topics:
+        for domain, n in count_messages_by_domain(layout.raw, settings.mqtt.topic_prefix).items():
+            s.domains[domain].received = n
     return s
 
 
-def print_summary(console: Console, s: WarehouseSummary, outcome=None) -> None:
-    table = Table(title="Civicflow: what the pipeline did", show_header=True)
-    table.add_column("step")
-    table.add_column("count", justify="right")
-    table.add_row("messages received (raw zone)", f"{s.messages:,}")
-    table.add_row("raw segments staged", f"{s.segments:,}")
-    table.add_row("readings decoded", f"{s.readings_staged:,}")
-    table.add_row("  duplicates collapsed", f"{s.duplicates:,}")
-    table.add_row("readings in staged.parking", f"{s.staged_rows:,}")
-    quarantined = sum(s.quarantined.values())
-    table.add_row("quarantined", f"{quarantined:,}")
+def print_summary(
+    console: Console, s: WarehouseSummary, outcome=None, sources: dict[str, tuple[str, str]] | None = None
+) -> None:
+    """Print the table.
+
+    Args:
+        sources: where each domain's data came from, as (kind, description), e.g.
+            `("synthetic", "generated traffic counters")`; the demo passes what it replayed.
+    """
+    table = Table(
+        title="Civicflow: what the pipeline did", show_header=True, box=box.SIMPLE_HEAVY, pad_edge=False
+    )
+    table.add_column("step", min_width=26)
+    for domain in DOMAINS:
+        table.add_column(domain, justify="right", no_wrap=True)
+    table.add_column("total", justify="right", no_wrap=True)
+    domains = [s.domains[d] for d in DOMAINS]
+
+    def row(label: str, values: list[int | None] | None, total: int, end_section: bool = False) -> None:
+        cells = ["" if v is None else f"{v:,}" for v in (values or [None] * len(DOMAINS))]
+        table.add_row(label, *cells, f"{total:,}", end_section=end_section)
+
+    if sources:
+        table.add_row("data", *(sources.get(d, ("", ""))[0] for d in DOMAINS), "", end_section=True)
+    received = [d.received for d in domains]
+    row("messages received", received if any(v is not None for v in received) else None, s.messages)
+    row("raw segments staged", None, s.segments)
+    row("readings decoded", None, s.readings_staged)
+    row("  duplicates collapsed", None, s.duplicates)
+    row("readings staged", [d.staged_rows for d in domains], s.staged_rows, end_section=True)
+    row("quarantined", [sum(d.quarantined.values()) for d in domains], sum(s.quarantined.values()))
     for reason, n in s.quarantined.items():
-        table.add_row(f"  {reason}", f"{n:,}")
-    table.add_row("partitions validated", f"{s.validated:,}")
-    table.add_row("  passed", f"{s.passed:,}")
-    table.add_row("  failed (held back)", f"{s.failed:,}")
-    table.add_row("partitions published", f"{s.published_partitions:,}")
-    table.add_row("rows published", f"{s.published_rows:,}")
+        row(f"  {reason}", [d.quarantined.get(reason, 0) for d in domains], n)
+    table.rows[-1].end_section = True
+    row("partitions validated", [d.validated for d in domains], s.validated)
+    row("  passed", [d.passed for d in domains], s.passed)
+    row("  failed (held back)", [d.failed for d in domains], s.failed)
+    row("partitions published", [d.published_partitions for d in domains], s.published_partitions)
+    row("rows published", [d.published_rows for d in domains], s.published_rows)
     console.print(table)
+    for domain, (kind, description) in (sources or {}).items():
+        console.print(f"{domain} data ({kind}): {description}")
     if outcome is not None:
         for run in outcome.runs:
             console.print(
@@ -95,4 +183,7 @@ def print_summary(console: Console, s: WarehouseSummary, outcome=None) -> None:
             )
     for domain, council, day in s.held_back:
         console.print(f"[yellow]held back[/] {domain} {council} {day}: see data/validations/")
-    console.print(f"Published dataset: [bold]{s.published_path}[/]")
+    console.print("Published data packages:")
+    for domain in DOMAINS:
+        path = s.domains[domain].published_path
+        console.print(f"  {domain}: [bold]{path}[/]" if path else f"  {domain}: none published")
