@@ -125,8 +125,8 @@ def edinburgh_waste_messages(
 ) -> Iterator[Message]:
     """One message per bin collection: the bin's fill level just before it was emptied.
 
-    The device is the bin's sensor (`Container slot:ID`, one site had its sensor replaced), the
-    message id the council's collection event id. A fill level that is not a number is sent as
+    The device is the bin's sensor (`Container slot:ID`; a site whose sensor is replaced gets a
+    new one), the message id the council's collection event id. A fill level that is not a number is sent as
     recorded, and refused by Civicflow.
     """
     zone = ZoneInfo(tz)
