@@ -29,9 +29,13 @@ test: $(STAMP) ## run the whole test suite (starts its own Mosquitto and Airflow
 test-unit: $(STAMP) ## run only the fast unit tests
 	$(BIN)/python -m pytest -m unit
 
-.PHONY: bench
-bench: $(STAMP) ## drain a 200,000-message QoS 1 backlog: listener vs bare paho and mosquitto_sub
+.PHONY: bench bench-stage
+bench: $(STAMP) ## both benchmarks: backlog drain (BENCH_ARGS), then staging (BENCH_STAGE_ARGS)
 	$(BIN)/python -m bench.drain $(BENCH_ARGS)
+	$(BIN)/python -m bench.stage $(BENCH_STAGE_ARGS)
+
+bench-stage: $(STAMP) ## stage 0.5-5 million raw readings vs DuckDB read_json -> Parquet
+	$(BIN)/python -m bench.stage $(BENCH_STAGE_ARGS)
 
 lint: $(STAMP) ## ruff format check and lint
 	$(BIN)/ruff format --check .
