@@ -6,8 +6,11 @@ replaces whole partitions (council x event date) with the de-duplicated union of
 and what arrived, so staging the same readings twice changes nothing.
 
 De-duplication rule (docs/warehouse.md): readings share a natural key (council, device_id,
-observed_at). The value of the most recently received reading for a key wins; among readings with
-that same value, the first received is kept, so a redelivery or a replay never changes lineage.
+observed_at, plus lane_id for traffic). The value of the most recently received reading for a key
+wins; among readings with that same value, the first received is kept, so a redelivery or a replay
+never changes lineage. `msg_id` takes no part: two readings with one msg_id and different
+observed_at are two readings. Every change of value for a key is recorded in `staged.corrections`
+in the transaction that replaces the partition.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class StageResult:
     records: int = 0
     readings: int = 0
     duplicates: int = 0
+    corrections: int = 0
     quarantined: Counter = field(default_factory=Counter)
     changed_partitions: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -59,6 +63,7 @@ class StageResult:
             "records": self.records,
             "readings": self.readings,
             "duplicates": self.duplicates,
+            "corrections": self.corrections,
             "quarantined": dict(sorted(self.quarantined.items())),
             "changed_partitions": [list(p) for p in self.changed_partitions],
         }
@@ -177,12 +182,13 @@ def _merge_domain(
         CREATE OR REPLACE TEMP TABLE existing AS
         SELECT t.* FROM {table} t JOIN affected a USING (council, event_date)""")
     con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE cand AS
+        SELECT *, md5(CAST(struct_pack({values}, lat, lon) AS VARCHAR)) AS value_hash
+        FROM (SELECT {", ".join(columns)} FROM existing
+              UNION ALL SELECT {", ".join(columns)} FROM incoming)""")
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE merged AS
-        WITH cand AS (
-            SELECT *, md5(CAST(struct_pack({values}, lat, lon) AS VARCHAR)) AS value_hash
-            FROM (SELECT {", ".join(columns)} FROM existing
-                  UNION ALL SELECT {", ".join(columns)} FROM incoming)
-        ), ranked AS (
+        WITH ranked AS (
             SELECT *, first_value(value_hash) OVER (
                 PARTITION BY {key}
                 ORDER BY received_at DESC, segment_id DESC, record_offset DESC,
@@ -236,6 +242,45 @@ def _merge_domain(
         )
     con.unregister("incoming")
     return duplicates, [(c, d) for c, d in changed]
+
+
+def _record_corrections(con: duckdb.DuckDBPyConnection, dataset: Dataset, now: datetime) -> int:
+    """Record in `staged.corrections` each change of value among the candidates `_merge_domain` left.
+
+    The candidates of a key (its staged row and the arriving readings) are taken in the order they
+    were received; each time the value differs from the one before, the earlier value was corrected
+    by the later. Old and new are the first received copy of each value, as the de-duplication rule
+    keeps them, so staging readings one segment at a time or all at once records the same changes.
+    Returns how many were recorded.
+    """
+    key = ", ".join(dataset.natural_key)
+    values = ", ".join(c.name for c in dataset.value_columns)
+    lane = "lane_id" if "lane_id" in dataset.natural_key else "CAST(NULL AS BIGINT)"
+    order = "ORDER BY received_at, segment_id, record_offset, reading_index"
+    [(recorded,)] = con.execute(
+        f"""
+        INSERT INTO staged.corrections
+        WITH ordered AS (
+            SELECT *, lag(value_hash) OVER (PARTITION BY {key} {order}) AS previous_hash
+            FROM cand
+        ), changes AS (
+            SELECT *, to_json(struct_pack({values}, lat, lon)) AS value_json
+            FROM ordered WHERE previous_hash IS DISTINCT FROM value_hash
+        ), pairs AS (
+            SELECT *,
+                   lag(struct_pack(value_hash, value_json, segment_id, record_offset, reading_index,
+                                   received_at)) OVER (PARTITION BY {key} {order}) AS old
+            FROM changes
+        )
+        SELECT ?, council, event_date, device_id, {lane}, observed_at,
+               old.value_hash, value_hash, old.value_json, value_json,
+               old.segment_id, old.record_offset, old.reading_index, old.received_at,
+               segment_id, record_offset, reading_index, received_at, ?
+        FROM pairs WHERE old IS NOT NULL
+        ORDER BY council, event_date, device_id, observed_at, received_at""",
+        [dataset.domain.value, now],
+    ).fetchall()
+    return recorded
 
 
 def export_partitions(con: duckdb.DuckDBPyConnection, layout: Layout) -> list[Path]:
@@ -313,6 +358,7 @@ def stage_segments(
         try:
             for domain, rows in sorted(batch.readings.items()):
                 dups, parts = _merge_domain(con, DATASETS[domain], rows, now)
+                result.corrections += _record_corrections(con, DATASETS[domain], now)
                 result.duplicates += dups
                 changed.update((domain.value, c, d) for c, d in parts)
             if batch.quarantine:
@@ -335,11 +381,12 @@ def stage_segments(
     mark_staged(layout, con)
     result.changed_partitions = sorted((d, c, day.isoformat()) for d, c, day in changed)
     log.info(
-        "staged %d segments: %d records, %d readings, %d duplicates, quarantined %s",
+        "staged %d segments: %d records, %d readings, %d duplicates, %d corrections, quarantined %s",
         result.segments,
         result.records,
         result.readings,
         result.duplicates,
+        result.corrections,
         dict(result.quarantined),
     )
     return result
