@@ -221,3 +221,39 @@ def test_things_stack_uplink_and_senml_pack_are_staged_into_their_domains(wh):
     assert (reason, topic) == ("unknown_device", "v3/unknown-app@ttn/devices/dev-1/up")
     again = stage_segments(layout, con, LIMITS, registry=registry)
     assert (again.segments, again.readings) == (0, 0)
+
+
+def test_a_new_measurement_is_quarantined_and_every_reading_is_accounted_for(wh):
+    """Schema evolution: a gateway starts sending co2 and nox; nothing is silently dropped."""
+    layout, con = wh
+    batch = [
+        {"observed_at": "2026-03-02T08:00:00Z", "pm10": 18.0},
+        {"observed_at": "2026-03-02T08:05:00Z", "pm10": 19.0, "co2": 412},
+        {"observed_at": "2026-03-02T08:10:00Z", "pm25": 7.5},
+    ]
+    topic = "city/aberdeen/air_quality/union-st"
+    messages = [
+        (topic, batch),
+        (topic, {"observed_at": "2026-03-02T08:15:00Z", "pm10": 20.0, "nox": 3}),
+        (topic, batch),  # redelivered
+        (topic, {"observed_at": "2026-03-02 08:20:00", "pm10": 21.0}),
+    ]
+    readings_in = sum(len(p) if isinstance(p, list) else 1 for _, p in messages)
+    land(layout, messages)
+    result = stage_segments(layout, con, LIMITS)
+    (staged,) = con.execute("SELECT count(*) FROM staged.air_quality").fetchone()
+    quarantined = sum(result.quarantined.values())
+    assert (readings_in, staged, result.duplicates, quarantined) == (8, 2, 2, 4)
+    assert readings_in == staged + result.duplicates + quarantined
+    assert dict(result.quarantined) == {"unknown_field": 3, "timestamp_without_offset": 1}
+    rows = con.execute(
+        "SELECT reason, detail, payload, reading_index FROM quarantine.readings "
+        "WHERE reason = 'unknown_field' ORDER BY record_offset"
+    ).fetchall()
+    assert [(r[1], r[3]) for r in rows] == [
+        ("fields not in the air_quality contract: co2", 1),
+        ("fields not in the air_quality contract: nox", 0),
+        ("fields not in the air_quality contract: co2", 1),
+    ]
+    assert orjson.loads(rows[0][2]) == batch[1]  # the refused reading's own bytes
+    assert con.execute("SELECT sum(readings + rejected) FROM raw.segments").fetchone() == (8,)

@@ -1,0 +1,124 @@
+"""Late readings end to end on a real DuckDB file: within the horizon a day is re-released, beyond it
+the reading is quarantined as too_late and every release stays as it was."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pyarrow.parquet as pq
+import pytest
+from factories import LIMITS, car_park, land, tree_digest
+
+from civicflow.registry import CouncilRegistry, build_registry
+from expectations.release import gate_and_publish
+from transforms.stage import stage_segments
+from warehouse.db import connect
+from warehouse.layout import Layout
+
+pytestmark = pytest.mark.integration
+REGISTRY = build_registry(
+    [CouncilRegistry(council="testtown", accept_unknown_devices=True, max_lateness_days=3)]
+)
+DAY, NEXT = date(2026, 3, 1), date(2026, 3, 2)
+
+
+def ns(at: datetime) -> int:
+    return int(at.timestamp()) * 10**9
+
+
+@pytest.fixture
+def wh(tmp_path):
+    layout = Layout(tmp_path / "data")
+    con = connect(layout.warehouse)
+    yield layout, con
+    con.close()
+
+
+def versions(con):
+    return con.execute(
+        "SELECT event_date, version, rows FROM staged.partitions ORDER BY event_date"
+    ).fetchall()
+
+
+def published(layout, day):
+    path = (
+        layout.published_dataset("parking")
+        / "council=testtown"
+        / f"date={day}"
+        / f"parking-testtown-{day}.csv"
+    )
+    return path.read_text().splitlines()[1:]
+
+
+def test_a_late_reading_re_releases_its_day_only_and_one_beyond_the_horizon_is_quarantined(wh):
+    layout, con = wh
+    received = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    land(
+        layout,
+        [
+            car_park("p1", "2026-03-01T08:00:00Z", 10),
+            car_park("p1", "2026-03-01T09:00:00Z", 12),
+            car_park("p1", "2026-03-02T08:00:00Z", 20),
+        ],
+        received_at_ns=ns(received),
+    )
+    stage_segments(layout, con, LIMITS, registry=REGISTRY, now=received)
+    first = gate_and_publish(layout, con, now=datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+    assert (first.validated, first.published) == (2, 2)
+    assert versions(con) == [(DAY, 1, 2), (NEXT, 1, 1)]
+    before = tree_digest(layout.root / "published")
+    next_day_before = {k: v for k, v in before.items() if f"date={NEXT}" in k}
+    assert len(next_day_before) >= 2  # Parquet and CSV of the next day at least
+    releases_before = con.execute("SELECT * FROM published.releases WHERE event_date = ?", [NEXT]).fetchall()
+
+    # Four days later a gateway's backlog arrives: 2026-03-01 is 3 days back (within the
+    # horizon), 2026-02-25 is 7 days back (beyond it).
+    late_received = datetime(2026, 3, 4, 9, 0, tzinfo=UTC)
+    land(
+        layout,
+        [car_park("p2", "2026-03-01T23:00:00Z", 40), car_park("p2", "2026-02-25T08:00:00Z", 41)],
+        received_at_ns=ns(late_received),
+    )
+    late = stage_segments(layout, con, LIMITS, registry=REGISTRY, now=late_received)
+    assert (late.readings, dict(late.quarantined)) == (1, {"too_late": 1})
+    assert late.changed_partitions == [("parking", "testtown", "2026-03-01")]
+    assert versions(con) == [(DAY, 2, 3), (NEXT, 1, 1)]
+    (reason, detail) = con.execute("SELECT reason, detail FROM quarantine.readings").fetchone()
+    assert reason == "too_late"
+    assert detail.startswith("observed_at 2026-02-25T08:00:00Z was received on 2026-03-04")
+
+    again = gate_and_publish(layout, con, now=datetime(2026, 3, 4, 12, 0, tzinfo=UTC))
+    assert (again.validated, again.passed, again.published) == (1, 1, 1)
+    assert published(layout, DAY) == [
+        "testtown,p1,2026-03-01T08:00:00Z,10,100,,0.1,,",
+        "testtown,p1,2026-03-01T09:00:00Z,12,100,,0.12,,",
+        "testtown,p2,2026-03-01T23:00:00Z,40,100,,0.4,,",
+    ]
+    assert pq.read_table(layout.staged_file("parking", "testtown", DAY)).num_rows == 3
+    assert con.execute(
+        "SELECT event_date, partition_version, rows FROM published.releases ORDER BY 1"
+    ).fetchall() == [(DAY, 2, 3), (NEXT, 1, 1)]
+    after = tree_digest(layout.root / "published")
+    assert {k: v for k, v in after.items() if f"date={NEXT}" in k} == next_day_before
+    changed = {k for k in after if after[k] != before.get(k)}
+    assert changed and all(f"date={DAY}" in k or k.endswith("datapackage.json") for k in changed)
+    assert not any("date=2026-02-25" in k for k in after)
+    assert (
+        con.execute("SELECT * FROM published.releases WHERE event_date = ?", [NEXT]).fetchall()
+        == releases_before
+    )
+    assert con.execute("SELECT count(*) FROM published.parking").fetchone() == (4,)
+
+
+def test_the_horizon_follows_the_receive_time_so_a_later_replay_decides_the_same(wh):
+    """Staged years later (a rebuild from the raw zone), the same segment gives the same result."""
+    layout, con = wh
+    received = datetime(2026, 3, 4, 9, 0, tzinfo=UTC)
+    land(
+        layout,
+        [car_park("p2", "2026-03-01T23:00:00Z", 40), car_park("p2", "2026-02-25T08:00:00Z", 41)],
+        received_at_ns=ns(received),
+    )
+    result = stage_segments(layout, con, LIMITS, registry=REGISTRY, now=datetime(2031, 1, 1, tzinfo=UTC))
+    assert (result.readings, dict(result.quarantined)) == (1, {"too_late": 1})
+    assert versions(con) == [(DAY, 1, 1)]
