@@ -217,3 +217,18 @@ def test_a_late_lorawan_uplink_is_too_late_for_its_council(tmp_path):
     late = decode_message(topic, uplink, LIMITS, received_at=utc(2023, 6, 19, 0, 0, 0), registry=reg)
     assert reason(late) == "too_late"
     assert late.rejections[0].device_id == "am319-1"
+
+
+@pytest.mark.parametrize(
+    ("value", "zone"),
+    [
+        ("0001-01-01T00:00:00+01:00", None),
+        ("0001-01-01 00:00:00", "Asia/Tokyo"),
+        ("9999-12-31 23:59:59", "America/New_York"),
+    ],
+)
+def test_a_time_that_leaves_the_calendar_in_utc_is_invalid_not_a_crash(value, zone):
+    reg = registry(timezone=zone) if zone else None
+    out = car_park(value, reg=reg)
+    assert reason(out) == "invalid_timestamp"
+    assert out.rejections[0].detail == f"observed_at {value!r} is out of range"
