@@ -20,7 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP) ## create .venv with the pinned dependencies (requirements.lock)
 
-demo: $(STAMP) ## replay real car-park data through MQTT, Airflow and the quality gate
+demo: $(STAMP) ## replay car-park, bin, air-quality and traffic readings through MQTT, Airflow and the quality gate
 	$(BIN)/civicflow demo
 
 test: $(STAMP) ## run the whole test suite (starts its own Mosquitto and Airflow metadata DB)
