@@ -1,10 +1,15 @@
-"""`civicflow batch`: run the project's DAGs once, through Airflow, without a scheduler.
+"""Running Airflow for Civicflow: `civicflow batch`, `civicflow replay` and `civicflow airflow`.
 
-Airflow reads its configuration when it is first imported, so the DAG runs happen in a child
-process with its own environment: `AIRFLOW_HOME` (default `<data_root>/airflow`, with a SQLite
-metadata database), the project's `dags/` as the DAGs folder, and no example DAGs. The child
-migrates the metadata database, registers the DAGs (`dag.test()` only runs serialized DAGs) and
-runs each with `dag.test()`, in order; Airflow's own log goes to a file, not the terminal.
+`civicflow batch` (and `replay`) run the project's DAGs once, without a scheduler. Airflow reads its
+configuration when it is first imported, so the DAG runs happen in a child process with its own
+environment: `AIRFLOW_HOME` (default `<data_root>/airflow`, with a SQLite metadata database), the
+project's `dags/` as the DAGs folder, and no example DAGs. The child migrates the metadata
+database, registers the DAGs (`dag.test()` only runs serialized DAGs) and runs each with
+`dag.test()`, in order, with its run configuration (the backfill's `from` and `to`); Airflow's own
+log goes to a file, not the terminal.
+
+`civicflow airflow` runs `airflow standalone` (scheduler, DAG processor, triggerer and API server)
+on the same DAGs, with its own home under the data root (docs/airflow.md).
 
 This module and `dags/` are the only places that import Airflow.
 """
@@ -24,6 +29,7 @@ from civicflow.settings import Settings
 
 DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
 BATCH_DAGS = ("civicflow_stage", "civicflow_publish")
+REPLAY_DAGS = ("civicflow_backfill", "civicflow_publish")
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,12 @@ def run_batch(
     dag_ids: tuple[str, ...] = BATCH_DAGS,
     airflow_home: Path | None = None,
     timeout_s: float = 1800,
+    conf: dict[str, dict] | None = None,
 ) -> BatchOutcome:
-    """Run `dag_ids` once each, in order, and report each DagRun's final state."""
+    """Run `dag_ids` once each, in order, and report each DagRun's final state.
+
+    `conf` maps a DAG id to its run configuration (its params), e.g. the backfill's `from`/`to`.
+    """
     airflow_home = (airflow_home or settings.data_root / "airflow").resolve()
     airflow_home.mkdir(parents=True, exist_ok=True)
     log_path = airflow_home / "logs" / f"batch-{datetime.now(tz=UTC):%Y%m%dT%H%M%SZ}.log"
@@ -71,7 +81,7 @@ def run_batch(
     result_path = log_path.with_suffix(".json")
     with log_path.open("w") as log_file:
         proc = subprocess.run(
-            [sys.executable, "-m", "civicflow.batch", str(result_path), *dag_ids],
+            [sys.executable, "-m", "civicflow.batch", str(result_path), json.dumps(conf or {}), *dag_ids],
             env=airflow_env(settings, airflow_home),
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -94,7 +104,41 @@ def run_batch(
     return BatchOutcome(runs)
 
 
-def _run_in_airflow(result_path: Path, dag_ids: list[str]) -> int:
+def standalone_env(settings: Settings, airflow_home: Path, port: int | None = None) -> dict[str, str]:
+    """The environment `airflow standalone` needs to schedule the project's DAGs.
+
+    The metadata database is whatever `AIRFLOW__DATABASE__SQL_ALCHEMY_CONN` says, by default SQLite
+    in `airflow_home`; standalone starts its components as `airflow ...`, so the virtualenv's
+    `bin/` goes first on PATH.
+    """
+    env = os.environ | {
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "CIVICFLOW_DATA_ROOT": str(settings.data_root.resolve()),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    if port is not None:
+        env["AIRFLOW__API__PORT"] = str(port)
+        env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://localhost:{port}/execution/"
+    return env
+
+
+def run_standalone(settings: Settings, *, airflow_home: Path | None = None, port: int | None = None) -> int:
+    """Run `airflow standalone` in the foreground until it is interrupted; return its exit code."""
+    airflow_home = (airflow_home or settings.data_root / "airflow-standalone").resolve()
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "airflow"), "standalone"],
+        env=standalone_env(settings, airflow_home, port),
+    )
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # standalone got the same SIGINT and shuts its components down
+        return proc.wait()
+
+
+def _run_in_airflow(result_path: Path, dag_ids: list[str], conf: dict[str, dict] | None = None) -> int:
     """Child-process side: migrate, register the DAGs, `dag.test()` each; write the outcome."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag
@@ -110,7 +154,7 @@ def _run_in_airflow(result_path: Path, dag_ids: list[str]) -> int:
         started = time.monotonic()
         error = None
         try:
-            run = bag.dags[dag_id].test()
+            run = bag.dags[dag_id].test(run_conf=(conf or {}).get(dag_id))
             state = str(run.state) if run is not None else "unknown"
         except Exception as exc:  # noqa: BLE001 - reported to the caller with the log path
             state, error = "failed", f"{type(exc).__name__}: {exc}"
@@ -129,4 +173,4 @@ def _run_in_airflow(result_path: Path, dag_ids: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_run_in_airflow(Path(sys.argv[1]), sys.argv[2:]))
+    raise SystemExit(_run_in_airflow(Path(sys.argv[1]), sys.argv[3:], json.loads(sys.argv[2])))

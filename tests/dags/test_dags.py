@@ -7,12 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from factories import car_park, land
 
-from civicflow.batch import DAGS_DIR, run_batch
+from civicflow.batch import DAGS_DIR, REPLAY_DAGS, run_batch
 from civicflow.contract import DATASETS
 from civicflow.settings import Settings
 from ingest.samples import birmingham_parking_messages
@@ -20,7 +21,7 @@ from warehouse.db import connect
 from warehouse.layout import Layout
 
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
-EXPECTED = {"civicflow_stage", "civicflow_publish"}
+EXPECTED = {"civicflow_stage", "civicflow_publish", "civicflow_backfill"}
 
 PARSE_PROBE = textwrap.dedent("""
     import importlib.util, json, socket, sys
@@ -46,6 +47,7 @@ PARSE_PROBE = textwrap.dedent("""
                 "retries": [t.retries for t in dag.tasks],
                 "outlets": sorted(o.uri for t in dag.tasks for o in t.outlets),
                 "tasks": sorted(t.task_id for t in dag.tasks),
+                "params": sorted(dag.params),
             }
     print(json.dumps(found))
 """)
@@ -90,6 +92,9 @@ def test_dag_policy(parsed):
     assert parsed["civicflow_stage"]["schedule"] == "@hourly"
     for domain in domains:  # publication runs when any staged dataset changes
         assert f"staged.{domain}" in parsed["civicflow_publish"]["schedule"]
+    backfill = parsed["civicflow_backfill"]  # manual, and it feeds publication like staging does
+    assert (backfill["schedule"], backfill["params"]) == ("None", ["from", "to"])
+    assert backfill["outlets"] == parsed["civicflow_stage"]["outlets"]
 
 
 @pytest.mark.integration
@@ -116,7 +121,9 @@ def test_each_dag_runs_through_dag_test_on_real_data(tmp_path):
     con.close()
     assert rows == staged_rows
     package = json.loads((layout.published_dataset("parking") / "datapackage.json").read_text())
-    assert len(package["resources"]) == 2 * 6  # Parquet and CSV for 2016-10-04..09
+    readings = [r for r in package["resources"] if not r["path"].startswith("aggregates/")]
+    assert len(readings) == 2 * 6  # Parquet and CSV for 2016-10-04..09
+    assert len(package["resources"]) == 4 * 2 * 6  # and the hourly, daily and council aggregates
 
 
 @pytest.mark.integration
@@ -132,4 +139,44 @@ def test_a_failing_task_fails_the_batch_and_says_where_to_look(tmp_path):
     assert run.state == "failed"
     log = Path(run.log_path).read_text()
     assert "not a valid DuckDB database" in log and "Restore it from a backup" in log
+    assert log.count("Task failed with exception") == 1  # terminal: no retry
+
+
+@pytest.mark.integration
+def test_backfill_dag_replays_a_range_and_publish_follows(tmp_path):
+    settings = Settings(data_root=tmp_path / "data")
+    layout = Layout(settings.data_root)
+    land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 10)], received_at_ns=1_000)
+    land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 12), car_park("p2", "2016-10-05T08:00:00Z", 3)])
+    home = tmp_path / "airflow-home"
+    assert run_batch(settings, airflow_home=home).ok
+    con = connect(layout.warehouse)  # a row goes missing from the warehouse; raw still has it
+    con.execute("DELETE FROM staged.parking WHERE device_id = 'p2'")
+    before = con.execute("SELECT * FROM published.releases ORDER BY ALL").fetchall()
+    con.close()
+
+    today = datetime.now(tz=UTC).date()
+    conf = {"civicflow_backfill": {"from": str(today - timedelta(days=1)), "to": str(today)}}
+    outcome = run_batch(settings, dag_ids=REPLAY_DAGS, airflow_home=home, conf=conf)
+    assert [(r.dag_id, r.state) for r in outcome.runs] == [
+        ("civicflow_backfill", "success"),
+        ("civicflow_publish", "success"),
+    ]
+    con = connect(layout.warehouse, read_only=True)
+    staged = con.execute("SELECT device_id, occupied_spots FROM staged.parking ORDER BY ALL").fetchall()
+    assert staged == [("p1", 12), ("p2", 3)]
+    releases = "SELECT event_date::VARCHAR, partition_version FROM published.releases ORDER BY ALL"
+    assert con.execute(releases).fetchall() == [("2016-10-04", 1), ("2016-10-05", 2)]
+    assert [(r[2].isoformat(), r[3]) for r in before] == [("2016-10-04", 1), ("2016-10-05", 1)]
+    con.close()
+
+    bad = run_batch(
+        settings,
+        dag_ids=("civicflow_backfill",),
+        airflow_home=home,
+        conf={"civicflow_backfill": {"from": "yesterday!", "to": str(today)}},
+    )
+    assert [r.state for r in bad.runs] == ["failed"]
+    log = Path(bad.runs[0].log_path).read_text()
+    assert "cannot read replay bound 'yesterday!'" in log
     assert log.count("Task failed with exception") == 1  # terminal: no retry
