@@ -1,4 +1,4 @@
-"""The `civicflow` command: listen, status, batch, demo, sql.
+"""The `civicflow` command: listen, status, batch, replay, airflow, demo, sql.
 
 An entry point: it reads the settings and imports stage packages inside each command, so
 `civicflow --help` stays fast and a command only loads what it runs.
@@ -105,6 +105,65 @@ def batch(verbose: Verbose = False, log_json: LogJson = False) -> None:
     print_summary(console, warehouse_summary(settings), outcome)
     if not outcome.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def replay(
+    start: Annotated[
+        str, typer.Option("--from", help="UTC date (2026-03-01) or date-time (2026-03-01T08:00:00Z).")
+    ],
+    end: Annotated[str, typer.Option("--to", help="UTC date or date-time; a date means its end.")],
+    publish: Annotated[
+        bool, typer.Option(help="Then re-validate and publish what changed, through Airflow.")
+    ] = True,
+    verbose: Verbose = False,
+    log_json: LogJson = False,
+) -> None:
+    """Re-stage the raw segments opened in a time range, then publish the partitions that changed."""
+    import json
+
+    from civicflow.errors import CivicflowError
+    from civicflow.jobs import replay_job
+
+    _logging(verbose, log_json)
+    settings = Settings()
+    try:
+        result = replay_job(start, end, settings)
+    except CivicflowError as exc:
+        console.print(f"[red]replay failed:[/] {exc}")
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(result, indent=2))
+    if not publish:
+        return
+    from civicflow.batch import run_batch
+    from civicflow.summary import print_summary, warehouse_summary
+
+    outcome = run_batch(settings, dag_ids=("civicflow_publish",))
+    print_summary(console, warehouse_summary(settings), outcome)
+    if not outcome.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def airflow(
+    airflow_home: Annotated[
+        Path | None,
+        typer.Option(
+            help="Airflow's home (config, SQLite database, logs); default <data root>/airflow-standalone."
+        ),
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port of the Airflow UI and API server (8080).")] = None,
+) -> None:
+    """Run Airflow (`airflow standalone`) with Civicflow's DAGs until Ctrl-C."""
+    from civicflow.batch import run_standalone
+
+    settings = Settings()
+    home = (airflow_home or settings.data_root / "airflow-standalone").resolve()
+    console.print(
+        f"Airflow home {home}; UI on http://localhost:{port or 8080}/ as user admin, password "
+        f"in {home / 'simple_auth_manager_passwords.json.generated'} (docs/airflow.md)"
+    )
+    raise typer.Exit(run_standalone(settings, airflow_home=home, port=port))
 
 
 @app.command()
