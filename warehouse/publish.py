@@ -2,8 +2,9 @@
 
 A partition is written next to its final name and renamed into place, so a consumer never sees a
 half-written file and a partition that fails the gate keeps its previous release untouched. The
-`datapackage.json` of a dataset is rebuilt from `published.releases` after every release and lists
-each file with its byte size and sha256.
+`datapackage.json` of a dataset is rebuilt from `published.releases` (and the aggregate files in
+`published.aggregate_releases`, see warehouse/aggregates.py) after every release and lists each
+file with its byte size and sha256.
 """
 
 from __future__ import annotations
@@ -53,6 +54,42 @@ def _replace_into_place(tmp: Path, final: Path) -> None:
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, final)
+
+
+def write_files(
+    con: duckdb.DuckDBPyConnection,
+    table: pa.Table,
+    columns: tuple[Column, ...],
+    target: Path,
+    stem: str,
+    base: Path,
+) -> dict[str, dict]:
+    """Write `table` as `<stem>.parquet` and `<stem>.csv` under `target`, each renamed into place.
+
+    Returns, per format, the path relative to `base` (the dataset folder), byte size and sha256.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    parquet_path, csv_path = target / f"{stem}.parquet", target / f"{stem}.csv"
+    table = table.select([c.name for c in columns]).cast(arrow_schema(columns))
+    pq.write_table(table, parquet_path.with_suffix(".parquet.tmp"), compression="zstd")
+    con.register("file_rows", table)
+    tmp_csv = csv_path.with_suffix(".csv.tmp")
+    try:
+        con.execute(
+            f"COPY (SELECT {_csv_select(columns)} FROM file_rows) TO '{tmp_csv}' (FORMAT csv, HEADER true)"
+        )
+    finally:
+        con.unregister("file_rows")
+    _replace_into_place(parquet_path.with_suffix(".parquet.tmp"), parquet_path)
+    _replace_into_place(tmp_csv, csv_path)
+    return {
+        fmt: {
+            "path": path.relative_to(base).as_posix(),
+            "bytes": path.stat().st_size,
+            "sha256": _sha256(path),
+        }
+        for fmt, path in (("parquet", parquet_path), ("csv", csv_path))
+    }
 
 
 def publish_partition(
@@ -113,8 +150,13 @@ def publish_partition(
 
 def table_schema(dataset: Dataset) -> dict:
     """The Frictionless Table Schema of a published dataset, units included."""
+    return columns_schema(dataset.published_columns, dataset.natural_key)
+
+
+def columns_schema(columns: tuple[Column, ...], primary_key: tuple[str, ...]) -> dict:
+    """A Frictionless Table Schema for any published table: types, units, constraints, key."""
     fields = []
-    for c in dataset.published_columns:
+    for c in columns:
         f: dict = {"name": c.name, "type": c.type, "description": c.description}
         if c.unit:
             f["unit"] = c.unit
@@ -132,7 +174,34 @@ def table_schema(dataset: Dataset) -> dict:
         if constraints:
             f["constraints"] = constraints
         fields.append(f)
-    return {"fields": fields, "primaryKey": list(dataset.natural_key), "missingValues": [""]}
+    return {"fields": fields, "primaryKey": list(primary_key), "missingValues": [""]}
+
+
+def resource_name(*parts: str) -> str:
+    """A Frictionless resource name (lower case, digits, `-._/`): `air_quality` becomes `air-quality`."""
+    return "-".join(parts).lower().replace("_", "-")
+
+
+def file_resources(name: str, files: dict[str, dict], rows: int, schema: dict) -> list[dict]:
+    """The Parquet and CSV resources of one published table, as listed in `datapackage.json`."""
+    resources = []
+    for fmt in ("parquet", "csv"):
+        meta = files[fmt]
+        resource = {
+            "name": name + ("" if fmt == "parquet" else "-csv"),
+            "path": meta["path"],
+            "format": fmt,
+            "mediatype": MEDIA_TYPES[fmt],
+            "bytes": meta["bytes"],
+            "hash": f"sha256:{meta['sha256']}",
+            "rows": rows,
+            "schema": schema,
+        }
+        if fmt == "csv":
+            resource["encoding"] = "utf-8"
+            resource["profile"] = "tabular-data-resource"
+        resources.append(resource)
+    return resources
 
 
 def write_datapackage(con: duckdb.DuckDBPyConnection, layout: Layout, dataset: Dataset) -> Path:
@@ -145,24 +214,15 @@ def write_datapackage(con: duckdb.DuckDBPyConnection, layout: Layout, dataset: D
     schema = table_schema(dataset)
     resources = []
     for council, day, rows, files_json in releases:
-        files = json.loads(files_json)
-        for fmt in ("parquet", "csv"):
-            meta = files[fmt]
-            resource = {
-                "name": f"{dataset.domain}-{council}-{day.isoformat()}"
-                + ("" if fmt == "parquet" else "-csv"),
-                "path": meta["path"],
-                "format": fmt,
-                "mediatype": MEDIA_TYPES[fmt],
-                "bytes": meta["bytes"],
-                "hash": f"sha256:{meta['sha256']}",
-                "rows": rows,
-                "schema": schema,
-            }
-            if fmt == "csv":
-                resource["encoding"] = "utf-8"
-                resource["profile"] = "tabular-data-resource"
-            resources.append(resource)
+        name = resource_name(dataset.domain, council, day.isoformat())
+        resources.extend(file_resources(name, json.loads(files_json), rows, schema))
+    # Aggregates record their own resources (schema included) when they are written.
+    for (aggregate_json,) in con.execute(
+        "SELECT resources FROM published.aggregate_releases WHERE domain = ? "
+        "ORDER BY kind, council, event_date",
+        [dataset.domain.value],
+    ).fetchall():
+        resources.extend(json.loads(aggregate_json))
     package = {
         "profile": "tabular-data-package",
         "name": f"civicflow-{dataset.domain}",

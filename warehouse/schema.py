@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from civicflow.contract import DATASETS, Column, Dataset
+from warehouse.aggregates import AGGREGATE_RELEASES_DDL, aggregate_tables
 
 DUCKDB_TYPES = {
     "string": "VARCHAR",
@@ -106,9 +107,47 @@ BASE_DDL = [
 ]
 
 
+# Consumer views over the published zone and its aggregates (docs/queries.md). Replaced on every
+# writable connect, so a new release of Civicflow brings its view definitions with it.
+VIEW_DDL = [
+    """CREATE OR REPLACE VIEW published.parking_latest AS
+SELECT council, device_id, observed_at, occupied_spots, total_spots,
+       total_spots - occupied_spots AS free_spots, occupancy, lat, lon
+FROM published.parking
+WHERE occupancy IS NOT NULL
+QUALIFY row_number() OVER (PARTITION BY council, device_id ORDER BY observed_at DESC) = 1""",
+    """CREATE OR REPLACE VIEW published.waste_latest AS
+SELECT council, device_id, observed_at, filling_level, temperature, status, lat, lon
+FROM published.waste
+WHERE filling_level IS NOT NULL
+QUALIFY row_number() OVER (PARTITION BY council, device_id ORDER BY observed_at DESC) = 1""",
+    """CREATE OR REPLACE VIEW published.air_quality_no2_exceedances AS
+SELECT council, device_id, hour, no2_mean, no2_count, coverage, CAST(200 AS DOUBLE) AS limit_ug_m3
+FROM published.air_quality_hourly
+WHERE no2_mean > 200""",
+    """CREATE OR REPLACE VIEW published.air_quality_pm10_exceedances AS
+SELECT council, device_id, event_date, pm10_mean, pm10_count, coverage, CAST(50 AS DOUBLE) AS limit_ug_m3
+FROM published.air_quality_daily
+WHERE pm10_mean > 50""",
+    """CREATE OR REPLACE VIEW published.device_coverage AS
+"""
+    + "\nUNION ALL\n".join(
+        f"SELECT '{d.domain}' AS domain, council, device_id, "
+        f"{'lane_id' if 'lane_id' in d.natural_key else 'CAST(NULL AS BIGINT) AS lane_id'}, event_date, "
+        f"readings, expected_interval_s, expected_readings, coverage FROM published.{d.domain}_daily"
+        for d in DATASETS.values()
+    ),
+]
+
+
 def all_ddl() -> list[str]:
     ddl = list(BASE_DDL)
     for dataset in DATASETS.values():
         ddl.append(dataset_ddl("staged", dataset, dataset.staged_columns))
         ddl.append(dataset_ddl("published", dataset, dataset.published_columns))
+    ddl.append(AGGREGATE_RELEASES_DDL)
+    ddl.extend(
+        f"CREATE TABLE IF NOT EXISTS {name} (\n    {column_ddl(cols)}\n)" for name, cols in aggregate_tables()
+    )
+    ddl.extend(VIEW_DDL)
     return ddl
