@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from civicflow.contract import DATASETS, Domain, Zone
 from expectations.gate import validate_partition
+from warehouse.aggregates import refresh_aggregates
 from warehouse.layout import Layout
 from warehouse.publish import publish_partition, write_datapackage
 
@@ -32,6 +33,7 @@ class GateResult:
     passed: int = 0
     failed: int = 0
     published: int = 0
+    aggregated: int = 0
     held_back: list[dict] = field(default_factory=list)
     datapackages: list[str] = field(default_factory=list)
 
@@ -41,6 +43,7 @@ class GateResult:
             "passed": self.passed,
             "failed": self.failed,
             "published": self.published,
+            "aggregated": self.aggregated,
             "held_back": self.held_back,
             "datapackages": self.datapackages,
         }
@@ -61,7 +64,7 @@ def partitions_to_validate(con: duckdb.DuckDBPyConnection) -> list[tuple[str, st
 def gate_and_publish(
     layout: Layout, con: duckdb.DuckDBPyConnection, *, now: datetime | None = None
 ) -> GateResult:
-    """Validate changed partitions and publish those that pass."""
+    """Validate changed partitions, publish those that pass, then rebuild their aggregates."""
     now = now or datetime.now(tz=UTC)
     result = GateResult()
     touched: set[Domain] = set()
@@ -110,6 +113,10 @@ def gate_and_publish(
                 json.dumps(report_json),
             ],
         )
+    # Aggregates are rebuilt from published rows only, for every release not yet aggregated.
+    for domain, partitions in refresh_aggregates(con, layout).items():
+        result.aggregated += partitions
+        touched.add(domain)
     for domain in sorted(touched):
         result.datapackages.append(str(write_datapackage(con, layout, DATASETS[domain])))
     return result
