@@ -40,16 +40,22 @@ def stage_job(settings: Settings | None = None, registry_dir: Path | None = None
 
 
 def publish_job(settings: Settings | None = None) -> dict:
-    """Validate changed staged partitions and publish those that pass."""
+    """Validate changed staged partitions and publish those that pass.
+
+    Each council's data is published under the licence its registry file names (the Open
+    Government Licence unless it says otherwise).
+    """
+    from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
     from expectations.release import gate_and_publish
     from warehouse.db import connect
     from warehouse.layout import Layout
 
     settings = settings or Settings()
     layout = Layout(settings.data_root)
+    licences = load_registry(settings.registry_dir or DEFAULT_REGISTRY_DIR).licences()
     con = connect(layout.warehouse)
     try:
-        return gate_and_publish(layout, con).to_dict()
+        return gate_and_publish(layout, con, licences=licences).to_dict()
     finally:
         con.close()
 

@@ -106,10 +106,26 @@ class Application(_Strict):
         return self
 
 
+class Licence(_Strict):
+    """A data licence, as Frictionless data packages name it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9.+-]{1,64}$", description="SPDX-style id, e.g. ODbL-1.0")
+    path: str = Field(pattern=r"^https?://", description="Where the licence text is")
+    title: str
+
+
 class CouncilRegistry(_Strict):
     """The contents of `registry/<council>.toml`."""
 
     council: str = Field(pattern=rf"^{NAME_PATTERN}$")
+    licence: Licence | None = Field(
+        default=None,
+        description="Licence the council's data must be published under when it is not the "
+        "Open Government Licence (e.g. data from citizen sensors under ODbL)",
+    )
+    attribution: str | None = Field(
+        default=None, max_length=500, description="Attribution the licence asks published files to carry"
+    )
     accept_unknown_devices: bool = Field(
         default=False,
         description="Take readings from devices not listed here instead of quarantining them",
@@ -187,6 +203,14 @@ class Registry:
     by_dev_eui: dict[str, tuple[str, Device]] = field(default_factory=dict)
     tts_applications: dict[str, tuple[str, Application]] = field(default_factory=dict)
     chirpstack_applications: dict[str, tuple[str, Application]] = field(default_factory=dict)
+
+    def licences(self) -> dict[str, dict]:
+        """Council -> Frictionless licence (and attribution), for councils that are not OGL."""
+        return {
+            name: c.licence.model_dump() | ({"attribution": c.attribution} if c.attribution else {})
+            for name, c in self.councils.items()
+            if c.licence is not None
+        }
 
     def device(self, council: str, device_id: str) -> Device | None:
         return self.devices.get((council, device_id))

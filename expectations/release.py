@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -62,7 +63,11 @@ def partitions_to_validate(con: duckdb.DuckDBPyConnection) -> list[tuple[str, st
 
 
 def gate_and_publish(
-    layout: Layout, con: duckdb.DuckDBPyConnection, *, now: datetime | None = None
+    layout: Layout,
+    con: duckdb.DuckDBPyConnection,
+    *,
+    now: datetime | None = None,
+    licences: Mapping[str, dict] | None = None,
 ) -> GateResult:
     """Validate changed partitions, publish those that pass, then rebuild their aggregates."""
     now = now or datetime.now(tz=UTC)
@@ -118,7 +123,7 @@ def gate_and_publish(
         result.aggregated += partitions
         touched.add(domain)
     for domain in sorted(touched):
-        result.datapackages.append(str(write_datapackage(con, layout, DATASETS[domain])))
+        result.datapackages.append(str(write_datapackage(con, layout, DATASETS[domain], licences)))
     return result
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from datetime import date, datetime
 from pathlib import Path
 
@@ -204,8 +205,28 @@ def file_resources(name: str, files: dict[str, dict], rows: int, schema: dict) -
     return resources
 
 
-def write_datapackage(con: duckdb.DuckDBPyConnection, layout: Layout, dataset: Dataset) -> Path:
-    """Rebuild `datapackage.json` for a dataset from its current releases."""
+def _licensed(resource: dict, licence: dict | None) -> dict:
+    if licence is None:
+        return resource
+    out = resource | {"licenses": [{k: licence[k] for k in ("name", "path", "title")}]}
+    if licence.get("attribution"):
+        out["sources"] = [{"title": licence["attribution"]}]
+    return out
+
+
+def write_datapackage(
+    con: duckdb.DuckDBPyConnection,
+    layout: Layout,
+    dataset: Dataset,
+    licences: Mapping[str, dict] | None = None,
+) -> Path:
+    """Rebuild `datapackage.json` for a dataset from its current releases.
+
+    `licences` maps a council to the licence its data must carry when that is not the Open
+    Government Licence (citizen-science data under ODbL, say). Those councils' resources, and the
+    aggregates built from them, name their own licence; the package lists every licence used.
+    """
+    licences = licences or {}
     releases = con.execute(
         "SELECT council, event_date, rows, files FROM published.releases WHERE domain = ? "
         "ORDER BY council, event_date",
@@ -213,23 +234,29 @@ def write_datapackage(con: duckdb.DuckDBPyConnection, layout: Layout, dataset: D
     ).fetchall()
     schema = table_schema(dataset)
     resources = []
+    used = {LICENCE["name"]: LICENCE} if any(c not in licences for c, *_ in releases) else {}
     for council, day, rows, files_json in releases:
         name = resource_name(dataset.domain, council, day.isoformat())
-        resources.extend(file_resources(name, json.loads(files_json), rows, schema))
+        licence = licences.get(council)
+        resources.extend(
+            _licensed(r, licence) for r in file_resources(name, json.loads(files_json), rows, schema)
+        )
+        if licence is not None:
+            used[licence["name"]] = {k: licence[k] for k in ("name", "path", "title")}
     # Aggregates record their own resources (schema included) when they are written.
-    for (aggregate_json,) in con.execute(
-        "SELECT resources FROM published.aggregate_releases WHERE domain = ? "
+    for council, aggregate_json in con.execute(
+        "SELECT council, resources FROM published.aggregate_releases WHERE domain = ? "
         "ORDER BY kind, council, event_date",
         [dataset.domain.value],
     ).fetchall():
-        resources.extend(json.loads(aggregate_json))
+        resources.extend(_licensed(r, licences.get(council)) for r in json.loads(aggregate_json))
     package = {
         "profile": "tabular-data-package",
         "name": f"civicflow-{dataset.domain}",
         "title": dataset.title,
         "description": dataset.description,
         "version": f"contract-{CONTRACT_VERSION}",
-        "licenses": [LICENCE],
+        "licenses": list(used.values()) or [LICENCE],
         "keywords": ["smart city", str(dataset.domain), *dataset.fiware_types],
         "sources": [{"title": "Council sensor gateways, via Civicflow", "path": "docs/mqtt-contract.md"}],
         "civicflow": {"version": __version__, "fiware_types": list(dataset.fiware_types)},

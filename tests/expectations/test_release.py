@@ -106,3 +106,34 @@ def test_future_readings_fail_the_gate(wh):
     assert (result.failed, result.published) == (1, 0)
     assert not layout.published_dataset("parking").exists()
     assert date(2026, 11, 23).isoformat() == result.held_back[0]["date"]
+
+
+def test_a_council_under_another_licence_is_published_under_it(wh):
+    layout, con = wh
+    land(
+        layout,
+        [
+            car_park("p1", "2016-10-04T08:00:00+01:00", 10),
+            ("city/citizens/parking/bay-1", {"observed_at": "2016-10-04T09:00:00Z", "status": "free"}),
+        ],
+    )
+    stage_segments(layout, con, LIMITS)
+    odbl = {
+        "name": "ODbL-1.0",
+        "path": "https://opendatacommons.org/licenses/odbl/1-0/",
+        "title": "Open Data Commons Open Database License 1.0",
+        "attribution": "Citizen sensor network contributors",
+    }
+    gate_and_publish(layout, con, now=NOW, licences={"citizens": odbl})
+    package = json.loads((layout.published_dataset("parking") / "datapackage.json").read_text())
+    assert sorted(lic["name"] for lic in package["licenses"]) == ["ODbL-1.0", "OGL-UK-3.0"]
+    by_council = {}
+    for res in package["resources"]:
+        council = "citizens" if "citizens" in res["path"] else "testtown"
+        by_council.setdefault(council, set()).add(
+            tuple(lic["name"] for lic in res.get("licenses", package["licenses"][:0]))
+        )
+    assert by_council["citizens"] == {("ODbL-1.0",)}  # files and aggregates alike
+    assert by_council["testtown"] == {()}  # the package's OGL applies
+    citizens = next(r for r in package["resources"] if "citizens" in r["path"])
+    assert citizens["sources"] == [{"title": "Citizen sensor network contributors"}]

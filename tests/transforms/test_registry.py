@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_shipped_registry_lists_birminghams_car_parks_with_their_capacity():
     registry = load_registry(DEFAULT_REGISTRY_DIR)
     assert DEFAULT_REGISTRY_DIR == ROOT / "registry"
-    assert list(registry.councils) == ["birmingham"]
+    assert sorted(registry.councils) == ["aberdeen", "birmingham"]
     assert registry.councils["birmingham"].accept_unknown_devices is False
     assert len(registry.councils["birmingham"].devices) == 30
     assert registry.device("birmingham", "bhmbccmkt01").total_spots == 577
@@ -127,3 +127,14 @@ def test_models_without_a_profile_or_of_another_domain_are_reported(tmp_path):
 def test_a_missing_registry_directory_says_how_to_create_it(tmp_path):
     with pytest.raises(RegistryError, match="create it with one <council>.toml per council"):
         load_registry(tmp_path / "nowhere")
+
+
+def test_a_council_names_the_licence_its_data_is_published_under(tmp_path):
+    shipped = load_registry(DEFAULT_REGISTRY_DIR).licences()
+    assert shipped["aberdeen"]["name"] == "ODbL-1.0"  # citizen stations: not OGL
+    assert "birmingham" not in shipped  # council data: the default OGL
+    (tmp_path / "leeds.toml").write_text(
+        'council = "leeds"\n[licence]\nname = "CC-BY-4.0"\npath = "ftp://x"\ntitle = "CC BY"\n'
+    )
+    with pytest.raises(RegistryError, match="path"):
+        load_registry(tmp_path)
