@@ -217,7 +217,10 @@ def write_backlog(n: int, data_root: Path, ndjson_dir: Path) -> dict[str, Any]:
                 days.add(reading["observed_at"][:10])
             if writer.due_to_roll():
                 writer.roll()
+            last_day = reading["observed_at"][:10]
         writer.close()
+        if count:
+            days.add(last_day)
     finally:
         for fh in files.values():
             fh.close()
