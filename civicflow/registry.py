@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from civicflow.contract import NAME_PATTERN, Domain
+from civicflow.contract import DATASETS, NAME_PATTERN, Domain
 from civicflow.errors import TerminalError
 
 LORA_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
@@ -77,6 +77,14 @@ class Device(_Strict):
         default=None, gt=0, description="Distance from an ultrasonic sensor to the bin's floor"
     )
     lorawan: LoRaWANIds | None = None
+    citizen_hosted: bool | None = Field(
+        default=None,
+        description="Hosted by a citizen (at home): lat/lon are published rounded to 3 decimals; "
+        "unset: the council's citizen_hosted",
+    )
+    personal_fields: tuple[str, ...] = Field(
+        default=(), description="Fields the device sends that identify people (e.g. plate): never published"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Device:
@@ -146,6 +154,14 @@ class CouncilRegistry(_Strict):
         description="Quarantine a reading as too_late when its UTC event date is more than this "
         "many days before the UTC date it was received; unset: no horizon",
     )
+    citizen_hosted: bool = Field(
+        default=False,
+        description="Every device is hosted by a citizen: lat/lon are published rounded to 3 decimals",
+    )
+    personal_fields: tuple[str, ...] = Field(
+        default=(),
+        description="Fields any device of the council may send that identify people: never published",
+    )
     devices: tuple[Device, ...] = ()
     applications: tuple[Application, ...] = ()
 
@@ -176,6 +192,13 @@ class CouncilRegistry(_Strict):
     def _unique(self) -> CouncilRegistry:
         if self.ambiguous_local_time != "quarantine" and self.timezone is None:
             raise ValueError("ambiguous_local_time needs the timezone whose local times it resolves")
+        published = {c.name for d in DATASETS.values() for c in d.published_columns}
+        for name in (*self.personal_fields, *(f for d in self.devices for f in d.personal_fields)):
+            if name in published:
+                raise ValueError(
+                    f"personal field {name!r} is a published column of the contract; "
+                    "a field that identifies people must not be one"
+                )
         seen: set[str] = set()
         for d in self.devices:
             if d.device_id in seen:
@@ -211,6 +234,21 @@ class Registry:
             for name, c in self.councils.items()
             if c.licence is not None
         }
+
+    def citizen_hosted(self, council: str, device_id: str) -> bool:
+        """Whether a device is hosted by a citizen: its own setting, else its council's."""
+        c = self.councils.get(council)
+        d = self.devices.get((council, device_id))
+        if d is not None and d.citizen_hosted is not None:
+            return d.citizen_hosted
+        return c is not None and c.citizen_hosted
+
+    def personal_fields(self, council: str) -> set[str]:
+        """Every field a device of the council may send that identifies people."""
+        c = self.councils.get(council)
+        return (
+            set() if c is None else {*c.personal_fields, *(f for d in c.devices for f in d.personal_fields)}
+        )
 
     def device(self, council: str, device_id: str) -> Device | None:
         return self.devices.get((council, device_id))
