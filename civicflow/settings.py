@@ -71,6 +71,35 @@ class MetricsSettings(BaseModel):
     port: int = Field(default=9108, ge=0, le=65535, description="0 turns the endpoint off")
 
 
+class CkanSettings(BaseModel):
+    """Optional push of each release's catalogue to a CKAN portal. Off unless `url` is set."""
+
+    url: str | None = Field(
+        default=None, pattern=r"^https?://", description="CKAN site, e.g. https://data.example.gov.uk"
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="API token of a user who may edit the organization"
+    )
+    organization: str | None = Field(
+        default=None, description="CKAN organization (owner_org) of the datasets"
+    )
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class PublishSettings(BaseModel):
+    """Open-data releases under `<data root>/published/` (docs/publication.md)."""
+
+    keep_releases: int = Field(default=5, ge=1, description="Releases kept after a switch, latest included")
+    base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://.*/$",
+        description="Where `<data root>/published/` is served, ending in /; unset: the catalogue's "
+        "links are relative to it",
+    )
+    row_group_rows: int = Field(default=16_384, ge=1, description="Rows per Parquet row group")
+    ckan: CkanSettings = CkanSettings()
+
+
 class Settings(BaseSettings):
     """Civicflow settings, from `CIVICFLOW_*` environment variables (`__` nests)."""
 
@@ -87,6 +116,7 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=256 * 1024, ge=1)
     max_batch_readings: int = Field(default=10_000, ge=1)
     publish_csv: bool = True
+    publish: PublishSettings = PublishSettings()
 
     @cached_property
     def warehouse_path(self) -> Path:
