@@ -248,6 +248,23 @@ def aggregate_partitions(
     """
     if not partitions:
         return 0
+    # Parallel aggregation adds floating-point partial sums in whatever order threads finish, so
+    # a mean can differ in its last digit between two identical runs. One thread makes every
+    # rebuild, and every replay, byte for byte the same.
+    (threads,) = con.execute("SELECT current_setting('threads')").fetchone()
+    con.execute("SET threads = 1")
+    try:
+        return _aggregate_partitions(con, layout, dataset, partitions)
+    finally:
+        con.execute(f"SET threads = {int(threads)}")
+
+
+def _aggregate_partitions(
+    con: duckdb.DuckDBPyConnection,
+    layout: Layout,
+    dataset: Dataset,
+    partitions: list[tuple[str, date, int]],
+) -> int:
     domain = dataset.domain
     con.execute("BEGIN TRANSACTION")
     try:
