@@ -37,7 +37,27 @@ class Layout:
         return self.partition_dir(Zone.STAGED, domain, council, day) / "part-0.parquet"
 
     def published_dataset(self, domain: Domain | str) -> Path:
+        """The publisher's working tree of a dataset: changes file by file, consumers never read it."""
         return self.zone(Zone.PUBLISHED) / str(domain)
+
+    @property
+    def releases(self) -> Path:
+        """Immutable releases, `releases/<id>/<domain>/...` (warehouse/releases.py)."""
+        return self.zone(Zone.PUBLISHED) / "releases"
+
+    @property
+    def latest(self) -> Path:
+        """Symlink to the current release: consumers' stable path is `published/latest/<domain>/...`."""
+        return self.zone(Zone.PUBLISHED) / "latest"
+
+    @property
+    def latest_pointer(self) -> Path:
+        """`latest.json`: the current release for consumers that cannot follow a symlink."""
+        return self.zone(Zone.PUBLISHED) / "latest.json"
+
+    def catalog(self, suffix: str = "jsonld") -> Path:
+        """The DCAT-AP catalogue of the current release, `catalog.jsonld` or `catalog.ttl`."""
+        return self.zone(Zone.PUBLISHED) / f"catalog.{suffix}"
 
     def quarantine_file(self, segment_id: str) -> Path:
         return self.zone(Zone.QUARANTINE) / "segments" / f"{segment_id}.parquet"

@@ -1,0 +1,200 @@
+"""The DCAT-AP catalogue of a release: one dcat:Dataset per domain per council.
+
+Built from the release's own data packages, so it describes exactly the files of that release:
+each council's dataset lists only that council's files (readings and aggregates), under the
+council's licence, with byte size and sha256. Written as JSON-LD (`catalog.jsonld`) and, through
+rdflib, as Turtle (`catalog.ttl`). Links are relative to `data/published/` unless a base URL is
+given (`CIVICFLOW_PUBLISH__BASE_URL`, where that folder is served), and point into the immutable
+release directory, so a catalogue never lists a checksum its file does not have.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import rdflib
+
+from civicflow.contract import DATASETS, LICENCE, Domain
+from warehouse.aggregates import DEFAULT_INTERVAL_S
+from warehouse.layout import Layout
+
+if TYPE_CHECKING:
+    from warehouse.releases import Release
+
+CONTEXT = {
+    "dcat": "http://www.w3.org/ns/dcat#",
+    "dct": "http://purl.org/dc/terms/",
+    "foaf": "http://xmlns.com/foaf/0.1/",
+    "spdx": "http://spdx.org/rdf/terms#",
+    "xsd": "http://www.w3.org/2001/XMLSchema#",
+}
+EU = "http://publications.europa.eu/resource/authority"
+THEMES = {  # EU data theme vocabulary
+    Domain.TRAFFIC: "TRAN",
+    Domain.PARKING: "TRAN",
+    Domain.AIR_QUALITY: "ENVI",
+    Domain.WASTE: "ENVI",
+}
+FILE_TYPES = {"parquet": "PARQUET", "csv": "CSV"}  # EU file type vocabulary
+MEDIA_TYPES = {
+    "parquet": "https://www.iana.org/assignments/media-types/application/vnd.apache.parquet",
+    "csv": "https://www.iana.org/assignments/media-types/text/csv",
+}
+SMART_DATA_MODELS = {  # the FIWARE Smart Data Model each dataset follows
+    "OffStreetParking": "dataModel.Parking",
+    "ParkingSpot": "dataModel.Parking",
+    "TrafficFlowObserved": "dataModel.Transportation",
+    "AirQualityObserved": "dataModel.Environment",
+    "WasteContainer": "dataModel.WasteManagement",
+}
+# How often a device reports, as published: traffic counters every 5 minutes (the contract's
+# default interval), the others at the default interval of the coverage rule (docs/queries.md).
+RESOLUTION_S = {Domain.TRAFFIC: 300, **DEFAULT_INTERVAL_S}
+PARTITION_RE = re.compile(r"council=([^/]+)/date=(\d{4}-\d{2}-\d{2})/")
+PLACEHOLDER_BASE = "http://civicflow.invalid/published/"
+"""Resolves relative links while converting to Turtle; never written to a file."""
+
+
+def _duration(seconds: int) -> str:
+    if seconds % 3600 == 0:
+        return f"PT{seconds // 3600}H"
+    if seconds % 60 == 0:
+        return f"PT{seconds // 60}M"
+    return f"PT{seconds}S"
+
+
+def _typed(value: object, xsd: str) -> dict:
+    return {"@value": str(value), "@type": f"xsd:{xsd}"}
+
+
+def _iri(value: str) -> dict:
+    return {"@id": value}
+
+
+def smart_data_model_url(fiware_type: str) -> str:
+    return f"https://smart-data-models.github.io/{SMART_DATA_MODELS[fiware_type]}/{fiware_type}/schema.json"
+
+
+def _distribution(resource: dict, url: str, licence: dict) -> dict:
+    fmt = resource["format"]
+    algorithm, _, digest = resource["hash"].partition(":")
+    assert algorithm == "sha256", resource["hash"]
+    return {
+        "@id": url,
+        "@type": "dcat:Distribution",
+        "dct:title": resource["name"],
+        "dcat:accessURL": _iri(url),
+        "dcat:downloadURL": _iri(url),
+        "dct:format": _iri(f"{EU}/file-type/{FILE_TYPES[fmt]}"),
+        "dcat:mediaType": _iri(MEDIA_TYPES[fmt]),
+        "dcat:byteSize": _typed(resource["bytes"], "nonNegativeInteger"),
+        "spdx:checksum": {
+            "@type": "spdx:Checksum",
+            "spdx:algorithm": _iri("http://spdx.org/rdf/terms#checksumAlgorithm_sha256"),
+            "spdx:checksumValue": _typed(digest, "hexBinary"),
+        },
+        "dct:license": _iri(licence["path"]),
+    }
+
+
+def build_catalog(layout: Layout, release: Release, base_url: str | None = None) -> dict:
+    """The JSON-LD catalogue of a release, from the data packages in its directory."""
+    root = base_url or ""
+    release_url = f"{root}releases/{release.id}/"
+    published_at = release.published_at.isoformat().replace("+00:00", "Z")
+    datasets, agents = [], {}
+    for domain in release.datasets:
+        dataset = DATASETS[Domain(domain)]
+        package = json.loads((release.path / domain / "datapackage.json").read_text(encoding="utf-8"))
+        by_council: dict[str, list[dict]] = defaultdict(list)
+        for resource in package["resources"]:
+            match = PARTITION_RE.search(resource["path"])
+            assert match is not None, resource["path"]
+            by_council[match.group(1)].append(resource)
+        for council, resources in sorted(by_council.items()):
+            licences = {json.dumps(r.get("licenses", [LICENCE])[0], sort_keys=True) for r in resources}
+            assert len(licences) == 1, f"{domain} {council} has resources under several licences"
+            licence = json.loads(licences.pop())
+            days = sorted(
+                PARTITION_RE.search(r["path"]).group(2)
+                for r in resources
+                if not r["path"].startswith("aggregates/")
+            )
+            agent = f"{root}catalog.jsonld#council-{council}"
+            agents[council] = {
+                "@id": agent,
+                "@type": "foaf:Agent",
+                "foaf:name": council.replace("-", " ").replace("_", " ").title(),
+                "dct:identifier": council,
+            }
+            entry = {
+                "@id": f"{root}catalog.jsonld#{domain}-{council}",
+                "@type": "dcat:Dataset",
+                "dct:identifier": f"civicflow-{domain}-{council}",
+                "dct:title": f"{dataset.title}: {agents[council]['foaf:name']}",
+                "dct:description": f"{dataset.description} Published by {council} through Civicflow: "
+                "readings that passed the quality gate, with hourly and daily aggregates.",
+                "dcat:keyword": ["smart city", str(domain).replace("_", " "), council, *dataset.fiware_types],
+                "dcat:theme": _iri(f"{EU}/data-theme/{THEMES[dataset.domain]}"),
+                "dct:publisher": _iri(agent),
+                "dct:license": _iri(licence["path"]),
+                "dct:modified": _typed(published_at, "dateTime"),
+                "dct:accrualPeriodicity": _iri(f"{EU}/frequency/CONT"),
+                "dcat:temporalResolution": _typed(_duration(RESOLUTION_S[dataset.domain]), "duration"),
+                "dct:conformsTo": [
+                    _iri(f"{release_url}{domain}/schema.json"),
+                    *(_iri(smart_data_model_url(t)) for t in dataset.fiware_types),
+                ],
+                "dcat:distribution": [
+                    _distribution(r, f"{release_url}{domain}/{r['path']}", licence) for r in resources
+                ],
+            }
+            if licence.get("attribution"):
+                entry["dct:rights"] = f"Attribution: {licence['attribution']}"
+            if days:
+                entry["dct:temporal"] = {
+                    "@type": "dct:PeriodOfTime",
+                    "dcat:startDate": _typed(days[0], "date"),
+                    "dcat:endDate": _typed(days[-1], "date"),
+                }
+            datasets.append(entry)
+    return {
+        "@context": CONTEXT,
+        "@graph": [
+            {
+                "@id": f"{root}catalog.jsonld",
+                "@type": "dcat:Catalog",
+                "dct:title": "Civicflow open data",
+                "dct:description": "Smart-city sensor readings published by councils through Civicflow: "
+                "quality-checked Parquet and CSV with Frictionless data packages. Release "
+                f"{release.id}.",
+                "dct:publisher": _iri(f"{root}catalog.jsonld#civicflow"),
+                "dct:modified": _typed(published_at, "dateTime"),
+                "dcat:dataset": [_iri(d["@id"]) for d in datasets],
+            },
+            {"@id": f"{root}catalog.jsonld#civicflow", "@type": "foaf:Agent", "foaf:name": "Civicflow"},
+            *agents.values(),
+            *datasets,
+        ],
+    }
+
+
+def to_graph(catalog: dict, base_url: str | None = None) -> rdflib.Graph:
+    """Parse the JSON-LD catalogue into RDF (relative links resolved against `base_url`)."""
+    return rdflib.Graph().parse(
+        data=json.dumps(catalog), format="json-ld", publicID=base_url or PLACEHOLDER_BASE
+    )
+
+
+def to_turtle(catalog: dict, base_url: str | None = None) -> str:
+    """The catalogue in Turtle; relative links stay relative to `data/published/` without a base URL."""
+    text = to_graph(catalog, base_url).serialize(format="turtle")
+    if base_url is None:
+        # rdflib writes absolute IRIs: make the placeholder's relative again (no @base: the
+        # document's own location, data/published/, is the base, as for the JSON-LD).
+        text = text.replace(f"<{PLACEHOLDER_BASE}", "<")
+        assert PLACEHOLDER_BASE not in text
+    return text

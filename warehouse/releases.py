@@ -1,0 +1,240 @@
+"""Atomic, versioned releases of the published zone.
+
+The publisher writes into its working tree, `data/published/<domain>/` (warehouse/publish.py,
+warehouse/aggregates.py), which changes file by file during a publish. Consumers never read it.
+After a publish, `cut_release` snapshots what the data packages list into a new, immutable
+directory `data/published/releases/<id>/` (hard links: files are only ever replaced by rename, so a
+released file never changes), then switches `data/published/latest` to it by renaming a new
+symlink over the old one - one atomic step - and writes `latest.json`, the same pointer for
+consumers that cannot follow symlinks (HTTP mirrors, object stores). The DCAT-AP catalogue of the
+new release replaces `catalog.jsonld` and `catalog.ttl`, and releases beyond the retention are
+removed last. A consumer that resolves `latest` once and reads everything under what it resolved
+sees one release, whole (docs/publication.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from civicflow.contract import DATASETS, Domain, Zone
+from civicflow.errors import TerminalError
+from civicflow.settings import CkanSettings
+from warehouse.catalog import build_catalog, to_turtle
+from warehouse.layout import Layout
+
+log = logging.getLogger(__name__)
+
+RELEASE_RE = re.compile(r"^(\d{6})-(\d{8}T\d{6}Z)$")
+
+
+class ReleaseError(TerminalError):
+    """The working tree does not match its data packages: a file is missing or has changed."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One release: `releases/<id>/`, with the data packages of every published dataset."""
+
+    id: str
+    path: Path
+    published_at: datetime
+    datasets: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "release": self.id,
+            "path": f"releases/{self.id}",
+            "published_at": self.published_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "datasets": {d: f"releases/{self.id}/{d}/datapackage.json" for d in self.datasets},
+        }
+
+
+def releases(layout: Layout) -> list[Path]:
+    """Every complete release directory, oldest first."""
+    root = layout.releases
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and RELEASE_RE.match(p.name))
+
+
+def latest_release(layout: Layout) -> Path | None:
+    """The release `latest` points to, resolved once (read everything from what this returns)."""
+    link = layout.latest
+    if not link.is_symlink():
+        return None
+    return layout.zone(Zone.PUBLISHED) / os.readlink(link)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links: copy (same bytes, more space)
+        shutil.copy2(src, dst)
+
+
+def _snapshot_dataset(work: Path, target: Path) -> None:
+    """Link a dataset's datapackage.json and every file it lists, checking each file's size."""
+    package_path = work / "datapackage.json"
+    package = json.loads(package_path.read_text(encoding="utf-8"))
+    for resource in package["resources"]:
+        src = work / resource["path"]
+        if not src.is_file() or src.stat().st_size != resource["bytes"]:
+            raise ReleaseError(
+                f"cannot release {src}: datapackage.json lists {resource['bytes']} bytes but the file "
+                f"{'has ' + str(src.stat().st_size) if src.is_file() else 'is missing'}; re-run the publish"
+            )
+        _link_or_copy(src, target / resource["path"])
+    for extra in ("schema.json", "quality.json", "datapackage.json"):
+        if (work / extra).is_file():
+            _link_or_copy(work / extra, target / extra)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_catalog(layout: Layout, release: Release, base_url: str | None = None) -> dict:
+    """Write `catalog.jsonld` and `catalog.ttl` of a release, each renamed into place."""
+    catalog = build_catalog(layout, release, base_url)
+    _write_atomically(layout.catalog("jsonld"), json.dumps(catalog, indent=2, ensure_ascii=False) + "\n")
+    _write_atomically(layout.catalog("ttl"), to_turtle(catalog, base_url))
+    return catalog
+
+
+def switch_latest(layout: Layout, release: Path) -> None:
+    """Point `latest` at a release in one step: a new symlink renamed over the old one."""
+    tmp = layout.latest.with_name(f".latest-{release.name}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(release.relative_to(layout.zone(Zone.PUBLISHED)).as_posix(), tmp)
+    os.replace(tmp, layout.latest)
+
+
+def prune_releases(layout: Layout, keep: int) -> list[str]:
+    """Remove all but the newest `keep` releases (never the one `latest` points to)."""
+    current = latest_release(layout)
+    existing = releases(layout)
+    removed = []
+    for path in existing[: max(0, len(existing) - keep)]:
+        if current is not None and path.name == current.name:
+            continue
+        shutil.rmtree(path)
+        removed.append(path.name)
+    return removed
+
+
+def cut_release(
+    layout: Layout,
+    domains: Iterable[Domain | str],
+    *,
+    now: datetime | None = None,
+    keep: int = 5,
+    base_url: str | None = None,
+    ckan: CkanSettings | None = None,
+) -> Release | None:
+    """Snapshot the working tree into a new release and switch `latest` to it.
+
+    Nothing is released when `domains` (the datasets this run published or re-aggregated) is
+    empty: a run whose partitions were all held back changes nothing under `data/published/`.
+    With a CKAN URL set, the latest release is then pushed unless it already was, so a push that
+    failed is retried by the next run.
+    """
+    release = _cut(layout, now, keep, base_url) if domains and _changed(layout) else None
+    if ckan is not None and ckan.url:
+        push_pending(layout, ckan, base_url)
+    return release
+
+
+def push_pending(layout: Layout, ckan: CkanSettings, base_url: str | None) -> bool:
+    """Push the latest release's catalogue to CKAN if it has not been pushed yet."""
+    from warehouse.ckan import CkanClient, packages_from_catalog, push_catalog
+
+    if not layout.latest_pointer.is_file():
+        return False
+    latest = json.loads(layout.latest_pointer.read_text(encoding="utf-8"))
+    state = layout.root / "ckan" / "pushed.json"
+    if state.is_file() and json.loads(state.read_text(encoding="utf-8")).get("release") == latest["release"]:
+        return False
+    if base_url is None or ckan.api_key is None:
+        raise TerminalError(
+            "pushing to CKAN needs CIVICFLOW_PUBLISH__BASE_URL (where data/published/ is served) and "
+            "CIVICFLOW_PUBLISH__CKAN__API_KEY"
+        )
+    release = Release(
+        latest["release"],
+        layout.releases / latest["release"],
+        datetime.fromisoformat(latest["published_at"]),
+        tuple(latest["datasets"]),
+    )
+    packages = packages_from_catalog(
+        build_catalog(layout, release, base_url), release.id, base_url, ckan.organization
+    )
+    client = CkanClient(ckan.url, ckan.api_key, ckan.timeout_s)
+    try:
+        push_catalog(client, packages)
+    finally:
+        client.close()
+    state.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(state, json.dumps({"release": release.id}) + "\n")
+    return True
+
+
+def _published_domains(layout: Layout) -> list[str]:
+    return [
+        d.domain.value
+        for d in DATASETS.values()
+        if (layout.published_dataset(d.domain) / "datapackage.json").is_file()
+    ]
+
+
+def _changed(layout: Layout) -> bool:
+    """Whether the working tree's data packages differ from the latest release's.
+
+    A data package lists the sha256 of every file, so equal packages mean equal files: a re-run
+    that rewrites the same bytes (rebuilt aggregates, say) makes no new release.
+    """
+    current = latest_release(layout)
+    if current is None:
+        return True
+    for domain in _published_domains(layout):
+        released = current / domain / "datapackage.json"
+        work = layout.published_dataset(domain) / "datapackage.json"
+        if not released.is_file() or released.read_bytes() != work.read_bytes():
+            return True
+    return False
+
+
+def _cut(layout: Layout, now: datetime | None, keep: int, base_url: str | None) -> Release:
+    now = now or datetime.now(tz=UTC)
+    existing = releases(layout)
+    number = 1 + max((int(RELEASE_RE.match(p.name).group(1)) for p in existing), default=0)
+    release_id = f"{number:06d}-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+    layout.releases.mkdir(parents=True, exist_ok=True)
+    building = layout.releases / f".building-{release_id}"
+    if building.exists():
+        shutil.rmtree(building)
+    published = _published_domains(layout)
+    for domain in published:
+        _snapshot_dataset(layout.published_dataset(domain), building / domain)
+    release = Release(release_id, layout.releases / release_id, now, tuple(published))
+    _write_atomically(building / "release.json", json.dumps(release.to_dict(), indent=2) + "\n")
+    os.rename(building, release.path)
+    switch_latest(layout, release.path)
+    _write_atomically(layout.latest_pointer, json.dumps(release.to_dict(), indent=2) + "\n")
+    write_catalog(layout, release, base_url=base_url)
+    removed = prune_releases(layout, keep)
+    log.info("released %s (%s); removed %d old releases", release_id, ", ".join(published), len(removed))
+    return release
