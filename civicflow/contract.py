@@ -111,12 +111,17 @@ class Dataset:
         return (*self.measurements, *self.qualifiers, *self.derived)
 
     @property
-    def published_columns(self) -> tuple[Column, ...]:
+    def reading_columns(self) -> tuple[Column, ...]:
+        """What a reading is: identity, qualifiers, measurements, derived values and location."""
         return (*IDENTITY_COLUMNS, *self.qualifiers, *self.measurements, *self.derived, *LOCATION_COLUMNS)
 
     @property
+    def published_columns(self) -> tuple[Column, ...]:
+        return (*self.reading_columns, *QUALITY_COLUMNS)
+
+    @property
     def staged_columns(self) -> tuple[Column, ...]:
-        return (*self.published_columns, *STAGED_EXTRA_COLUMNS)
+        return (*self.reading_columns, *STAGED_EXTRA_COLUMNS)
 
 
 IDENTITY_COLUMNS: tuple[Column, ...] = (
@@ -150,6 +155,17 @@ LOCATION_COLUMNS: tuple[Column, ...] = (
         fiware="location",
     ),
 )
+QUALITY_COLUMNS: tuple[Column, ...] = (
+    Column(
+        "qc_flag",
+        "string",
+        "Warning rules of the quality gate this reading failed, separated by ';' (e.g. "
+        "'completeness'); empty when it passed every rule. Flagged readings are published as "
+        "they were received.",
+    ),
+)
+"""Added by the quality gate when a partition is published; not part of the staged zone."""
+
 STAGED_EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("event_date", "date", "UTC date of observed_at: the partition key.", required=True),
     Column("msg_id", "string", "The gateway's own message id, if it sent one."),

@@ -40,10 +40,11 @@ def stage_job(settings: Settings | None = None, registry_dir: Path | None = None
 
 
 def publish_job(settings: Settings | None = None) -> dict:
-    """Validate changed staged partitions and publish those that pass.
+    """Validate changed and held-back staged partitions and publish those that pass.
 
-    Each council's data is published under the licence its registry file names (the Open
-    Government Licence unless it says otherwise).
+    Thresholds are `CIVICFLOW_QUALITY__*`, overridden per council by its registry file's
+    `[quality]` table. Each council's data is published under the licence its registry file
+    names (the Open Government Licence unless it says otherwise).
     """
     from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
     from expectations.release import gate_and_publish
@@ -52,10 +53,12 @@ def publish_job(settings: Settings | None = None) -> dict:
 
     settings = settings or Settings()
     layout = Layout(settings.data_root)
-    licences = load_registry(settings.registry_dir or DEFAULT_REGISTRY_DIR).licences()
+    registry = load_registry(settings.registry_dir or DEFAULT_REGISTRY_DIR)
     con = connect(layout.warehouse)
     try:
-        return gate_and_publish(layout, con, licences=licences).to_dict()
+        return gate_and_publish(
+            layout, con, licences=registry.licences(), quality=settings.quality, registry=registry
+        ).to_dict()
     finally:
         con.close()
 

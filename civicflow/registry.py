@@ -16,13 +16,22 @@ import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from civicflow.contract import DATASETS, NAME_PATTERN, Domain
 from civicflow.errors import TerminalError
+from civicflow.settings import QualitySettings
 
 LORA_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 DEFAULT_REGISTRY_DIR = Path(__file__).resolve().parent.parent / "registry"
@@ -122,6 +131,33 @@ class Licence(_Strict):
     title: str
 
 
+_DeviceId = Annotated[str, StringConstraints(pattern=rf"^{NAME_PATTERN}$")]
+_IntervalS = Annotated[int, Field(ge=1, le=86_400)]
+
+
+class CouncilQuality(_Strict):
+    """`[quality]`: a council's own quality-gate thresholds and its devices' reporting intervals.
+
+    Any threshold of `QualitySettings` (`CIVICFLOW_QUALITY__*`) may be set here and replaces the
+    global value for this council's partitions; an unknown name or a bad value fails the load.
+    `[quality.reporting_interval_s]` maps a device id to the interval it is expected to report at;
+    devices not named there get the rule of warehouse/aggregates.py (docs/queries.md#coverage).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    reporting_interval_s: dict[_DeviceId, _IntervalS] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_thresholds(self) -> CouncilQuality:
+        QualitySettings.model_validate(self.model_extra or {})
+        return self
+
+    def thresholds(self, base: QualitySettings) -> QualitySettings:
+        """The global thresholds with this council's overrides applied (validated together)."""
+        return QualitySettings.model_validate(base.model_dump() | (self.model_extra or {}))
+
+
 class CouncilRegistry(_Strict):
     """The contents of `registry/<council>.toml`."""
 
@@ -161,6 +197,10 @@ class CouncilRegistry(_Strict):
     personal_fields: tuple[str, ...] = Field(
         default=(),
         description="Fields any device of the council may send that identify people: never published",
+    )
+    quality: CouncilQuality = Field(
+        default_factory=CouncilQuality,
+        description="Quality-gate thresholds for this council and its devices' reporting intervals",
     )
     devices: tuple[Device, ...] = ()
     applications: tuple[Application, ...] = ()
@@ -249,6 +289,13 @@ class Registry:
         return (
             set() if c is None else {*c.personal_fields, *(f for d in c.devices for f in d.personal_fields)}
         )
+
+    def quality(self, council: str, base: QualitySettings) -> tuple[QualitySettings, dict[str, int]]:
+        """A council's quality thresholds and device reporting intervals (global ones if unlisted)."""
+        registered = self.councils.get(council)
+        if registered is None:
+            return base, {}
+        return registered.quality.thresholds(base), dict(registered.quality.reporting_interval_s)
 
     def device(self, council: str, device_id: str) -> Device | None:
         return self.devices.get((council, device_id))

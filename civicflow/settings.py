@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -100,6 +100,58 @@ class PublishSettings(BaseModel):
     ckan: CkanSettings = CkanSettings()
 
 
+class QualitySettings(BaseModel):
+    """Thresholds of the quality gate's expectations (docs/warehouse.md, "Publication").
+
+    Set with `CIVICFLOW_QUALITY__<NAME>`; a council's registry file can override any of them in
+    its `[quality]` table. Which expectations block a partition and which only warn is fixed in
+    `expectations/suites.py`; only their thresholds are settings.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    completeness_min: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Warning: rows of a device-hour whose readings cover less than this share of "
+        "the readings its reporting interval expects are flagged `completeness`",
+    )
+    quarantine_share_max: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Blocking: largest share of a partition's readings that may have been quarantined",
+    )
+    volume_ratio_min: float = Field(
+        default=0.25,
+        ge=0,
+        description="Blocking: fewest staged rows, as a share of the median of the trailing 7 days",
+    )
+    volume_ratio_max: float = Field(
+        default=4.0,
+        gt=0,
+        description="Blocking: most staged rows, as a multiple of the median of the trailing 7 days",
+    )
+    volume_min_days: int = Field(
+        default=3,
+        ge=1,
+        le=7,
+        description="Days of the trailing 7 that must have a partition before volume is judged",
+    )
+    freshness_max_minutes: float = Field(
+        default=120,
+        gt=0,
+        description="Warning: largest age of today's newest reading when the gate runs",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> QualitySettings:
+        if self.volume_ratio_min > self.volume_ratio_max:
+            raise ValueError("volume_ratio_min must not exceed volume_ratio_max")
+        return self
+
+
 class Settings(BaseSettings):
     """Civicflow settings, from `CIVICFLOW_*` environment variables (`__` nests)."""
 
@@ -113,6 +165,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     landing: LandingSettings = LandingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    quality: QualitySettings = QualitySettings()
     max_payload_bytes: int = Field(default=256 * 1024, ge=1)
     max_batch_readings: int = Field(default=10_000, ge=1)
     publish_csv: bool = True

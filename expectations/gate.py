@@ -1,4 +1,4 @@
-"""Validate one staged partition against its contract suite and summarise the outcome.
+"""Validate one staged partition against its suite and summarise the outcome.
 
 Partitions are always validated as pandas DataFrames, never through GX's SQL path: that path
 is unreliable over DuckDB, and a partition is small enough to hold in memory. The summary
@@ -6,6 +6,10 @@ is unreliable over DuckDB, and a partition is small enough to hold in memory. Th
 operator needs to decide what to do, and nothing that varies between runs (run ids, batch ids,
 timings), so that two runs over the same partition produce identical reports that can be
 diffed and stored next to the data.
+
+`evaluate_partition` also returns what the release needs besides the report: each row's
+`qc_flag` (the warning rules it failed; GX's `unexpected_index_list` names the rows) and the GX
+result itself, which `expectations.docs` renders as Data Docs.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dt_time
 from functools import cache
@@ -37,7 +41,9 @@ from great_expectations.data_context.types.base import (
 from great_expectations.datasource.fluent import PandasDatasource
 
 from civicflow.contract import Dataset
-from expectations.suites import build_suite, suite_parameters
+from civicflow.settings import QualitySettings
+from expectations.quality import QualityInputs, add_quality_columns
+from expectations.suites import QUALITY_RULES, QualityRule, Severity, build_suite, suite_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +53,16 @@ SAMPLE_SIZE = 5
 """Unexpected values kept per failed expectation: enough to recognise a pattern, few enough to
 keep a report readable in a log line."""
 
-_RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": SAMPLE_SIZE}
+_RESULT_FORMAT = {"result_format": "COMPLETE", "partial_unexpected_count": SAMPLE_SIZE}
+"""COMPLETE, for `unexpected_index_list`: the rows a warning flags. The full lists are dropped from
+the result once the flags are taken (`_trim`), so neither reports nor Data Docs carry them."""
+_FULL_LISTS = ("unexpected_list", "unexpected_index_list", "unexpected_index_query")
+_ROW_FLAGGING_RULES = frozenset(r.name for r in QUALITY_RULES if r.flags_rows)
+_PARTITION_RULES = {r.name: r for r in QUALITY_RULES if not r.flags_rows}
+_ROW_RULE_PREFIXES = ("range:", "enum:", "order:", "not_null:", "unique_key", "no_future")
+"""Contract rules that are about single rows: blocking, so they flag rows only in a partition a
+data engineer approved despite them (`expectations.approvals`)."""
+FLAG_SEPARATOR = ";"
 _DETAIL_MAX_CHARS = 300
 _lock = threading.RLock()
 _batch_definitions: dict[str, BatchDefinition] = {}
@@ -60,11 +75,16 @@ class ValidationReport:
     Attributes:
         dataset: The dataset (domain) name the partition belongs to.
         now: ISO-8601 time the gate was told it is; decides what counts as the future.
-        success: True when every expectation held.
+        success: True when no blocking expectation failed (warnings do not hold a partition).
         evaluated: Number of expectations evaluated.
-        failed: One entry per failed expectation, in suite order, with keys `expectation`,
-            `columns`, `unexpected_count`, `sample` and `detail`; JSON-serialisable.
+        failed: One entry per failed blocking expectation, in suite order, with keys `rule`,
+            `severity`, `expectation`, `columns`, `unexpected_count`, `sample` and `detail`;
+            JSON-serialisable.
         gx_version: The Great Expectations version that evaluated the suite.
+        warnings: Failed warning expectations, shaped like `failed`.
+        metrics: What the quality rules measured: rows, quarantined readings and their share,
+            volume ratio, freshness, device-hours and their mean coverage, flagged rows.
+        thresholds: The thresholds the partition was judged against (its council's).
     """
 
     dataset: str
@@ -73,14 +93,49 @@ class ValidationReport:
     evaluated: int
     failed: list[dict[str, Any]]
     gx_version: str
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Return the report as plain JSON-ready data (a deep copy)."""
         return asdict(self)
 
 
-def validate_partition(df: pd.DataFrame, dataset: Dataset, *, now: datetime) -> ValidationReport:
-    """Validate a staged partition DataFrame against the dataset's contract suite.
+@dataclass(frozen=True)
+class Evaluation:
+    """A partition's report, its rows' `qc_flag` values and the GX result (for Data Docs)."""
+
+    report: ValidationReport
+    flags: pd.Series
+    result: ExpectationSuiteValidationResult
+
+    def flags_for(self, rules: set[str] | frozenset[str]) -> pd.Series:
+        """Each row's flags restricted to `rules` (None where none of them failed)."""
+        return self.flags.map(lambda f: _join(r for r in _split(f) if r in rules), na_action="ignore")
+
+
+def validate_partition(
+    df: pd.DataFrame,
+    dataset: Dataset,
+    *,
+    now: datetime,
+    thresholds: QualitySettings | None = None,
+    inputs: QualityInputs | None = None,
+) -> ValidationReport:
+    """Validate a staged partition DataFrame and return its report (see `evaluate_partition`)."""
+    return evaluate_partition(df, dataset, now=now, thresholds=thresholds, inputs=inputs).report
+
+
+def evaluate_partition(
+    df: pd.DataFrame,
+    dataset: Dataset,
+    *,
+    now: datetime,
+    thresholds: QualitySettings | None = None,
+    inputs: QualityInputs | None = None,
+) -> Evaluation:
+    """Validate a staged partition DataFrame against the dataset's suite.
 
     Args:
         df: The partition as read from Parquet: tz-aware UTC timestamps, nullable integers and
@@ -88,38 +143,155 @@ def validate_partition(df: pd.DataFrame, dataset: Dataset, *, now: datetime) -> 
         dataset: The contract the partition must satisfy.
         now: Timezone-aware current time; observations later than it plus the allowed clock
             skew fail. Passed in rather than read so that runs are reproducible.
+        thresholds: The council's quality thresholds; the defaults if None.
+        inputs: What the quality rules read from the warehouse (`quality.load_inputs`); without
+            them the quarantine-share and volume rules have nothing to judge and pass.
 
     Returns:
-        The report; `success` is False if any expectation failed or could not be evaluated.
+        The evaluation. `report.success` is False if any blocking expectation failed or could
+        not be evaluated; `flags` is aligned with `df`'s rows (positionally).
 
     Raises:
         ValueError: If `now` is naive.
     """
-    parameters = suite_parameters(now)
+    thresholds = thresholds or QualitySettings()
+    parameters = suite_parameters(now, thresholds)
     suite = build_suite(dataset)
+    frame = add_quality_columns(
+        df, dataset, now=now, inputs=inputs, volume_min_days=thresholds.volume_min_days
+    )
     started = time.perf_counter()
     with _lock:
-        batch = _batch_definition(dataset).get_batch(batch_parameters={"dataframe": df})
+        batch = _batch_definition(dataset).get_batch(batch_parameters={"dataframe": frame})
         result: ExpectationSuiteValidationResult = batch.validate(
             suite, result_format=_RESULT_FORMAT, expectation_parameters=parameters
         )
+    flags = _row_flags(result, len(frame))
+    _trim(result)
+    blocking, warnings = [], []
+    for r in result.results:
+        if not r.success:
+            failure = _failure(r)
+            if failure["rule"] in _PARTITION_RULES:
+                failure["detail"] = _partition_detail(_PARTITION_RULES[failure["rule"]], failure, parameters)
+            (warnings if _severity(r) == Severity.WARNING else blocking).append(failure)
     report = ValidationReport(
         dataset=str(dataset.domain),
         now=now.isoformat(),
-        success=bool(result.success),
+        success=not blocking,
         evaluated=int(result.statistics["evaluated_expectations"]),
-        failed=_in_suite_order([_failure(r) for r in result.results if not r.success], suite),
+        failed=_in_suite_order(blocking, suite),
         gx_version=gx.__version__,
+        warnings=_in_suite_order(warnings, suite),
+        metrics=_metrics(frame, inputs, flags),
+        thresholds=thresholds.model_dump(),
     )
     logger.info(
-        "validated %s partition: %d rows, %d expectations, %d failed, %.3fs",
+        "validated %s partition: %d rows, %d expectations, %d blocking and %d warning failures, %.3fs",
         report.dataset,
         len(df),
         report.evaluated,
         len(report.failed),
+        len(report.warnings),
         time.perf_counter() - started,
     )
-    return report
+    return Evaluation(report=report, flags=flags, result=result)
+
+
+def _partition_detail(rule: QualityRule, failure: dict[str, Any], parameters: Mapping[str, Any]) -> str:
+    """One line for a partition-level rule: its measured value against its bounds."""
+    value = failure["sample"][0] if failure["sample"] else None
+    low = parameters.get(rule.min_parameter) if rule.min_parameter else None
+    high = parameters.get(rule.max_parameter) if rule.max_parameter else None
+    shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+    bounds = " and ".join(
+        b
+        for b in (
+            f"at least {low:g}" if low is not None else "",
+            f"at most {high:g}" if high is not None else "",
+        )
+        if b
+    )
+    return f"{rule.column} = {shown}, must be {bounds} ({rule.description})"[:_DETAIL_MAX_CHARS]
+
+
+def _severity(result: ExpectationValidationResult) -> Severity:
+    config = result.expectation_config
+    value = getattr(config, "severity", None) if config is not None else None
+    return (
+        Severity.WARNING
+        if str(getattr(value, "value", value)) == Severity.WARNING.value
+        else Severity.BLOCKING
+    )
+
+
+def _rule_name(result: ExpectationValidationResult) -> str:
+    config = result.expectation_config
+    meta = (config.meta or {}) if config is not None else {}
+    return str(meta.get("rule") or (config.type if config is not None else "unknown"))
+
+
+def _row_flags(result: ExpectationSuiteValidationResult, n: int) -> pd.Series:
+    """Each row's failed row-level rules: warnings, and blocking ones an approval overrides.
+
+    Only rules that are about single rows flag them (contract column rules and completeness);
+    a partition-level rule such as volume is recorded on the release, not on every row.
+    """
+    per_row: list[set[str]] = [set() for _ in range(n)]
+    for r in result.results:
+        if r.success or not r.result:
+            continue
+        rule = _rule_name(r)
+        if rule not in _ROW_FLAGGING_RULES and not rule.startswith(
+            ("range:", "enum:", "order:", "not_null:")
+        ):
+            continue
+        for index in r.result.get("unexpected_index_list") or []:
+            if isinstance(index, int | np.integer) and 0 <= int(index) < n:
+                per_row[int(index)].add(rule)
+    return pd.Series([_join(rules) for rules in per_row], dtype="object")
+
+
+def _split(flag: str | None) -> list[str]:
+    return [] if not flag else flag.split(FLAG_SEPARATOR)
+
+
+def _join(rules) -> str | None:
+    ordered = sorted(set(rules))
+    return FLAG_SEPARATOR.join(ordered) if ordered else None
+
+
+def _trim(result: ExpectationSuiteValidationResult) -> None:
+    """Drop the full unexpected lists COMPLETE adds: the partial lists keep enough to read."""
+    for r in result.results:
+        for key in _FULL_LISTS:
+            (r.result or {}).pop(key, None)
+
+
+def _metrics(frame: pd.DataFrame, inputs: QualityInputs | None, flags: pd.Series) -> dict[str, Any]:
+    """What the quality rules measured, for the report and the dataset's quality summary."""
+    coverage = frame["qc_device_hour_coverage"]
+    hours = frame.loc[coverage.notna()].assign(
+        hour=lambda f: pd.to_datetime(f["observed_at"], utc=True).dt.floor("h")
+    )
+    keys = [c for c in ("device_id", "lane_id") if c in frame] + ["hour"]
+    per_hour = hours.drop_duplicates(keys)["qc_device_hour_coverage"] if len(hours) else coverage.iloc[:0]
+
+    def first(column: str) -> Any:
+        values = frame[column].dropna()
+        return _plain(values.iloc[0]) if len(values) else None
+
+    return {
+        "rows": len(frame),
+        "quarantined": None if inputs is None else inputs.quarantined,
+        "quarantine_share": first("qc_quarantine_share"),
+        "trailing_rows": [] if inputs is None else list(inputs.trailing_rows),
+        "volume_ratio": first("qc_volume_ratio"),
+        "freshness_minutes": first("qc_freshness_minutes"),
+        "device_hours": len(per_hour),
+        "completeness_mean": _plain(float(per_hour.mean())) if len(per_hour) else None,
+        "flagged_rows": int(flags.notna().sum()),
+    }
 
 
 @cache
@@ -161,6 +333,8 @@ def _failure(result: ExpectationValidationResult) -> dict[str, Any]:
     sample = _plain(details.get("partial_unexpected_list", [])[:SAMPLE_SIZE])
     count = details.get("unexpected_count")
     return {
+        "rule": _rule_name(result),
+        "severity": _severity(result).name.lower(),
         "expectation": config.type if config is not None else "unknown",
         "columns": _columns(kwargs),
         "unexpected_count": None if count is None else int(count),

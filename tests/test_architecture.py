@@ -24,6 +24,7 @@ ENTRY_POINTS = {
     "civicflow/batch.py",
     "civicflow/demo.py",
     "civicflow/summary.py",
+    "civicflow/release_cli.py",
 }
 THIRD_PARTY_HOMES = {
     "airflow": {"dags", "civicflow/batch.py"},

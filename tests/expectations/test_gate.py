@@ -157,6 +157,8 @@ def test_status_outside_enum_fails() -> None:
     assert report.success is False
     assert report.failed == [
         {
+            "rule": "enum:status",
+            "severity": "blocking",
             "expectation": "expect_column_values_to_be_in_set",
             "columns": ["status"],
             "unexpected_count": 1,
@@ -240,7 +242,17 @@ def test_report_is_json_serialisable() -> None:
     payload = validate_partition(_frame(rows, "arrow"), PARKING, now=NOW).to_json()
 
     assert json.loads(json.dumps(payload)) == payload
-    assert set(payload) == {"dataset", "now", "success", "evaluated", "failed", "gx_version"}
+    assert set(payload) == {
+        "dataset",
+        "now",
+        "success",
+        "evaluated",
+        "failed",
+        "gx_version",
+        "warnings",
+        "metrics",
+        "thresholds",
+    }
     assert payload["gx_version"].startswith("1.")
 
 
@@ -272,4 +284,11 @@ def test_suite_is_built_from_the_contract() -> None:
     assert {kwargs["column"] for t, kwargs in configs if t == "expect_column_values_to_not_be_null"} == {
         c.name for c in PARKING.staged_columns if c.required
     }
-    assert suite_parameters(NOW) == {OBSERVED_AT_MAX: NOW + timedelta(minutes=5)}
+    assert suite_parameters(NOW) == {
+        OBSERVED_AT_MAX: NOW + timedelta(minutes=5),
+        "completeness_min": 0.5,
+        "freshness_max_minutes": 120.0,
+        "quarantine_share_max": 0.05,
+        "volume_ratio_max": 4.0,
+        "volume_ratio_min": 0.25,
+    }

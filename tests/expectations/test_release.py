@@ -56,10 +56,10 @@ def test_passing_partition_is_published_with_a_valid_data_package(wh):
 
     csv_text = (dataset_dir / package["resources"][1]["path"]).read_text()
     assert csv_text.splitlines() == [
-        "council,device_id,observed_at,occupied_spots,total_spots,status,occupancy,lat,lon",
-        "testtown,bay-7,2016-10-04T09:00:00Z,,,occupied,,,",
-        "testtown,p1,2016-10-04T07:00:00Z,10,100,,0.1,,",
-        "testtown,p1,2016-10-04T07:30:00.250000Z,15,100,,0.15,,",
+        "council,device_id,observed_at,occupied_spots,total_spots,status,occupancy,lat,lon,qc_flag",
+        "testtown,bay-7,2016-10-04T09:00:00Z,,,occupied,,,,",
+        "testtown,p1,2016-10-04T07:00:00Z,10,100,,0.1,,,",
+        "testtown,p1,2016-10-04T07:30:00.250000Z,15,100,,0.15,,,",
     ]
     csv_only = {k: v for k, v in package.items() if k != "resources"}
     csv_only["resources"] = [package["resources"][1]]
@@ -85,8 +85,12 @@ def test_failing_partition_is_held_back_and_previous_release_is_untouched(wh):
     assert (result.validated, result.passed, result.failed, result.published) == (1, 0, 1, 0)
     [held] = result.held_back
     assert held["date"] == "2016-10-04"
-    assert "expect_column_pair_values_a_to_be_greater_than_b" in held["failed"]
-    assert tree_digest(layout.published_dataset("parking")) == published_before
+    assert held["failed"] == ["order:occupied_spots<=total_spots"]
+    # Only the quality summary changes: it now lists the held-back day.
+    after = tree_digest(layout.published_dataset("parking"))
+    assert {k: v for k, v in after.items() if k != "quality.json"} == {
+        k: v for k, v in published_before.items() if k != "quality.json"
+    }
     assert con.execute("SELECT * FROM published.parking ORDER BY ALL").fetchall() == rows_before
     report_file = layout.validations / "parking" / "council=testtown" / "date=2016-10-04" / "v2.json"
     report = json.loads(report_file.read_text())
@@ -95,7 +99,12 @@ def test_failing_partition_is_held_back_and_previous_release_is_untouched(wh):
     assert con.execute(
         "SELECT partition_version, success, published FROM published.validations ORDER BY partition_version"
     ).fetchall() == [(1, True, True), (2, False, False)]
-    assert gate_and_publish(layout, con, now=NOW).validated == 0  # not re-validated every run
+    # Held back, it is validated again on the next run (and held back again: nothing changed).
+    again = gate_and_publish(layout, con, now=NOW)
+    assert (again.validated, again.failed, again.published) == (1, 1, 0)
+    assert tree_digest(layout.published_dataset("parking"), "council=*/**/*") == {
+        k: v for k, v in published_before.items() if k.startswith("council=")
+    }
 
 
 def test_future_readings_fail_the_gate(wh):
@@ -104,7 +113,7 @@ def test_future_readings_fail_the_gate(wh):
     stage_segments(layout, con, LIMITS)
     result = gate_and_publish(layout, con, now=NOW)
     assert (result.failed, result.published) == (1, 0)
-    assert not layout.published_dataset("parking").exists()
+    assert not list(layout.published_dataset("parking").glob("council=*"))
     assert date(2026, 11, 23).isoformat() == result.held_back[0]["date"]
 
 

@@ -1,0 +1,118 @@
+"""`civicflow release`: the partitions the quality gate held back, and a data engineer's override.
+
+A typer sub-app, registered in civicflow/cli.py. An entry point like the CLI: it reads the
+settings and imports the stage packages inside each command.
+
+    civicflow release list
+    civicflow release approve parking birmingham 2016-10-04 --reason "car park closed for works"
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from datetime import UTC, date, datetime
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from civicflow.contract import Domain
+from civicflow.settings import Settings
+
+release_app = typer.Typer(
+    help="Partitions the quality gate held back: list them, or approve one with a reason.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+
+
+@release_app.command("list")
+def list_held_back(
+    domain: Annotated[Domain | None, typer.Option(help="Only this dataset.")] = None,
+) -> None:
+    """Show every held-back partition, with the blocking rules it failed and its Data Docs."""
+    from expectations.summary import held_back_partitions
+    from warehouse.db import connect
+
+    settings = Settings()
+    con = connect(settings.warehouse_path, read_only=True)
+    try:
+        tables = {
+            r[0]
+            for r in con.execute("SELECT table_schema || '.' || table_name FROM duckdb_tables()").fetchall()
+        }
+        held = (
+            held_back_partitions(con, domain.value if domain else None)
+            if "published.validations" in tables
+            else []
+        )
+    finally:
+        con.close()
+    if not held:
+        console.print("No partition is held back.")
+        return
+    table = Table("dataset", "council", "date", "version", "validated at", "failed (blocking)", "data docs")
+    for h in held:
+        docs = str(settings.data_root / h.data_docs) if h.data_docs else ""
+        table.add_row(
+            h.domain,
+            h.council,
+            h.event_date.isoformat(),
+            str(h.version),
+            h.validated_at.isoformat(timespec="seconds"),
+            h.reasons(),
+            docs,
+        )
+    console.print(table)
+
+
+@release_app.command("approve")
+def approve(
+    domain: Annotated[Domain, typer.Argument(help="Dataset, e.g. parking.")],
+    council: Annotated[str, typer.Argument(help="Council, e.g. birmingham.")],
+    day: Annotated[datetime, typer.Argument(metavar="DATE", formats=["%Y-%m-%d"], help="UTC event date.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why it may be published; recorded.")],
+) -> None:
+    """Publish a held-back partition's current version anyway, recording who, when and why."""
+    from civicflow.errors import CivicflowError
+    from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
+    from expectations.approvals import approve_partition
+    from warehouse.db import connect
+    from warehouse.layout import Layout
+
+    settings = Settings()
+    layout = Layout(settings.data_root)
+    who = os.environ.get("USER") or getpass.getuser()
+    try:
+        registry = load_registry(settings.registry_dir or DEFAULT_REGISTRY_DIR)
+        con = connect(layout.warehouse)
+        try:
+            done = approve_partition(
+                layout,
+                con,
+                domain,
+                council,
+                date(day.year, day.month, day.day),
+                reason=reason,
+                who=who,
+                now=datetime.now(tz=UTC),
+                quality=settings.quality,
+                registry=registry,
+                licences=registry.licences(),
+            )
+        finally:
+            con.close()
+    except CivicflowError as exc:
+        console.print(f"[red]cannot approve:[/] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(
+        f"approved and published {done['domain']} {done['council']} {done['date']} v{done['version']} "
+        f"as {done['approved_by']}: {done['reason']}"
+    )
+    console.print(f"  overridden: {', '.join(done['failed']) or 'nothing (it passes now)'}")
+    console.print(f"  rows flagged in qc_flag: {done['flagged_rows']:,}")
+    console.print(f"  Data Docs: {settings.data_root / done['data_docs']}")

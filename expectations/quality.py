@@ -1,0 +1,171 @@
+"""The inputs of the quality rules, and the `qc_*` columns they are judged on.
+
+The contract rules look at a partition's own rows. The quality rules also need the warehouse: how
+many of the partition's readings were quarantined, how many rows the council's previous days
+had, and each device's reporting interval. `load_inputs` reads those; `add_quality_columns`
+turns them into columns beside the partition's rows so the rules are ordinary Great Expectations
+column expectations (`expectations.suites.QUALITY_RULES`) and a warning names exactly the rows
+it is about.
+
+Completeness uses the coverage rule of the published aggregates (warehouse/aggregates.py,
+docs/queries.md#coverage), run by its own SQL on the partition in an in-memory DuckDB, so a row
+flagged `completeness` is one whose hourly aggregate has a coverage below the threshold. A
+reporting interval the council's registry file gives (`[quality.reporting_interval_s]`)
+replaces the inferred one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from statistics import median
+
+import duckdb
+import pandas as pd
+
+from civicflow.contract import Dataset, Domain
+from warehouse.aggregates import HOURLY, _device_sql, _rows_sql, series_columns
+
+TRAILING_DAYS = 7
+ROW_ID = "_qc_row"
+
+
+@dataclass(frozen=True)
+class QualityInputs:
+    """What the quality rules need besides the partition's rows.
+
+    Attributes:
+        quarantined: Readings of this council, domain and event date in `quarantine.readings`;
+            None when unknown (the quarantine-share rule is then not evaluated).
+        trailing_rows: Staged rows of each of the council's partitions in the 7 days before.
+        reporting_interval_s: Device id -> the interval the registry says it reports at.
+    """
+
+    quarantined: int | None = None
+    trailing_rows: tuple[int, ...] = ()
+    reporting_interval_s: Mapping[str, int] = field(default_factory=dict)
+
+
+def quarantine_event_date_sql() -> str:
+    """The event date of a quarantined reading, as far as its bytes tell.
+
+    Its `observed_at` if that parses (with an offset or `Z`, or epoch seconds; a time without an
+    offset is read as UTC, which may move a reading near midnight by a day), else the UTC date it
+    was received: a reading refused for its timestamp still counts against the day it arrived.
+    """
+    text = "try(decode(payload))"
+    observed = f"CASE WHEN json_valid({text}) THEN json_extract_string({text}, '$.observed_at') END"
+    return (
+        "coalesce("
+        f"CAST(TRY_CAST({observed} AS TIMESTAMPTZ) AS DATE), "
+        f"CAST(to_timestamp(TRY_CAST({observed} AS DOUBLE)) AS DATE), "
+        "CAST(received_at AS DATE))"
+    )
+
+
+def load_inputs(
+    con: duckdb.DuckDBPyConnection,
+    domain: Domain,
+    council: str,
+    day: date,
+    reporting_interval_s: Mapping[str, int] | None = None,
+) -> QualityInputs:
+    """Read a partition's quarantine count and its council's trailing volumes from the warehouse."""
+    (quarantined,) = con.execute(
+        f"""SELECT count(*) FROM quarantine.readings
+            WHERE council = ? AND domain = ? AND {quarantine_event_date_sql()} = ?""",
+        [council, domain.value, day],
+    ).fetchone()
+    trailing = con.execute(
+        """SELECT rows FROM staged.partitions
+           WHERE domain = ? AND council = ? AND event_date >= ? AND event_date < ?
+           ORDER BY event_date""",
+        [domain.value, council, day - timedelta(days=TRAILING_DAYS), day],
+    ).fetchall()
+    return QualityInputs(
+        quarantined=int(quarantined),
+        trailing_rows=tuple(int(r) for (r,) in trailing),
+        reporting_interval_s=dict(reporting_interval_s or {}),
+    )
+
+
+def add_quality_columns(
+    df: pd.DataFrame,
+    dataset: Dataset,
+    *,
+    now: datetime,
+    inputs: QualityInputs | None = None,
+    volume_min_days: int = 3,
+) -> pd.DataFrame:
+    """Return a copy of a staged partition with the `qc_*` columns its quality rules judge.
+
+    Args:
+        df: The partition as read from its staged Parquet file (one council, one UTC date).
+        dataset: Its contract.
+        now: The gate's time: today's partition is judged on freshness against it.
+        inputs: From `load_inputs`; without them only completeness and freshness are computed.
+        volume_min_days: Trailing days that must have a partition before volume is judged.
+    """
+    inputs = inputs or QualityInputs()
+    out = df.reset_index(drop=True).copy()
+    n = len(out)
+    out["qc_device_hour_coverage"] = _device_hour_coverage(out, dataset, inputs.reporting_interval_s)
+    share = None
+    if inputs.quarantined is not None and inputs.quarantined + n > 0:
+        share = inputs.quarantined / (inputs.quarantined + n)
+    out["qc_quarantine_share"] = pd.Series([share] * n, dtype="float64")
+    ratio = None
+    history = [r for r in inputs.trailing_rows if r > 0]
+    if len(history) >= volume_min_days:
+        ratio = n / median(history)
+    out["qc_volume_ratio"] = pd.Series([ratio] * n, dtype="float64")
+    age = None
+    if n and "observed_at" in out:
+        newest = pd.to_datetime(out["observed_at"], utc=True).max()
+        if pd.notna(newest) and newest.date() == now.astimezone(newest.tzinfo).date():
+            age = (pd.Timestamp(now) - newest).total_seconds() / 60
+    out["qc_freshness_minutes"] = pd.Series([age] * n, dtype="float64")
+    return out
+
+
+def _device_hour_coverage(df: pd.DataFrame, dataset: Dataset, intervals: Mapping[str, int]) -> pd.Series:
+    """Coverage of each row's device-hour, by the published aggregates' rule (see module doc)."""
+    names = [c.name for c in dataset.reading_columns]
+    if df.empty or not set(names) <= set(df.columns):
+        return pd.Series([None] * len(df), dtype="float64")
+    frame = df[names].copy()
+    frame[ROW_ID] = range(len(frame))
+    series = [c.name for c in series_columns(dataset)]
+    join = " AND ".join(f"r.{c} IS NOT DISTINCT FROM h.{c}" for c in ["council", *series])
+    mem = duckdb.connect()
+    try:
+        mem.execute("SET TimeZone = 'UTC'")
+        mem.execute("CREATE SCHEMA published")
+        mem.register("frame", frame)
+        mem.execute(f"CREATE TABLE published.{dataset.domain} AS SELECT * FROM frame")
+        mem.execute(
+            "CREATE TEMP TABLE agg_partitions AS SELECT DISTINCT council, "
+            f"CAST(observed_at AS DATE) AS event_date FROM published.{dataset.domain}"
+        )
+        mem.execute(f"CREATE TEMP TABLE agg_rows AS {_rows_sql(dataset)}")
+        if intervals:
+            mem.execute("CREATE TEMP TABLE intervals (device_id VARCHAR, interval_s DOUBLE)")
+            mem.executemany(
+                "INSERT INTO intervals VALUES (?, ?)", [[d, float(s)] for d, s in intervals.items()]
+            )
+            mem.execute(
+                "UPDATE agg_rows SET expected_interval_s = i.interval_s FROM intervals i "
+                "WHERE agg_rows.device_id = i.device_id"
+            )
+        coverage = mem.execute(
+            f"""SELECT r.{ROW_ID}, h.coverage FROM agg_rows r
+                JOIN ({_device_sql(dataset, HOURLY)}) h
+                  ON {join} AND date_trunc('hour', r.observed_at) = h.hour"""
+        ).fetchall()
+    finally:
+        mem.close()
+    values = pd.Series([None] * len(df), dtype="float64")
+    for row, value in coverage:
+        values.iat[row] = value
+    return values

@@ -1,0 +1,317 @@
+"""Quality rules on real DuckDB warehouses and real Great Expectations: blocking and warning paths,
+qc_flag on exactly the affected rows, per-council thresholds, re-validation and approvals."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from factories import LIMITS, car_park, land
+
+from civicflow.registry import CouncilRegistry, RegistryError, build_registry, load_council
+from civicflow.settings import QualitySettings
+from expectations.approvals import ApprovalError, approve_partition
+from expectations.release import gate_and_publish
+from expectations.summary import held_back_partitions
+from transforms.stage import stage_segments
+from warehouse.db import connect
+from warehouse.layout import Layout
+
+pytestmark = pytest.mark.integration
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+DAY = "2016-10-04"
+
+
+@pytest.fixture
+def wh(tmp_path):
+    layout = Layout(tmp_path / "data")
+    con = connect(layout.warehouse)
+    yield layout, con
+    con.close()
+
+
+def half_hourly(device: str, day: str, hours: range, skip: set[int] = frozenset(), council: str = "testtown"):
+    """A car park reporting every 30 minutes; `skip` leaves out those hours entirely but one reading."""
+    out = []
+    for h in hours:
+        for minute in (0, 30):
+            if h in skip and minute == 30:
+                continue
+            out.append(car_park(device, f"{day}T{h:02d}:{minute:02d}:00Z", 10 + h, council=council))
+    return out
+
+
+def published(con, *columns: str) -> list[tuple]:
+    return con.execute(f"SELECT {', '.join(columns)} FROM published.parking ORDER BY ALL").fetchall()
+
+
+def registry_with(quality: dict, council: str = "testtown"):
+    return build_registry([CouncilRegistry.model_validate({"council": council, "quality": quality})])
+
+
+# --- completeness: a warning that flags exactly the rows of the incomplete device-hours -------------
+
+
+def test_incomplete_device_hours_are_published_with_qc_flag_on_exactly_their_rows(wh):
+    layout, con = wh
+    # p1 reports every 30 minutes (interval 1800 s by the aggregates' rule) but once in hour 10.
+    land(layout, half_hourly("p1", DAY, range(8, 13), skip={10}) + half_hourly("p2", DAY, range(8, 13)))
+    stage_segments(layout, con, LIMITS)
+    strict = QualitySettings(completeness_min=0.75)
+
+    result = gate_and_publish(layout, con, now=NOW, quality=strict)
+
+    assert (result.passed, result.failed, result.published) == (1, 0, 1)
+    assert result.warned == [
+        {
+            "dataset": "staged.parking",
+            "council": "testtown",
+            "date": DAY,
+            "warnings": ["completeness"],
+            "flagged_rows": 1,
+        }
+    ]
+    flagged = con.execute(
+        "SELECT device_id, observed_at FROM published.parking WHERE qc_flag IS NOT NULL"
+    ).fetchall()
+    assert [(d, t.hour, t.minute) for d, t in flagged] == [("p1", 10, 0)]
+    assert con.execute(
+        "SELECT DISTINCT qc_flag FROM published.parking WHERE qc_flag IS NOT NULL"
+    ).fetchall() == [("completeness",)]
+    assert con.execute("SELECT count(*) FROM published.parking").fetchone() == (19,)  # flagged rows stay
+    # The same device-hour has the same coverage in the published hourly aggregate: one rule.
+    assert con.execute(
+        "SELECT coverage FROM published.parking_hourly WHERE device_id = 'p1' AND hour(hour) = 10"
+    ).fetchone() == (0.5,)
+    [(report_json,)] = con.execute("SELECT report FROM published.validations").fetchall()
+    report = json.loads(report_json)
+    assert report["success"] is True
+    assert [w["rule"] for w in report["warnings"]] == ["completeness"]
+    assert report["warnings"][0]["severity"] == "warning"
+    assert report["metrics"]["flagged_rows"] == 1
+    # The same partition with the default threshold (0.5) has no warning: the threshold decides.
+    csv = next(layout.published_dataset("parking").glob("council=testtown/date=*/*.csv")).read_text()
+    assert sum(line.endswith(",completeness") for line in csv.splitlines()) == 1
+
+
+def test_completeness_at_the_default_threshold_flags_nothing(wh):
+    layout, con = wh
+    land(layout, half_hourly("p1", DAY, range(8, 13), skip={10}))
+    stage_segments(layout, con, LIMITS)
+    result = gate_and_publish(layout, con, now=NOW)
+    assert (result.published, result.warned) == (1, [])
+    assert published(con, "count(qc_flag)") == [(0,)]
+
+
+def test_registry_reporting_interval_replaces_the_inferred_one(wh):
+    layout, con = wh
+    land(layout, half_hourly("p1", DAY, range(8, 13)))
+    stage_segments(layout, con, LIMITS)
+    # The council says p1 should report every 10 minutes: two readings an hour cover a third.
+    registry = registry_with({"reporting_interval_s": {"p1": 600}})
+    result = gate_and_publish(layout, con, now=NOW, registry=registry)
+    assert result.warned[0]["warnings"] == ["completeness"]
+    assert published(con, "count(*)", "count(qc_flag)") == [(10, 10)]
+
+
+# --- quarantine share: blocking ----------------------------------------------------------------------
+
+
+def burst(n: int, day: str = DAY) -> list[tuple[str, dict]]:
+    """Readings refused at staging: occupied_spots above the car park's capacity."""
+    return [car_park("p9", f"{day}T09:{i % 60:02d}:{i // 60:02d}Z", 500, total=100) for i in range(n)]
+
+
+def test_a_high_quarantine_share_holds_the_partition_back(wh):
+    layout, con = wh
+    land(layout, half_hourly("p1", DAY, range(8, 13)) + burst(2))  # 2 of 12 readings: 17 %
+    stage_segments(layout, con, LIMITS)
+
+    result = gate_and_publish(layout, con, now=NOW)
+
+    assert (result.failed, result.published) == (1, 0)
+    assert result.held_back[0]["failed"] == ["quarantine_share"]
+    [held] = held_back_partitions(con)
+    assert (held.council, held.event_date, held.version) == ("testtown", date(2016, 10, 4), 1)
+    assert "quarantine_share" in held.reasons()
+    assert published(con, "count(*)") == [(0,)]
+    docs = layout.root / held.data_docs
+    assert docs == layout.validations / "parking" / "council=testtown" / f"date={DAY}" / "v1" / "index.html"
+    assert "quarantine_share" in docs.read_text() or "qc_quarantine_share" in docs.read_text()
+
+
+def test_quarantine_share_threshold_is_overridden_per_council(wh):
+    layout, con = wh
+    land(layout, half_hourly("p1", DAY, range(8, 13)) + burst(2))
+    stage_segments(layout, con, LIMITS)
+    registry = registry_with({"quarantine_share_max": 0.25})
+
+    result = gate_and_publish(layout, con, now=NOW, registry=registry)
+
+    assert (result.failed, result.published) == (0, 1)
+    report = json.loads(con.execute("SELECT report FROM published.validations").fetchone()[0])
+    assert report["thresholds"]["quarantine_share_max"] == 0.25
+    assert report["metrics"]["quarantined"] == 2
+    assert report["metrics"]["quarantine_share"] == pytest.approx(2 / 12)
+
+
+# --- volume: blocking, against the trailing 7 days -----------------------------------------------------
+
+
+def test_a_collapse_in_volume_holds_the_day_back_and_an_approval_publishes_it(wh, monkeypatch):
+    layout, con = wh
+    history = [
+        m for d in ("2016-10-01", "2016-10-02", "2016-10-03") for m in half_hourly("p1", d, range(8, 18))
+    ]
+    land(layout, history + [car_park("p1", f"{DAY}T08:00:00Z", 10), car_park("p1", f"{DAY}T08:30:00Z", 11)])
+    stage_segments(layout, con, LIMITS)
+
+    result = gate_and_publish(layout, con, now=NOW)
+
+    assert result.published == 3
+    assert [(h["date"], h["failed"]) for h in result.held_back] == [(DAY, ["volume"])]
+    report = json.loads(
+        con.execute(
+            "SELECT report FROM published.validations WHERE event_date = ?", [date(2016, 10, 4)]
+        ).fetchone()[0]
+    )
+    assert report["metrics"]["trailing_rows"] == [20, 20, 20]
+    assert report["metrics"]["volume_ratio"] == pytest.approx(0.1)
+
+    # Re-validated on the next run: still held back, and the decision is recorded again.
+    assert gate_and_publish(layout, con, now=NOW).held_back[0]["failed"] == ["volume"]
+    assert con.execute("SELECT count(*) FROM published.validations WHERE NOT published").fetchone() == (2,)
+
+    with pytest.raises(ApprovalError):
+        approve_partition(
+            layout, con, "parking", "testtown", date(2016, 10, 4), reason=" ", who="ana", now=NOW
+        )
+    with pytest.raises(ApprovalError):
+        approve_partition(
+            layout, con, "parking", "testtown", date(2016, 10, 3), reason="x", who="ana", now=NOW
+        )
+    from civicflow.contract import Domain
+
+    done = approve_partition(
+        layout,
+        con,
+        Domain.PARKING,
+        "testtown",
+        date(2016, 10, 4),
+        reason="car park closed at 09:00 for resurfacing",
+        who="ana",
+        now=NOW + timedelta(minutes=5),
+    )
+
+    assert (done["version"], done["failed"]) == (1, ["volume"])
+    assert con.execute("SELECT * EXCLUDE (approved_at) FROM published.approvals").fetchall() == [
+        (
+            "parking",
+            "testtown",
+            date(2016, 10, 4),
+            1,
+            "ana",
+            "car park closed at 09:00 for resurfacing",
+            '["volume"]',
+        )
+    ]
+    assert con.execute(
+        "SELECT count(*) FROM published.parking WHERE observed_at::DATE = DATE '2016-10-04'"
+    ).fetchone() == (2,)
+    assert held_back_partitions(con) == []
+    assert gate_and_publish(layout, con, now=NOW).validated == 0  # published: not validated again
+    quality = json.loads((layout.published_dataset("parking") / "quality.json").read_text())
+    council = quality["councils"]["testtown"]
+    assert (council["partitions_published"], council["partitions_approved"], council["held_back"]) == (
+        4,
+        1,
+        [],
+    )
+
+
+def test_volume_is_not_judged_without_enough_history(wh):
+    layout, con = wh
+    land(layout, half_hourly("p1", "2016-10-03", range(8, 18)) + [car_park("p1", f"{DAY}T08:00:00Z", 10)])
+    stage_segments(layout, con, LIMITS)
+    assert gate_and_publish(layout, con, now=NOW).held_back == []
+    # One day of history is enough for a council that says so.
+    land(layout, [car_park("p1", f"{DAY}T08:30:00Z", 12)])
+    stage_segments(layout, con, LIMITS)
+    result = gate_and_publish(layout, con, now=NOW, registry=registry_with({"volume_min_days": 1}))
+    assert [h["failed"] for h in result.held_back] == [["volume"]]
+
+
+# --- a held-back partition is published once it passes ----------------------------------------------
+
+
+def test_held_back_partition_is_published_on_a_later_run_once_it_passes(wh):
+    layout, con = wh
+    land(layout, half_hourly("p1", DAY, range(8, 13)) + burst(2))
+    stage_segments(layout, con, LIMITS)
+    assert gate_and_publish(layout, con, now=NOW).failed == 1
+
+    # The council raises its threshold: the same version passes on the next run.
+    result = gate_and_publish(layout, con, now=NOW, registry=registry_with({"quarantine_share_max": 0.5}))
+
+    assert (result.validated, result.passed, result.published) == (1, 1, 1)
+    assert con.execute(
+        "SELECT partition_version, success, published FROM published.validations ORDER BY validated_at, rowid"
+    ).fetchall() == [(1, False, False), (1, True, True)]
+    assert held_back_partitions(con) == []
+    assert published(con, "count(*)") == [(10,)]
+
+
+# --- freshness: a warning for today's partition only ------------------------------------------------
+
+
+def test_stale_partition_of_today_is_published_with_a_freshness_warning(wh):
+    layout, con = wh
+    today = NOW.date().isoformat()
+    land(layout, half_hourly("p1", today, range(6, 9)))  # newest 08:30, gate at 12:00: 210 minutes
+    stage_segments(layout, con, LIMITS)
+
+    result = gate_and_publish(layout, con, now=NOW)
+
+    assert result.published == 1
+    assert result.warned[0]["warnings"] == ["freshness"]
+    assert result.warned[0]["flagged_rows"] == 0  # about the partition, not a row
+    report = json.loads(con.execute("SELECT report FROM published.validations").fetchone()[0])
+    assert report["metrics"]["freshness_minutes"] == pytest.approx(210)
+    # The same data, judged by a council that expects a reading only every 4 hours, is fresh.
+    land(layout, [car_park("p1", f"{today}T05:00:00Z", 3)])
+    stage_segments(layout, con, LIMITS)
+    again = gate_and_publish(layout, con, now=NOW, registry=registry_with({"freshness_max_minutes": 240}))
+    assert again.warned == []
+
+
+def test_an_old_partition_is_not_judged_on_freshness(wh):
+    layout, con = wh
+    land(layout, half_hourly("p1", DAY, range(6, 9)))
+    stage_segments(layout, con, LIMITS)
+    result = gate_and_publish(layout, con, now=NOW)
+    assert (result.published, result.warned) == (1, [])
+
+
+# --- registry [quality] table --------------------------------------------------------------------------
+
+
+def test_registry_quality_table_is_validated(tmp_path):
+    path = tmp_path / "leeds.toml"
+    path.write_text(
+        'council = "leeds"\n[quality]\ncompleteness_min = 0.9\n[quality.reporting_interval_s]\np1 = 600\n'
+    )
+    council = load_council(path)
+    assert council.quality.thresholds(QualitySettings()).completeness_min == 0.9
+    assert council.quality.reporting_interval_s == {"p1": 600}
+    for bad in ("completness_min = 0.9", "completeness_min = 1.5", "volume_ratio_min = 9.0"):
+        path.write_text(f'council = "leeds"\n[quality]\n{bad}\n')
+        with pytest.raises(RegistryError, match="quality"):
+            load_council(path)
+
+
+def test_quality_settings_come_from_the_environment(monkeypatch):
+    from civicflow.settings import Settings
+
+    monkeypatch.setenv("CIVICFLOW_QUALITY__QUARANTINE_SHARE_MAX", "0.2")
+    assert Settings().quality.quarantine_share_max == 0.2
