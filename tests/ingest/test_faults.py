@@ -103,7 +103,13 @@ def test_sigkill_ten_times_during_200k_messages_loses_nothing_and_publishes_each
     published = publish_job(settings)
     assert published["published"] == 1
     con = duckdb.connect()
-    files = sorted(str(p) for p in Layout(data_root).published_dataset("parking").rglob("*.parquet"))
+    dataset_dir = Layout(data_root).latest / "parking"  # what consumers read
+    package = orjson.loads((dataset_dir / "datapackage.json").read_bytes())
+    files = [
+        str(dataset_dir / r["path"])
+        for r in package["resources"]
+        if r["path"].endswith(".parquet") and not r["path"].startswith("aggregates/")
+    ]
     total, distinct = con.execute(
         "SELECT count(*), count(DISTINCT (device_id, observed_at)) FROM read_parquet($files)",
         {"files": files},
