@@ -8,6 +8,13 @@
    counts (no open traffic-counter recording is shipped);
 4. stop the listener with SIGTERM once it has acknowledged every message;
 5. run the batch DAGs once through Airflow, and print what happened, per domain.
+
+The quality gate shows both of its outcomes. Real Birmingham car-park days with gaps are published
+with warnings (rows of incomplete device-hours carry `qc_flag = 'completeness'`), as they come. No
+shipped recording breaks a blocking rule, so the demo adds a small, clearly labelled FAULT INJECTION
+to the synthetic traffic council: one extra counter whose gateway bursts 120 readings of a
+physically impossible 900 km/h on 2026-03-07. Staging quarantines them (`out_of_range`), the
+day's quarantine share exceeds the gate's 5 %, and that partition is held back.
 """
 
 from __future__ import annotations
@@ -88,6 +95,31 @@ def _replay(publish, messages: list, status: Path, listener: subprocess.Popen, s
             time.sleep(0.1)
 
 
+FAULT_DAY = "2026-03-07"
+FAULT_DEVICE = "radial-9-fault-injection"
+FAULT_READINGS = 120
+
+
+def fault_injection_messages(prefix: str) -> list[tuple[str, bytes]]:
+    """FAULT INJECTION, not data: a traffic gateway bursting physically impossible speeds.
+
+    One reading a minute from 10:00 to 12:00 UTC on the synthetic council's second day, each with
+    an average speed of 900 km/h (the contract allows at most 400).
+    """
+    messages = []
+    for minute in range(FAULT_READINGS):
+        reading = {
+            "observed_at": f"{FAULT_DAY}T{10 + minute // 60:02d}:{minute % 60:02d}:00Z",
+            "interval_s": 60,
+            "lane_id": 1,
+            "intensity": 30,
+            "average_vehicle_speed": 900.0,
+        }
+        topic = f"{prefix}/synthetic/traffic/{FAULT_DEVICE}"
+        messages.append((topic, json.dumps(reading, separators=(",", ":")).encode()))
+    return messages
+
+
 @dataclass(frozen=True)
 class Replay:
     """What the demo publishes for one domain, and where it comes from."""
@@ -105,10 +137,12 @@ def demo_replays(prefix: str) -> list[Replay]:
     return [
         Replay(
             "traffic",
-            "synthetic",
+            "synthetic + fault injection",
             "generated counters, council 'synthetic', 3 devices x 2 lanes every 5 min, "
-            f"{', '.join(d.isoformat() for d in samples.SYNTHETIC_TRAFFIC_DAYS)}",
-            list(samples.synthetic_traffic_messages(prefix=prefix)),
+            f"{', '.join(d.isoformat() for d in samples.SYNTHETIC_TRAFFIC_DAYS)}; plus FAULT "
+            f"INJECTION: counter {FAULT_DEVICE!r} bursts {FAULT_READINGS} readings of an impossible "
+            f"900 km/h on {FAULT_DAY}, to show the gate holding a partition back",
+            [*samples.synthetic_traffic_messages(prefix=prefix), *fault_injection_messages(prefix)],
         ),
         Replay(
             "parking",

@@ -41,15 +41,7 @@ def list_held_back(
     settings = Settings()
     con = connect(settings.warehouse_path, read_only=True)
     try:
-        tables = {
-            r[0]
-            for r in con.execute("SELECT table_schema || '.' || table_name FROM duckdb_tables()").fetchall()
-        }
-        held = (
-            held_back_partitions(con, domain.value if domain else None)
-            if "published.validations" in tables
-            else []
-        )
+        held = held_back_partitions(con, domain.value if domain else None)
     finally:
         con.close()
     if not held:

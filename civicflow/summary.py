@@ -7,6 +7,7 @@ raw segment, which is cheap for a demo and wasteful for a production raw zone.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,10 @@ class DomainSummary:
     failed: int = 0
     published_partitions: int = 0
     published_rows: int = 0
+    warned_partitions: int = 0
+    flagged_rows: int = 0
     published_path: str = ""
+    quality_path: str = ""
 
 
 @dataclass
@@ -55,6 +59,9 @@ class WarehouseSummary:
     published_partitions: int = 0
     published_rows: int = 0
     held_back: list[tuple[str, str, str]] = field(default_factory=list)
+    held_back_reasons: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)
+    """(domain, council, date) -> (failed blocking rules, Data Docs page) of each held-back partition."""
+    data_docs: str = ""
     domains: dict[str, DomainSummary] = field(default_factory=lambda: {d: DomainSummary() for d in DOMAINS})
 
 
@@ -114,20 +121,44 @@ def warehouse_summary(settings: Settings, *, count_topics: bool = False) -> Ware
                 s.domains[domain].published_partitions, s.domains[domain].published_rows = partitions, rows
             s.published_partitions += partitions
             s.published_rows += rows
-        s.held_back = [
-            (d, c, day.isoformat())
-            for d, c, day in con.execute(
-                "SELECT domain, council, event_date FROM published.validations v WHERE NOT success "
-                "AND partition_version = (SELECT version FROM staged.partitions p WHERE "
-                "p.domain = v.domain AND p.council = v.council AND p.event_date = v.event_date) "
-                "ORDER BY ALL"
-            ).fetchall()
-        ]
+        for domain, d in s.domains.items():
+            columns = {r[0] for r in con.execute(f"DESCRIBE published.{domain}").fetchall()}
+            if "qc_flag" in columns:
+                (d.flagged_rows,) = con.execute(f"SELECT count(qc_flag) FROM published.{domain}").fetchone()
+        # Partitions published with warnings: the validation of each current release records them.
+        for domain, n in con.execute(
+            "SELECT r.domain, count(*) FROM published.releases r WHERE EXISTS ("
+            "SELECT 1 FROM published.validations v WHERE v.domain = r.domain AND v.council = r.council "
+            "AND v.event_date = r.event_date AND v.partition_version = r.partition_version AND v.published "
+            "AND json_array_length(coalesce(v.report->'$.warnings', '[]')) > 0) GROUP BY r.domain"
+        ).fetchall():
+            if domain in s.domains:
+                s.domains[domain].warned_partitions = n
+        # Held back: the current staged version was validated, failed, and is not published (the
+        # gate validates it again on every run; `civicflow release approve` can override it).
+        for d, c, day, report in con.execute(
+            "SELECT p.domain, p.council, p.event_date, any_value(v.report ORDER BY v.validated_at DESC) "
+            "FROM staged.partitions p JOIN published.validations v ON v.domain = p.domain "
+            "AND v.council = p.council AND v.event_date = p.event_date AND v.partition_version = p.version "
+            "WHERE NOT EXISTS (SELECT 1 FROM published.releases r WHERE r.domain = p.domain "
+            "AND r.council = p.council AND r.event_date = p.event_date AND r.partition_version = p.version) "
+            "GROUP BY ALL HAVING NOT bool_or(v.published) ORDER BY ALL"
+        ).fetchall():
+            key = (d, c, day.isoformat())
+            doc = json.loads(report)
+            s.held_back.append(key)
+            failed = ", ".join(f.get("rule", f.get("expectation", "?")) for f in doc.get("failed", []))
+            docs = str(layout.root / doc["data_docs"]) if doc.get("data_docs") else ""
+            s.held_back_reasons[key] = (failed, docs)
     finally:
         con.close()
     for domain, d in s.domains.items():
         package = layout.published_dataset(domain) / "datapackage.json"
         d.published_path = str(package.resolve()) if package.exists() else ""
+        quality = layout.published_dataset(domain) / "quality.json"
+        d.quality_path = str(quality.resolve()) if quality.exists() else ""
+    if layout.validations.exists():
+        s.data_docs = str(layout.validations.resolve())
     if count_topics:
         for domain, n in count_messages_by_domain(layout.raw, settings.mqtt.topic_prefix).items():
             s.domains[domain].received = n
@@ -172,7 +203,11 @@ def print_summary(
     row("  passed", [d.passed for d in domains], s.passed)
     row("  failed (held back)", [d.failed for d in domains], s.failed)
     row("partitions published", [d.published_partitions for d in domains], s.published_partitions)
+    warned = [d.warned_partitions for d in domains]
+    row("  with warnings", warned, sum(warned))
     row("rows published", [d.published_rows for d in domains], s.published_rows)
+    flagged = [d.flagged_rows for d in domains]
+    row("  flagged (qc_flag)", flagged, sum(flagged))
     console.print(table)
     for domain, (kind, description) in (sources or {}).items():
         console.print(f"{domain} data ({kind}): {description}")
@@ -181,9 +216,21 @@ def print_summary(
             console.print(
                 f"Airflow DAG [bold]{run.dag_id}[/]: {run.state} in {run.seconds:.1f}s (log: {run.log_path})"
             )
-    for domain, council, day in s.held_back:
-        console.print(f"[yellow]held back[/] {domain} {council} {day}: see data/validations/")
+    for key in s.held_back:
+        failed, docs = s.held_back_reasons.get(key, ("", ""))
+        domain, council, day = key
+        console.print(f"[yellow]held back[/] {domain} {council} {day}: failed {failed or '?'}")
+        if docs:
+            console.print(f"  Data Docs: {docs}")
+        console.print(f'  override with: civicflow release approve {domain} {council} {day} --reason "..."')
+    if s.data_docs:
+        console.print(
+            f"Great Expectations Data Docs of every validation: [bold]{s.data_docs}[/]"
+            "/<domain>/council=<c>/date=<d>/v<version>/index.html"
+        )
     console.print("Published data packages:")
     for domain in DOMAINS:
         path = s.domains[domain].published_path
         console.print(f"  {domain}: [bold]{path}[/]" if path else f"  {domain}: none published")
+        if s.domains[domain].quality_path:
+            console.print(f"    quality summary: {s.domains[domain].quality_path}")

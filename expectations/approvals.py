@@ -75,7 +75,8 @@ def approve_partition(
     approval = {"approved_by": who, "approved_at": now.isoformat(), "reason": reason, "failed": failed}
     report = record_evaluation(layout, dataset, council, day, target.version, evaluation)
     report["approval"] = approval
-    publish_partition(con, layout, dataset, council, day, target.version, with_qc_flag(rows, evaluation), now)
+    rows = with_qc_flag(rows, evaluation)
+    publish_partition(con, layout, dataset, council, day, target.version, rows, now, registry=registry)
     con.execute(
         "INSERT INTO published.approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [domain.value, council, day, target.version, who, now, reason, json.dumps(failed)],

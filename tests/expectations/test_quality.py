@@ -315,3 +315,48 @@ def test_quality_settings_come_from_the_environment(monkeypatch):
 
     monkeypatch.setenv("CIVICFLOW_QUALITY__QUARANTINE_SHARE_MAX", "0.2")
     assert Settings().quality.quarantine_share_max == 0.2
+
+
+# --- civicflow release list / approve ----------------------------------------------------------------
+
+
+def test_release_commands_list_and_approve_a_held_back_partition(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from civicflow.release_cli import release_app
+
+    layout = Layout(tmp_path / "data")
+    con = connect(layout.warehouse)
+    land(layout, half_hourly("p1", DAY, range(8, 13)) + burst(2))
+    stage_segments(layout, con, LIMITS)
+    assert gate_and_publish(layout, con, now=NOW).failed == 1
+    con.close()
+    registry_dir = tmp_path / "registry"
+    registry_dir.mkdir()
+    monkeypatch.setenv("CIVICFLOW_DATA_ROOT", str(layout.root))
+    monkeypatch.setenv("CIVICFLOW_REGISTRY_DIR", str(registry_dir))
+    monkeypatch.setenv("USER", "ana")
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+
+    listed = runner.invoke(release_app, ["list"])
+    assert listed.exit_code == 0, listed.output
+    assert "testtown" in listed.output and DAY in listed.output and "quarantine_share" in listed.output
+
+    refused = runner.invoke(release_app, ["approve", "parking", "testtown", "2016-10-05", "--reason", "x"])
+    assert refused.exit_code == 2 and "not held back" in refused.output
+
+    approved = runner.invoke(
+        release_app, ["approve", "parking", "testtown", DAY, "--reason", "gateway p9 was misconfigured"]
+    )
+    assert approved.exit_code == 0, approved.output
+    assert "overridden: quarantine_share" in approved.output
+    con = connect(layout.warehouse, read_only=True)
+    try:
+        assert con.execute("SELECT approved_by, reason, failed FROM published.approvals").fetchall() == [
+            ("ana", "gateway p9 was misconfigured", '["quarantine_share"]')
+        ]
+        assert con.execute("SELECT count(*) FROM published.parking").fetchone() == (10,)
+    finally:
+        con.close()
+    assert "No partition is held back" in runner.invoke(release_app, ["list"]).output
