@@ -173,7 +173,7 @@ def demo(
     ),
     verbose: Verbose = False,
 ) -> None:
-    """Replay real Birmingham car-park data through MQTT, Airflow and the quality gate."""
+    """Replay car-park, bin, air-quality and traffic readings through MQTT, Airflow and the gate."""
     from civicflow.demo import run_demo
 
     _logging(verbose)
@@ -197,6 +197,14 @@ def sql(query: str) -> None:
         table.add_row(*("" if v is None else str(v) for v in row))
     console.print(table)
 
+
+def _register_subcommands() -> None:
+    from civicflow.release_cli import release_app
+
+    app.add_typer(release_app, name="release")
+
+
+_register_subcommands()
 
 if __name__ == "__main__":
     app()
