@@ -57,7 +57,12 @@ def publish_job(settings: Settings | None = None) -> dict:
     con = connect(layout.warehouse)
     try:
         return gate_and_publish(
-            layout, con, licences=registry.licences(), quality=settings.quality, registry=registry
+            layout,
+            con,
+            licences=registry.licences(),
+            quality=settings.quality,
+            registry=registry,
+            publication=settings.publish,
         ).to_dict()
     finally:
         con.close()

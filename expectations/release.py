@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from civicflow.contract import DATASETS, Dataset, Domain, Zone
 from civicflow.registry import Registry
-from civicflow.settings import QualitySettings
+from civicflow.settings import PublishSettings, QualitySettings
 from expectations.docs import data_docs_path, validation_dir, write_data_docs
 from expectations.gate import Evaluation, evaluate_partition
 from expectations.quality import load_inputs
@@ -40,6 +40,7 @@ from expectations.summary import write_quality_summary
 from warehouse.aggregates import refresh_aggregates
 from warehouse.layout import Layout
 from warehouse.publish import publish_partition, write_datapackage
+from warehouse.releases import cut_release
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def gate_and_publish(
     licences: Mapping[str, dict] | None = None,
     quality: QualitySettings | None = None,
     registry: Registry | None = None,
+    publication: PublishSettings | None = None,
 ) -> GateResult:
     """Validate changed and held-back partitions, publish those that pass, rebuild aggregates.
 
@@ -134,7 +136,7 @@ def gate_and_publish(
         if report.success:
             result.passed += 1
             publish_partition(
-                con, layout, dataset, council, day, version, with_qc_flag(rows, evaluation), now
+                con, layout, dataset, council, day, version, with_qc_flag(rows, evaluation), now, registry
             )
             result.published += 1
             touched.add(domain)
@@ -170,6 +172,8 @@ def gate_and_publish(
         result.quality.append(str(write_quality_summary(con, layout, domain, now)))
     for domain in sorted(touched):
         result.datapackages.append(str(write_datapackage(con, layout, DATASETS[domain], licences)))
+    pub = publication or PublishSettings()  # catalogue, immutable release, `latest` switched in one step
+    cut_release(layout, touched, now=now, keep=pub.keep_releases, base_url=pub.base_url, ckan=pub.ckan)
     return result
 
 
