@@ -1,0 +1,133 @@
+"""Atomic, versioned releases: readers see one whole release, old releases are pruned by retention."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from factories import LIMITS, car_park, land, tree_digest
+
+from civicflow.contract import Zone
+from civicflow.settings import PublishSettings
+from expectations.release import gate_and_publish
+from transforms.stage import export_partitions, stage_segments
+from warehouse.db import connect
+from warehouse.layout import Layout
+from warehouse.releases import latest_release, releases
+
+pytestmark = pytest.mark.integration
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def wh(tmp_path):
+    layout = Layout(tmp_path / "data")
+    con = connect(layout.warehouse)
+    yield layout, con
+    con.close()
+
+
+def publish_day(layout, con, day: int, keep: int) -> None:
+    """A new day of two car parks: every publish changes the parking data package."""
+    land(
+        layout,
+        [
+            car_park(f"p{i}", f"2026-03-{day:02d}T{h:02d}:00:00Z", 10 * i + h)
+            for i in (1, 2)
+            for h in range(8, 12)
+        ],
+    )
+    stage_segments(layout, con, LIMITS, now=NOW)
+    gate_and_publish(
+        layout, con, now=NOW + timedelta(minutes=day), publication=PublishSettings(keep_releases=keep)
+    )
+
+
+def read_release(layout: Layout) -> str:
+    """Read as a consumer should: resolve `latest` once, then read only under what it resolved.
+
+    Checks that every file the data package lists has the size and sha256 it lists.
+    """
+    release = layout.zone(Zone.PUBLISHED) / os.readlink(layout.latest)
+    meta = json.loads((release / "release.json").read_text())
+    assert meta["release"] == release.name
+    for domain in meta["datasets"]:
+        package = json.loads((release / domain / "datapackage.json").read_text())
+        for r in package["resources"]:
+            data = (release / domain / r["path"]).read_bytes()
+            assert len(data) == r["bytes"], (release.name, r["path"])
+            assert r["hash"] == "sha256:" + hashlib.sha256(data).hexdigest(), (release.name, r["path"])
+    return release.name
+
+
+def test_a_reader_during_publishes_always_sees_one_whole_release(wh):
+    layout, con = wh
+    publish_day(layout, con, 1, keep=50)
+    seen: list[str] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                seen.append(read_release(layout))
+            except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for day in range(2, 7):
+            publish_day(layout, con, day, keep=50)
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+    assert len(seen) > 20
+    assert len(set(seen)) >= 3  # the reader saw several releases come and go, each whole
+    assert seen == sorted(seen)  # and never an older one after a newer
+    assert read_release(layout) == releases(layout)[-1].name
+    pointer = json.loads(layout.latest_pointer.read_text())
+    assert pointer["release"] == releases(layout)[-1].name
+    assert pointer["datasets"] == {"parking": f"releases/{pointer['release']}/parking/datapackage.json"}
+
+
+def test_old_releases_are_pruned_after_the_switch_and_released_files_never_change(wh):
+    layout, con = wh
+    publish_day(layout, con, 1, keep=2)
+    first = latest_release(layout)
+    first_files = tree_digest(first)
+    publish_day(layout, con, 2, keep=2)
+    assert tree_digest(first) == first_files  # a released file is never rewritten
+    for day in (3, 4):
+        publish_day(layout, con, day, keep=2)
+    kept = [p.name for p in releases(layout)]
+    assert kept == [p.name for p in releases(layout)][-2:] and len(kept) == 2
+    assert kept[0].startswith("000003-") and kept[1].startswith("000004-")
+    assert latest_release(layout).name == kept[1]
+    assert not first.exists()
+    days = sorted(p.name for p in (latest_release(layout) / "parking").glob("council=*/date=*"))
+    assert days == [f"date=2026-03-0{d}" for d in (1, 2, 3, 4)]
+
+
+def test_a_held_back_partition_changes_nothing_under_published(wh):
+    layout, con = wh
+    publish_day(layout, con, 1, keep=5)
+    before = tree_digest(layout.zone(Zone.PUBLISHED), "**/*")
+    latest_before = os.readlink(layout.latest)
+    con.execute("UPDATE staged.parking SET occupied_spots = 250 WHERE device_id = 'p2'")
+    con.execute("UPDATE staged.partitions SET version = version + 1")
+    export_partitions(con, layout)
+    result = gate_and_publish(layout, con, now=NOW, publication=PublishSettings(keep_releases=5))
+    assert (result.failed, result.published) == (1, 0)
+    assert os.readlink(layout.latest) == latest_before
+    assert [p.name for p in releases(layout)] == [latest_before.removeprefix("releases/")]
+    after = tree_digest(layout.zone(Zone.PUBLISHED), "**/*")
+    assert {k: v for k, v in after.items() if not k.endswith("quality.json")} == {
+        k: v for k, v in before.items() if not k.endswith("quality.json")
+    }
