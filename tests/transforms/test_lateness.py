@@ -66,7 +66,7 @@ def test_a_late_reading_re_releases_its_day_only_and_one_beyond_the_horizon_is_q
     first = gate_and_publish(layout, con, now=datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
     assert (first.validated, first.published) == (2, 2)
     assert versions(con) == [(DAY, 1, 2), (NEXT, 1, 1)]
-    before = tree_digest(layout.root / "published")
+    before = tree_digest(layout.published_dataset("parking"))
     next_day_before = {k: v for k, v in before.items() if f"date={NEXT}" in k}
     assert len(next_day_before) >= 2  # Parquet and CSV of the next day at least
     releases_before = con.execute("SELECT * FROM published.releases WHERE event_date = ?", [NEXT]).fetchall()
@@ -98,7 +98,7 @@ def test_a_late_reading_re_releases_its_day_only_and_one_beyond_the_horizon_is_q
     assert con.execute(
         "SELECT event_date, partition_version, rows FROM published.releases ORDER BY 1"
     ).fetchall() == [(DAY, 2, 3), (NEXT, 1, 1)]
-    after = tree_digest(layout.root / "published")
+    after = tree_digest(layout.published_dataset("parking"))
     assert {k: v for k, v in after.items() if f"date={NEXT}" in k} == next_day_before
     changed = {k for k in after if after[k] != before.get(k)}
     assert changed and all(f"date={DAY}" in k or k.endswith("datapackage.json") for k in changed)

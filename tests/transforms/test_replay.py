@@ -65,8 +65,14 @@ def versions(con) -> dict:
 
 
 def published_files(layout: Layout) -> dict[str, str]:
-    """sha256 of every published file: partitions, aggregates and data packages."""
-    return tree_digest(layout.root / "published", "**/*.*")
+    """sha256 of every published file: partitions, aggregates and data packages.
+
+    Read from each dataset's working tree: release directories and their ids record when and how
+    often a publish ran, which a replay need not reproduce.
+    """
+    return {
+        f"{d}/{k}": v for d in DATASETS for k, v in tree_digest(layout.published_dataset(d), "**/*.*").items()
+    }
 
 
 @pytest.fixture
