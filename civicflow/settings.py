@@ -96,7 +96,6 @@ class PublishSettings(BaseModel):
         description="Where `<data root>/published/` is served, ending in /; unset: the catalogue's "
         "links are relative to it",
     )
-    row_group_rows: int = Field(default=16_384, ge=1, description="Rows per Parquet row group")
     ckan: CkanSettings = CkanSettings()
 
 
