@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -30,7 +31,8 @@ import pyarrow.parquet as pq
 from civicflow.contract import DATASETS, Dataset, Domain, Reason
 from civicflow.health import STAGED_MARKER
 from civicflow.registry import Registry, RegistryError
-from transforms.decode import Limits, Rejection, decode_message
+from transforms.decode import Limits, Rejection
+from transforms.fast import Part, SegmentDecoder, quarantine_row
 from transforms.lorawan import registry_problems
 from warehouse.layout import Layout
 from warehouse.segments import (
@@ -38,7 +40,7 @@ from warehouse.segments import (
     RawRecord,
     SegmentCorrupt,
     list_closed_segments,
-    read_segment_lenient,
+    scan_columns,
 )
 from warehouse.tables import arrow_schema, quarantine_schema
 
@@ -87,20 +89,64 @@ class _Batch:
 
 
 def _quarantine_row(seg: str, record: RawRecord, rej: Rejection, now: datetime) -> dict:
-    return {
-        "segment_id": seg,
-        "record_offset": record.offset,
-        "reading_index": rej.reading_index,
-        "received_at": record.received_at,
-        "topic": record.topic.decode("utf-8", errors="backslashreplace"),
-        "council": rej.council,
-        "domain": rej.domain,
-        "device_id": rej.device_id,
-        "reason": rej.reason.value,
-        "detail": rej.detail,
-        "payload": rej.payload,
-        "quarantined_at": now,
-    }
+    return quarantine_row(seg, record, rej, now)
+
+
+def _decode_parts(
+    layout: Layout,
+    path: Path,
+    decoder: SegmentDecoder,
+    now: datetime,
+    result: StageResult,
+    ledger: list[dict],
+    quarantine: list[dict],
+) -> Iterator[Part]:
+    """Decode one segment, yielding its readings in parts as Arrow tables.
+
+    The segment is read once (hashed and scanned from the same bytes). Once every part has been
+    yielded, its quarantine rows are added to `quarantine` (and written to its quarantine file)
+    and its ledger row to `ledger`: the caller records them in the transaction that loads its
+    readings, so a segment is never half-recorded.
+    """
+    seg = segment_id(layout, path)
+    data = path.read_bytes()
+    cols = scan_columns(data)
+    readings = rejected = 0
+    quarantine_rows: list[dict] = []
+    for part in decoder.decode(cols, seg, now):
+        quarantine_rows.extend(part.quarantine)
+        readings += part.readings
+        rejected += part.rejected
+        yield part
+    if cols.why is not None:
+        tail = data[cols.end :]
+        err = SegmentCorrupt(path, cols.end, cols.why)
+        log.error("%s; the bytes from there on are quarantined as corrupt_record", err)
+        torn = RawRecord(offset=err.offset, topic=b"", payload=tail, received_at_ns=0)
+        quarantine_rows.append(
+            _quarantine_row(seg, torn, Rejection(Reason.CORRUPT_RECORD, str(err), tail), now)
+        )
+        rejected += 1
+    quarantine.extend(quarantine_rows)
+    if quarantine_rows:
+        _write_parquet(
+            pa.Table.from_pylist(quarantine_rows, schema=quarantine_schema()), layout.quarantine_file(seg)
+        )
+    ledger.append(
+        {
+            "segment_id": seg,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "records": len(cols),
+            "readings": readings,
+            "rejected": rejected,
+            "staged_at": now,
+        }
+    )
+    result.segments += 1
+    result.records += len(cols)
+    result.readings += readings
+    result.quarantined.update(r["reason"] for r in quarantine_rows)
 
 
 def _decode_segment(
@@ -112,52 +158,16 @@ def _decode_segment(
     batch: _Batch,
     result: StageResult,
 ) -> None:
-    seg = segment_id(layout, path)
-    data = path.read_bytes()
-    records, tail, why = read_segment_lenient(path)
-    readings = rejected = 0
-    quarantine_rows: list[dict] = []
-    for record in records:
-        decoded = decode_message(
-            record.topic, record.payload, limits, received_at=record.received_at, registry=registry
-        )
-        for rej in decoded.rejections:
-            quarantine_rows.append(_quarantine_row(seg, record, rej, now))
-        for reading in decoded.readings:
-            reading.update(
-                received_at=record.received_at, segment_id=seg, record_offset=record.offset, staged_at=now
-            )
-            batch.readings.setdefault(decoded.domain, []).append(reading)
-        readings += len(decoded.readings)
-        rejected += len(decoded.rejections)
-    if why is not None:
-        err = SegmentCorrupt(path, len(data) - len(tail), why)
-        log.error("%s; the bytes from there on are quarantined as corrupt_record", err)
-        torn = RawRecord(offset=err.offset, topic=b"", payload=tail, received_at_ns=0)
-        quarantine_rows.append(
-            _quarantine_row(seg, torn, Rejection(Reason.CORRUPT_RECORD, str(err), tail), now)
-        )
-        rejected += 1
-    batch.quarantine.extend(quarantine_rows)
-    if quarantine_rows:
-        _write_parquet(
-            pa.Table.from_pylist(quarantine_rows, schema=quarantine_schema()), layout.quarantine_file(seg)
-        )
-    batch.ledger.append(
-        {
-            "segment_id": seg,
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "records": len(records),
-            "readings": readings,
-            "rejected": rejected,
-            "staged_at": now,
-        }
-    )
-    result.segments += 1
-    result.records += len(records)
-    result.readings += readings
-    result.quarantined.update(r["reason"] for r in quarantine_rows)
+    """Decode one segment into `batch` as row dicts (the interface transforms/replay.py uses)."""
+    decoder = SegmentDecoder(limits, registry)
+    try:
+        for part in _decode_parts(layout, path, decoder, now, result, batch.ledger, batch.quarantine):
+            for domain, tables in part.tables.items():
+                rows = batch.readings.setdefault(domain, [])
+                for table in tables:
+                    rows.extend(table.to_pylist())
+    finally:
+        decoder.close()
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
@@ -168,16 +178,28 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def _merge_domain(
-    con: duckdb.DuckDBPyConnection, dataset: Dataset, rows: list[dict], now: datetime
+    con: duckdb.DuckDBPyConnection, dataset: Dataset, rows: list[dict] | pa.Table, now: datetime
 ) -> tuple[int, list[tuple[str, date]]]:
-    """Replace every partition the rows touch; return duplicates collapsed and changed partitions."""
+    """Replace every partition the rows touch; return duplicates collapsed and changed partitions.
+
+    `rows` are staged rows, as an Arrow table of the dataset's staged columns or as dicts. When no
+    natural key occurs twice among them and none is staged already (readings arriving in time
+    order, the common case), the merge is an append: the rows are inserted as they are, which
+    is what the full merge below would produce for such rows, without rewriting the partitions.
+    """
     table = f"staged.{dataset.domain}"
     columns = [c.name for c in dataset.staged_columns]
     key = ", ".join(dataset.natural_key)
     values = ", ".join(c.name for c in dataset.value_columns)
-    incoming = pa.Table.from_pylist(rows, schema=arrow_schema(dataset.staged_columns))
+    schema = arrow_schema(dataset.staged_columns)
+    if isinstance(rows, pa.Table):
+        incoming = rows.select(columns).cast(schema)
+    else:
+        incoming = pa.Table.from_pylist(rows, schema=schema)
     con.register("incoming", incoming)
     con.execute("CREATE OR REPLACE TEMP TABLE affected AS SELECT DISTINCT council, event_date FROM incoming")
+    if _only_new_keys(con, dataset, table):
+        return _append_domain(con, dataset, table, columns, now)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE existing AS
         SELECT t.* FROM {table} t JOIN affected a USING (council, event_date)""")
@@ -244,6 +266,50 @@ def _merge_domain(
     return duplicates, [(c, d) for c, d in changed]
 
 
+def _only_new_keys(con: duckdb.DuckDBPyConnection, dataset: Dataset, table: str) -> bool:
+    """Whether every incoming natural key is distinct and not staged yet (NULL lane ids equal)."""
+    key = ", ".join(dataset.natural_key)
+    (repeated,) = con.execute(
+        f"SELECT count(*) - (SELECT count(*) FROM (SELECT DISTINCT {key} FROM incoming)) FROM incoming"
+    ).fetchone()
+    if repeated:
+        return False
+    same = " AND ".join(f"i.{k} IS NOT DISTINCT FROM t.{k}" for k in dataset.natural_key)
+    (staged,) = con.execute(f"""
+        SELECT count(*) FROM incoming i
+        JOIN (SELECT t.* FROM {table} t JOIN affected a USING (council, event_date)) t
+        ON {same}""").fetchone()
+    return staged == 0
+
+
+def _append_domain(
+    con: duckdb.DuckDBPyConnection, dataset: Dataset, table: str, columns: list[str], now: datetime
+) -> tuple[int, list[tuple[str, date]]]:
+    """Insert readings with new keys: every partition they touch changes, nothing is corrected."""
+    cols = ", ".join(columns)
+    con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming")
+    # An empty candidate set: `_record_corrections` finds no change of value to record.
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE cand AS SELECT {cols}, ''::VARCHAR AS value_hash FROM incoming LIMIT 0"
+    )
+    changed = con.execute("SELECT council, event_date FROM affected ORDER BY ALL").fetchall()
+    con.execute("CREATE OR REPLACE TEMP TABLE changed AS SELECT council, event_date FROM affected")
+    con.execute(
+        f"""
+        INSERT INTO staged.partitions AS p
+            (domain, council, event_date, version, rows, changed_at, exported_version)
+        SELECT ?, c.council, c.event_date, 1, count(*), ?, NULL
+        FROM {table} t JOIN changed c USING (council, event_date)
+        GROUP BY c.council, c.event_date
+        ON CONFLICT (domain, council, event_date) DO UPDATE
+        SET version = p.version + 1, rows = excluded.rows, changed_at = excluded.changed_at
+        """,
+        [dataset.domain.value, now],
+    )
+    con.unregister("incoming")
+    return 0, [(c, d) for c, d in changed]
+
+
 def _record_corrections(con: duckdb.DuckDBPyConnection, dataset: Dataset, now: datetime) -> int:
     """Record in `staged.corrections` each change of value among the candidates `_merge_domain` left.
 
@@ -295,9 +361,13 @@ def export_partitions(con: duckdb.DuckDBPyConnection, layout: Layout) -> list[Pa
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".parquet.tmp")
         cols = ", ".join(c.name for c in dataset.staged_columns)
+        # device_id, observed_at, then the rest of the natural key (lane_id): a total order, so the
+        # file does not depend on the order rows were inserted in
+        extra = [k for k in dataset.natural_key if k not in ("council", "device_id", "observed_at")]
+        order = ", ".join(["device_id", "observed_at", *extra])
         rows = con.sql(
             f"SELECT {cols} FROM staged.{domain} WHERE council = $council "
-            "AND event_date = $day ORDER BY device_id, observed_at",
+            f"AND event_date = $day ORDER BY {order}",
             params={"council": council, "day": day},
         ).to_arrow_table()
         pq.write_table(rows, tmp, compression="zstd")
@@ -336,11 +406,14 @@ def stage_segments(
     registry: Registry | None = None,
     now: datetime | None = None,
     max_readings_per_txn: int = 500_000,
+    fast: bool = True,
 ) -> StageResult:
     """Stage every closed raw segment not yet in the ledger; return what happened.
 
     `registry` maps LoRaWAN devices to councils and checks registered councils' devices
     (docs/mqtt-contract.md, Device registry); without it LoRaWAN uplinks are quarantined.
+    `fast` lets DuckDB decode the native readings it can prove valid (transforms/fast.py);
+    False decodes every record with `decode_message`, with the same results.
     """
     if registry is not None and (problems := registry_problems(registry)):
         raise RegistryError("device registry does not match the decoding profiles: " + "; ".join(problems))
@@ -348,35 +421,60 @@ def stage_segments(
     result = StageResult()
     changed: set[tuple[str, str, date]] = set()
     todo = pending_segments(layout, con)
-    while todo:
-        batch = _Batch()
-        size = 0
-        while todo and size < max_readings_per_txn:
-            _decode_segment(layout, todo.pop(0), limits, registry, now, batch, result)
-            size = sum(len(v) for v in batch.readings.values())
-        con.execute("BEGIN TRANSACTION")
-        try:
-            for domain, rows in sorted(batch.readings.items()):
-                dups, parts = _merge_domain(con, DATASETS[domain], rows, now)
-                result.corrections += _record_corrections(con, DATASETS[domain], now)
-                result.duplicates += dups
-                changed.update((domain.value, c, d) for c, d in parts)
-            if batch.quarantine:
-                qt = pa.Table.from_pylist(batch.quarantine, schema=quarantine_schema())
-                con.register("q_incoming", qt)
-                con.execute("INSERT INTO quarantine.readings SELECT * FROM q_incoming")
-                con.unregister("q_incoming")
-            ledger = pa.Table.from_pylist(batch.ledger)
-            con.register("ledger", ledger)
-            con.execute(
-                "INSERT INTO raw.segments SELECT segment_id, bytes, sha256, records, "
-                "readings, rejected, staged_at FROM ledger"
-            )
-            con.unregister("ledger")
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
+    decoder = SegmentDecoder(limits, registry, fast=fast)
+
+    def merge(pending: dict[Domain, list[pa.Table]]) -> None:
+        for domain, tables in sorted(pending.items()):
+            incoming = pa.concat_tables(tables)
+            tables.clear()
+            dups, parts = _merge_domain(con, DATASETS[domain], incoming, now)
+            del incoming
+            result.corrections += _record_corrections(con, DATASETS[domain], now)
+            result.duplicates += dups
+            changed.update((domain.value, c, d) for c, d in parts)
+        pending.clear()
+
+    try:
+        while todo:
+            # One transaction takes whole segments until it holds max_readings_per_txn readings.
+            # Their readings are merged whenever that many are waiting, even within a segment,
+            # so memory is bounded by readings, not segments; the ledger and quarantine rows of
+            # each segment go in with its readings.
+            ledger: list[dict] = []
+            quarantine: list[dict] = []
+            pending: dict[Domain, list[pa.Table]] = {}
+            waiting = in_txn = 0
+            con.execute("BEGIN TRANSACTION")
+            try:
+                while todo and in_txn < max_readings_per_txn:
+                    path = todo.pop(0)
+                    for part in _decode_parts(layout, path, decoder, now, result, ledger, quarantine):
+                        for domain, tables in part.tables.items():
+                            pending.setdefault(domain, []).extend(tables)
+                            rows = sum(t.num_rows for t in tables)
+                            waiting += rows
+                            in_txn += rows
+                        if waiting >= max_readings_per_txn:
+                            merge(pending)
+                            waiting = 0
+                merge(pending)
+                if quarantine:
+                    qt = pa.Table.from_pylist(quarantine, schema=quarantine_schema())
+                    con.register("q_incoming", qt)
+                    con.execute("INSERT INTO quarantine.readings SELECT * FROM q_incoming")
+                    con.unregister("q_incoming")
+                con.register("ledger", pa.Table.from_pylist(ledger))
+                con.execute(
+                    "INSERT INTO raw.segments SELECT segment_id, bytes, sha256, records, "
+                    "readings, rejected, staged_at FROM ledger"
+                )
+                con.unregister("ledger")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+    finally:
+        decoder.close()
     export_partitions(con, layout)
     mark_staged(layout, con)
     result.changed_partitions = sorted((d, c, day.isoformat()) for d, c, day in changed)
