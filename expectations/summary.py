@@ -142,7 +142,6 @@ def quality_summary(con: duckdb.DuckDBPyConnection, domain: Domain, now: datetim
         )
     return {
         "dataset": domain.value,
-        "generated_at": now.isoformat(),
         "definitions": {
             "completeness_pct": "mean coverage of the published device-hours: readings in the hour / "
             "readings the device's reporting interval expects, at most 1 (docs/queries.md#coverage)",

@@ -90,9 +90,9 @@ def test_a_late_reading_re_releases_its_day_only_and_one_beyond_the_horizon_is_q
     again = gate_and_publish(layout, con, now=datetime(2026, 3, 4, 12, 0, tzinfo=UTC))
     assert (again.validated, again.passed, again.published) == (1, 1, 1)
     assert published(layout, DAY) == [
-        "testtown,p1,2026-03-01T08:00:00Z,10,100,,0.1,,",
-        "testtown,p1,2026-03-01T09:00:00Z,12,100,,0.12,,",
-        "testtown,p2,2026-03-01T23:00:00Z,40,100,,0.4,,",
+        "testtown,p1,2026-03-01T08:00:00Z,10,100,,0.1,,,",
+        "testtown,p1,2026-03-01T09:00:00Z,12,100,,0.12,,,",
+        "testtown,p2,2026-03-01T23:00:00Z,40,100,,0.4,,,",
     ]
     assert pq.read_table(layout.staged_file("parking", "testtown", DAY)).num_rows == 3
     assert con.execute(
@@ -101,7 +101,9 @@ def test_a_late_reading_re_releases_its_day_only_and_one_beyond_the_horizon_is_q
     after = tree_digest(layout.published_dataset("parking"))
     assert {k: v for k, v in after.items() if f"date={NEXT}" in k} == next_day_before
     changed = {k for k in after if after[k] != before.get(k)}
-    assert changed and all(f"date={DAY}" in k or k.endswith("datapackage.json") for k in changed)
+    assert changed and all(
+        f"date={DAY}" in k or k.endswith(("datapackage.json", "quality.json")) for k in changed
+    )
     assert not any("date=2026-02-25" in k for k in after)
     assert (
         con.execute("SELECT * FROM published.releases WHERE event_date = ?", [NEXT]).fetchall()
