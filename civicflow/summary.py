@@ -62,6 +62,7 @@ class WarehouseSummary:
     held_back_reasons: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)
     """(domain, council, date) -> (failed blocking rules, Data Docs page) of each held-back partition."""
     data_docs: str = ""
+    catalog: str = ""
     domains: dict[str, DomainSummary] = field(default_factory=lambda: {d: DomainSummary() for d in DOMAINS})
 
 
@@ -153,10 +154,13 @@ def warehouse_summary(settings: Settings, *, count_topics: bool = False) -> Ware
     finally:
         con.close()
     for domain, d in s.domains.items():
-        package = layout.published_dataset(domain) / "datapackage.json"
-        d.published_path = str(package.resolve()) if package.exists() else ""
-        quality = layout.published_dataset(domain) / "quality.json"
-        d.quality_path = str(quality.resolve()) if quality.exists() else ""
+        # Consumers' stable paths: under `latest`, the current immutable release.
+        package = layout.latest / domain / "datapackage.json"
+        d.published_path = str(package.absolute()) if package.exists() else ""
+        quality = layout.latest / domain / "quality.json"
+        d.quality_path = str(quality.absolute()) if quality.exists() else ""
+    if layout.catalog().exists():
+        s.catalog = str(layout.catalog().absolute())
     if layout.validations.exists():
         s.data_docs = str(layout.validations.resolve())
     if count_topics:
@@ -223,6 +227,8 @@ def print_summary(
         if docs:
             console.print(f"  Data Docs: {docs}")
         console.print(f'  override with: civicflow release approve {domain} {council} {day} --reason "..."')
+    if s.catalog:
+        console.print(f"DCAT-AP catalogue of the current release: [bold]{s.catalog}[/] (and .ttl)")
     if s.data_docs:
         console.print(
             f"Great Expectations Data Docs of every validation: [bold]{s.data_docs}[/]"
