@@ -1,4 +1,4 @@
-"""Dependencies point one way: dags -> ingest | transforms | expectations -> warehouse -> core."""
+"""Dependencies point one way: dags -> ingest | transforms | expectations | portal -> warehouse -> core."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import pytest
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = {"ingest", "transforms", "expectations", "warehouse", "civicflow"}
+STAGES = {"ingest", "transforms", "expectations", "portal", "warehouse", "civicflow"}
 ALLOWED = {
     "warehouse": {"civicflow"},
     "ingest": {"civicflow", "warehouse"},
     "transforms": {"civicflow", "warehouse"},
     "expectations": {"civicflow", "warehouse"},
+    "portal": {"civicflow", "warehouse"},
     "civicflow": set(),
 }
 # Entry points: they read settings and wire stages together, importing them inside functions.
@@ -25,12 +26,17 @@ ENTRY_POINTS = {
     "civicflow/demo.py",
     "civicflow/summary.py",
     "civicflow/release_cli.py",
+    "civicflow/serve_cli.py",
 }
 THIRD_PARTY_HOMES = {
     "airflow": {"dags", "civicflow/batch.py"},
     "paho": {"ingest"},
     "amqtt": {"ingest"},
     "great_expectations": {"expectations"},
+    "fastapi": {"portal"},
+    "starlette": {"portal"},
+    "jinja2": {"portal"},
+    "uvicorn": {"civicflow/serve_cli.py"},
 }
 
 

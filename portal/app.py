@@ -1,0 +1,318 @@
+"""The portal's web app: catalogue and dataset pages, downloads, the DCAT-AP catalogue and the API.
+
+Read-only, and over the latest published release only: every request resolves `published/latest`
+once (portal.release) and reads nothing else, except the Data Docs page of a partition that release
+holds. Pages are rendered on the server and work without JavaScript.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlencode
+
+import orjson
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from civicflow.contract import DATASETS, Domain
+from portal.chart import hourly_chart
+from portal.query import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, BadQuery, run_query, to_csv, to_parquet
+from portal.query import Query as RowQuery
+from portal.release import KINDS, DatasetRelease, NoRelease, ReleaseView, load_release, released_file
+from warehouse.catalog import RESOLUTION_S
+from warehouse.layout import Layout
+
+TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+CHART_HOURS = 48
+Dataset = StrEnum("Dataset", {d.value: d.value for d in Domain})
+Kind = StrEnum("Kind", {k: k for k in KINDS})
+
+
+class Format(StrEnum):
+    JSON = "json"
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+def _resolution(domain: Domain) -> str:
+    seconds = RESOLUTION_S[domain]
+    return f"{seconds // 60} minutes" if seconds < 3600 else f"{seconds // 3600} hours"
+
+
+def _utc(value: datetime | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise HTTPException(400, f"{name} is out of range: {exc}") from exc
+
+
+def create_app(layout: Layout) -> FastAPI:
+    """The portal over `layout`'s published zone."""
+    app = FastAPI(
+        title="Civicflow open data",
+        description="Read-only access to the latest published release: datasets, readings and aggregates.",
+        version="1",
+    )
+
+    def release() -> ReleaseView:
+        try:
+            return load_release(layout)
+        except NoRelease as exc:
+            raise HTTPException(404, "nothing has been published yet") from exc
+
+    def dataset_of(current: ReleaseView, name: str) -> DatasetRelease:
+        found = current.datasets.get(name)
+        if found is None:
+            raise HTTPException(404, f"dataset {name!r} is not in release {current.id}")
+        return found
+
+    # Pages -------------------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def catalogue(request: Request, q: str = "", council: str = "", domain: str = ""):
+        current = release()
+        entries = []
+        for name, ds in current.datasets.items():
+            for c in ds.councils:
+                licence, _ = ds.licence(c)
+                first, last = ds.coverage(c)
+                entry = {
+                    "domain": name,
+                    "council": c,
+                    "title": ds.package.get("title", name),
+                    "licence": licence.get("title") or licence["name"],
+                    "first": first,
+                    "last": last,
+                }
+                text = " ".join(
+                    [
+                        name,
+                        c,
+                        entry["title"],
+                        ds.package.get("description", ""),
+                        *ds.package.get("keywords", []),
+                    ]
+                ).lower()
+                if (council and c != council) or (domain and name != domain):
+                    continue
+                if q and not all(word in text for word in q.lower().split()):
+                    continue
+                entries.append(entry)
+        entries.sort(key=lambda e: (e["council"], e["domain"]))
+        councils = sorted({c for ds in current.datasets.values() for c in ds.councils})
+        context = {
+            "release": current,
+            "entries": entries,
+            "q": q,
+            "council": council,
+            "domain": domain,
+            "councils": councils,
+            "domains": sorted(current.datasets),
+        }
+        return TEMPLATES.TemplateResponse(request, "catalogue.html", context)
+
+    @app.get("/datasets/{dataset}", response_class=HTMLResponse, include_in_schema=False)
+    def dataset_page(request: Request, dataset: str, council: str = "", device: str = "", measure: str = ""):
+        current = release()
+        ds = dataset_of(current, dataset)
+        councils = []
+        for c in ds.councils:
+            licence, attribution = ds.licence(c)
+            first, last = ds.coverage(c)
+            downloads: dict[tuple[str, date], list] = {}
+            for r in ds.resources:
+                if r.council == c:
+                    downloads.setdefault((r.kind, r.day), []).append(r)
+            councils.append(
+                {
+                    "name": c,
+                    "licence": licence,
+                    "attribution": attribution,
+                    "first": first,
+                    "last": last,
+                    "days": sorted({r.day for r in ds.resources if r.council == c}),
+                    "downloads": downloads,
+                    "quality": ds.quality.get("councils", {}).get(c, {}),
+                }
+            )
+        context = {
+            "release": current,
+            "dataset": dataset,
+            "package": ds.package,
+            "fiware": DATASETS[Domain(dataset)].fiware_types,
+            "councils": councils,
+            "resolution": _resolution(Domain(dataset)),
+            "fields": ds.schema("readings").get("fields", []),
+            "chart": _chart(ds, council or ds.councils[0], device, measure),
+            "base": f"/releases/{current.id}/{dataset}",
+        }
+        return TEMPLATES.TemplateResponse(request, "dataset.html", context)
+
+    @app.get(
+        "/datasets/{dataset}/data-docs/{council}/{day}", response_class=HTMLResponse, include_in_schema=False
+    )
+    def data_docs(dataset: str, council: str, day: date):
+        ds = dataset_of(release(), dataset)
+        if not any(r.council == council and r.day == day for r in ds.resources):
+            raise HTTPException(404, f"{dataset} has no published partition for {council} on {day}")
+        folder = layout.validations / dataset / f"council={council}" / f"date={day.isoformat()}"
+        passed = sorted(
+            (int(p.stem[1:]), p)
+            for p in folder.glob("v*.json")
+            if p.stem[1:].isdigit() and orjson.loads(p.read_bytes()).get("success")
+        )
+        page = passed[-1][1].with_suffix("") / "index.html" if passed else None
+        if page is None or not page.is_file():
+            raise HTTPException(404, f"no Data Docs for {dataset} {council} {day}")
+        return FileResponse(page, media_type="text/html")
+
+    @app.get("/releases/{release_id}/{dataset}/{path:path}", include_in_schema=False)
+    def download(release_id: str, dataset: str, path: str):
+        current = release()
+        if release_id != current.id:
+            raise HTTPException(404, f"release {release_id} is not the latest ({current.id})")
+        found = released_file(current, dataset, path)
+        if found is None:
+            raise HTTPException(404, f"{dataset}/{path} is not in release {current.id}")
+        return FileResponse(found, filename=found.name)
+
+    @app.get("/catalog.jsonld", include_in_schema=False)
+    def catalog_jsonld():
+        return FileResponse(layout.catalog("jsonld"), media_type="application/ld+json")
+
+    @app.get("/catalog.ttl", include_in_schema=False)
+    def catalog_ttl():
+        return FileResponse(layout.catalog("ttl"), media_type="text/turtle")
+
+    # API ---------------------------------------------------------------------------------------
+
+    @app.get("/api/datasets", summary="Datasets of the latest release")
+    def list_datasets() -> dict:
+        current = release()
+        return {
+            "release": current.id,
+            "published_at": current.published_at,
+            "datasets": [
+                {
+                    "dataset": name,
+                    "title": ds.package.get("title"),
+                    "councils": [
+                        {
+                            "council": c,
+                            "licence": ds.licence(c)[0]["name"],
+                            "first": str(ds.coverage(c)[0]),
+                            "last": str(ds.coverage(c)[1]),
+                        }
+                        for c in ds.councils
+                    ],
+                    "kinds": [k for k in KINDS if ds.files(k)],
+                    "datapackage": f"/releases/{current.id}/{name}/datapackage.json",
+                }
+                for name, ds in current.datasets.items()
+            ],
+        }
+
+    @app.get(
+        "/api/datasets/{dataset}/{kind}",
+        summary="Readings or aggregates of a dataset, filtered and paged",
+        responses={
+            200: {
+                "content": {
+                    "application/json": {},
+                    "text/csv": {"schema": {"type": "string"}},
+                    "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+                }
+            },
+            400: {"description": "A parameter cannot be used as given"},
+            404: {"description": "The dataset is not in the latest release"},
+        },
+    )
+    def rows(
+        request: Request,
+        dataset: Dataset,
+        kind: Kind,
+        council: Annotated[str | None, Query(max_length=64)] = None,
+        device_id: Annotated[str | None, Query(max_length=128)] = None,
+        start: Annotated[datetime | None, Query(description="From this time (inclusive, RFC 3339)")] = None,
+        end: Annotated[datetime | None, Query(description="Until this time (exclusive, RFC 3339)")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+        format: Format = Format.JSON,
+    ) -> Response:
+        current = release()
+        ds = dataset_of(current, dataset.value)
+        query = RowQuery(
+            kind.value, council, device_id, _utc(start, "start"), _utc(end, "end"), limit, offset
+        )
+        try:
+            table = run_query(ds, query)
+        except BadQuery as exc:
+            raise HTTPException(400, str(exc)) from exc
+        more = table.num_rows == limit and offset + limit <= MAX_OFFSET
+        next_url = None
+        if more:
+            params = {k: v for k, v in request.query_params.items() if k != "offset"}
+            next_url = f"{request.url.path}?{urlencode({**params, 'offset': offset + limit})}"
+        headers = {"X-Civicflow-Release": current.id}
+        if next_url:
+            headers["Link"] = f'<{next_url}>; rel="next"'
+        name = f"{dataset.value}-{kind.value}-{offset}"
+        if format is Format.CSV:
+            headers["Content-Disposition"] = f'attachment; filename="{name}.csv"'
+            return Response(to_csv(table), media_type="text/csv", headers=headers)
+        if format is Format.PARQUET:
+            headers["Content-Disposition"] = f'attachment; filename="{name}.parquet"'
+            return Response(to_parquet(table), media_type="application/vnd.apache.parquet", headers=headers)
+        body = {
+            "dataset": dataset.value,
+            "kind": kind.value,
+            "release": current.id,
+            "limit": limit,
+            "offset": offset,
+            "count": table.num_rows,
+            "next": next_url,
+            "rows": table.to_pylist(),
+        }
+        return Response(
+            orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json", headers=headers
+        )
+
+    return app
+
+
+def _chart(ds: DatasetRelease, council: str, device: str, measure: str) -> dict:
+    """Hourly means of one measurement for one device of a council: the last CHART_HOURS hours."""
+    schema = {f["name"]: f for f in ds.schema("hourly").get("fields", [])}
+    measures = [name[: -len("_mean")] for name in schema if name.endswith("_mean")]
+    chart = {
+        "council": council,
+        "devices": [],
+        "device": device,
+        "measures": measures,
+        "measure": "",
+        "unit": "",
+        "points": [],
+        "svg": "",
+    }
+    if council not in ds.councils or not measures:
+        return chart
+    table = run_query(ds, RowQuery("hourly", council, limit=MAX_LIMIT))
+    rows = table.to_pylist()
+    chart["devices"] = sorted({r["device_id"] for r in rows})
+    chart["device"] = device if device in chart["devices"] else (chart["devices"] or [""])[0]
+    usable = [m for m in measures if any(r.get(f"{m}_mean") is not None for r in rows)] or measures
+    chart["measure"] = measure if measure in measures else usable[0]
+    column = f"{chart['measure']}_mean"
+    chart["unit"] = schema[column].get("unit") or ""
+    points = [
+        (r["hour"], r[column]) for r in rows if r["device_id"] == chart["device"] and r[column] is not None
+    ]
+    chart["points"] = points[-CHART_HOURS:]
+    chart["svg"] = hourly_chart(chart["points"], chart["measure"], chart["unit"])
+    return chart

@@ -1,0 +1,125 @@
+"""Consumer queries answered by DuckDB over the latest release's Parquet files.
+
+An in-memory connection reads only the files the release's data package lists for the requested
+kind and council (pruned by the date in their path), with every value bound as a parameter.
+Identifiers (columns to filter and sort on) come from the allowlist below, never from the request.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from portal.release import DatasetRelease
+
+MAX_LIMIT = 10_000
+MAX_OFFSET = 1_000_000
+DEFAULT_LIMIT = 1_000
+TIME_COLUMN = {
+    "readings": "observed_at",
+    "hourly": "hour",
+    "daily": "event_date",
+    "council_daily": "event_date",
+}
+ORDER = {
+    "readings": ("council", "device_id", "lane_id", "observed_at"),
+    "hourly": ("council", "device_id", "lane_id", "hour"),
+    "daily": ("council", "device_id", "lane_id", "event_date"),
+    "council_daily": ("council", "event_date", "measurement"),
+}
+
+
+class BadQuery(ValueError):
+    """The request cannot be answered as asked; the message says what to change (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class Query:
+    kind: str
+    council: str | None = None
+    device_id: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+
+
+def _day(value: datetime | None) -> date | None:
+    return None if value is None else value.date() if value.tzinfo is None else value.astimezone().date()
+
+
+def run_query(dataset: DatasetRelease, query: Query) -> pa.Table:
+    """The rows the query selects, in a stable order (natural key), one page of them."""
+    if query.kind == "council_daily" and query.device_id is not None:
+        raise BadQuery("council_daily has one row per council and day: it cannot be filtered by device_id")
+    if query.start and query.end and query.start >= query.end:
+        raise BadQuery("start must be before end")
+    if not 1 <= query.limit <= MAX_LIMIT:
+        raise BadQuery(f"limit must be between 1 and {MAX_LIMIT}")
+    if not 0 <= query.offset <= MAX_OFFSET:
+        raise BadQuery(f"offset must be between 0 and {MAX_OFFSET}")
+    first, last = _day(query.start), _day(query.end)
+    files = [
+        str(dataset.directory / r.path)
+        for r in dataset.files(query.kind, query.council)
+        # a reading observed at 23:59 UTC is in that day's file; one day of slack covers offsets
+        if (first is None or (r.day - first).days >= -1) and (last is None or (r.day - last).days <= 1)
+    ]
+    con = duckdb.connect(":memory:", config={"threads": 1})
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        if not files:
+            return _empty(dataset, query.kind, con)
+        source = "read_parquet(?, hive_partitioning = false, union_by_name = true)"
+        columns = [d[0] for d in con.execute(f"SELECT * FROM {source} LIMIT 0", [files]).description]
+        time_col = TIME_COLUMN[query.kind]
+        where, params = [], [files]
+        for column, value in (("council", query.council), ("device_id", query.device_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.start is not None:
+            where.append(f"{time_col} >= ?")
+            params.append(query.start)
+        if query.end is not None:
+            where.append(f"{time_col} < ?")
+            params.append(query.end)
+        order = ", ".join(c for c in ORDER[query.kind] if c in columns)
+        sql = f"SELECT * FROM {source} {'WHERE ' + ' AND '.join(where) if where else ''} "
+        sql += f"ORDER BY {order} NULLS FIRST LIMIT ? OFFSET ?"
+        return con.sql(sql, params=[*params, query.limit, query.offset]).to_arrow_table()
+    finally:
+        con.close()
+
+
+def _empty(dataset: DatasetRelease, kind: str, con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """No file matches: an empty table with the kind's columns, if any file of that kind exists."""
+    any_file = dataset.files(kind)
+    if not any_file:
+        return pa.table({})
+    path = str(dataset.directory / any_file[0].path)
+    return con.sql(
+        "SELECT * FROM read_parquet(?, hive_partitioning = false) LIMIT 0", params=[path]
+    ).to_arrow_table()
+
+
+def to_parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def to_csv(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pacsv.write_csv(table, sink)
+    return sink.getvalue()
+
+
+def to_records(table: pa.Table) -> list[dict]:
+    return table.to_pylist()

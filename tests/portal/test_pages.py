@@ -1,0 +1,141 @@
+"""The portal's pages: catalogue, dataset page, downloads and the DCAT-AP catalogue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import pytest
+
+from warehouse.releases import latest_release
+
+pytestmark = pytest.mark.integration
+
+
+def test_catalogue_lists_datasets_by_council_with_licence(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.text
+    assert '<html lang="en">' in html
+    assert re.search(
+        r"<h3>citizens</h3>\s*<ul>\s*<li><a href=\"/datasets/air_quality\?council=citizens\">Air quality",
+        html,
+    )
+    assert re.search(
+        r"<h3>testtown</h3>\s*<ul>\s*<li><a href=\"/datasets/parking\?council=testtown\">Car park", html
+    )
+    assert "Open Data Commons Open Database License 1.0; 2016-10-04 to 2016-10-04" in html
+    assert "Open Government Licence v3.0; 2016-10-04 to 2016-10-05" in html
+    for control in ("q", "council", "domain"):
+        assert f'<label for="{control}">' in html and f'id="{control}"' in html
+
+
+@pytest.mark.parametrize(
+    ("params", "shown"),
+    [
+        ({"q": "occupancy"}, ["parking"]),
+        ({"q": "POLLUTANTS air"}, ["air_quality"]),
+        ({"council": "citizens"}, ["air_quality"]),
+        ({"domain": "parking"}, ["parking"]),
+        ({"q": "no such thing"}, []),
+    ],
+)
+def test_catalogue_search_filters_on_the_server(client, params, shown):
+    html = client.get("/", params=params).text
+    assert sorted(re.findall(r'href="/datasets/(\w+)\?', html)) == shown
+    if not shown:
+        assert "No dataset matches." in html
+
+
+def test_dataset_page_has_schema_units_licence_coverage_quality_and_chart(client):
+    html = client.get("/datasets/parking").text
+    assert "<h1>Car park and parking bay occupancy</h1>" in html
+    assert [h for h in re.findall(r"<h2>([^<]+)</h2>", html)] == [
+        "Councils, licences and coverage",
+        "Update frequency",
+        "Schema",
+        "Quality",
+        "Recent values",
+        "Downloads",
+    ]
+    assert re.search(r"<code>occupied_spots</code></th><td>integer</td><td>spot</td>", html)
+    assert re.search(r"<code>occupancy</code></th><td>number</td><td>1</td>", html)
+    assert "Open Government Licence v3.0</a> (OGL-UK-3.0)" in html
+    assert "<td>2016-10-04 to 2016-10-05</td>" in html
+    assert "devices report about every 30 minutes" in html
+    # quality.json of testtown: 2 days, 20 rows, none flagged
+    assert '<th scope="row">testtown</th><td>2</td><td>20</td>' in html
+    assert 'href="/datasets/parking/data-docs/testtown/2016-10-05"' in html
+    # the chart: hourly means of p1's occupied spots, 8 hours over two days
+    svg = re.search(r"<svg .*?</svg>", html).group(0)
+    assert "occupied_spots (spot), hourly means from 2016-10-04 08:00 to 2016-10-05 11:00 UTC" in svg
+    assert len(re.search(r'points="([^"]+)"', svg).group(1).split()) == 8
+    for label in ("council", "device", "measure"):
+        assert f'<label for="{label}">' in html
+
+
+def test_chart_follows_the_chosen_device_and_measurement(client):
+    html = client.get(
+        "/datasets/parking", params={"council": "testtown", "device": "p2", "measure": "occupancy"}
+    ).text
+    assert "occupancy (1), hourly means from 2016-10-04 08:00 to 2016-10-04 11:00 UTC" in html
+    assert '<option value="p2" selected>' in html
+
+
+def test_air_quality_page_shows_the_citizens_licence_and_attribution(client):
+    html = client.get("/datasets/air_quality").text
+    assert (
+        "Open Data Commons Open Database License 1.0</a> (ODbL-1.0); "
+        "attribution: Citizen sensor network contributors" in html
+    )
+    assert re.search(r"<code>pm10</code></th><td>number</td><td>ug/m3</td>", html)
+
+
+def test_download_links_return_the_exact_published_bytes(client, released):
+    html = client.get("/datasets/parking").text
+    release = latest_release(released)
+    package = json.loads((release / "parking" / "datapackage.json").read_text())
+    links = re.findall(rf'href="(/releases/{release.name}/parking/[^"]+)"', html)
+    by_path = {r["path"]: r for r in package["resources"]}
+    checked = 0
+    for link in links:
+        relpath = link.split("/parking/", 1)[1]
+        body = client.get(link)
+        assert body.status_code == 200, link
+        assert body.content == (release / "parking" / relpath).read_bytes()
+        if relpath in by_path:
+            assert "sha256:" + hashlib.sha256(body.content).hexdigest() == by_path[relpath]["hash"]
+            checked += 1
+    assert checked == 12  # 2 days x (readings, hourly, daily) x (Parquet, CSV)
+    assert f"/releases/{release.name}/parking/datapackage.json" in links
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/releases/{id}/parking/../../latest.json",
+        "/releases/{id}/parking/%2e%2e/%2e%2e/latest.json",
+        "/releases/{id}/traffic/datapackage.json",
+        "/releases/000000-20000101T000000Z/parking/datapackage.json",
+        "/datasets/traffic",
+        "/datasets/parking/data-docs/testtown/2016-10-06",
+    ],
+)
+def test_only_the_latest_release_is_served(client, released, path):
+    assert client.get(path.format(id=latest_release(released).name)).status_code == 404
+
+
+def test_data_docs_of_a_published_partition(client):
+    page = client.get("/datasets/parking/data-docs/testtown/2016-10-04")
+    assert page.status_code == 200
+    assert "<html" in page.text
+
+
+def test_dcat_catalogue_at_stable_urls(client, released):
+    jsonld = client.get("/catalog.jsonld")
+    assert jsonld.headers["content-type"].startswith("application/ld+json")
+    assert jsonld.content == released.catalog("jsonld").read_bytes()
+    ttl = client.get("/catalog.ttl")
+    assert ttl.headers["content-type"].startswith("text/turtle")
+    assert ttl.content == released.catalog("ttl").read_bytes()
