@@ -30,6 +30,7 @@ COMMON_FIELDS = frozenset({"observed_at", "msg_id", "lat", "lon"})
 RFC3339_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?$")
 EPOCH_MAX = 32503680000  # 3000-01-01: anything later is a unit error (ms or ns sent as seconds)
 MSG_ID_MAX = 200
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,8 @@ def _check_column(col: Column, value: Any) -> Any:
             if not value.is_integer():
                 raise _Invalid(Reason.INVALID_TYPE, f"{col.name} must be an integer, got {value!r}")
             value = int(value)
+        if not INT64_MIN <= value <= INT64_MAX:  # the warehouse stores 64-bit integers
+            raise _Invalid(Reason.OUT_OF_RANGE, f"{col.name} {value} does not fit a 64-bit integer")
     elif col.type == "number":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Invalid(Reason.INVALID_TYPE, f"{col.name} must be a number, got {value!r}")

@@ -238,6 +238,12 @@ def test_a_valid_reading_of_each_domain(topic, payload, expected):
     [
         (b"city/leeds/traffic/a64", {"observed_at": 1, "intensity": -1}, Reason.OUT_OF_RANGE, "below 0"),
         (b"city/leeds/traffic/a64", {"observed_at": 1, "occupancy": 1.2}, Reason.OUT_OF_RANGE, "above 1"),
+        (
+            b"city/leeds/traffic/a64",
+            {"observed_at": 1, "intensity": 2**63},
+            Reason.OUT_OF_RANGE,
+            "intensity 9223372036854775808 does not fit a 64-bit integer",
+        ),
         (b"city/leeds/traffic/a64", {"observed_at": 1, "interval_s": 60}, Reason.NO_MEASUREMENT, "none of"),
         (b"city/abdn/air_quality/x", {"observed_at": 1, "pm10": -2}, Reason.OUT_OF_RANGE, "pm10 -2.0"),
         (b"city/abdn/air_quality/x", {"observed_at": 1, "nox": 2}, Reason.UNKNOWN_FIELD, "nox"),
