@@ -7,13 +7,13 @@ Identifiers (columns to filter and sort on) come from the allowlist below, never
 
 from __future__ import annotations
 
+import csv
 import io
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import duckdb
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from portal.release import DatasetRelease
@@ -51,7 +51,10 @@ class Query:
 
 
 def _day(value: datetime | None) -> date | None:
-    return None if value is None else value.date() if value.tzinfo is None else value.astimezone().date()
+    """The UTC date of a time (naive times are UTC)."""
+    if value is None:
+        return None
+    return value.date() if value.tzinfo is None else value.astimezone(UTC).date()
 
 
 def run_query(dataset: DatasetRelease, query: Query) -> pa.Table:
@@ -115,10 +118,24 @@ def to_parquet(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+def _cell(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
 def to_csv(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pacsv.write_csv(table, sink)
-    return sink.getvalue()
+    """CSV as the published files write it: times in RFC 3339 UTC (`Z`), an empty cell for null."""
+    sink = io.StringIO()
+    writer = csv.writer(sink, lineterminator="\n")
+    writer.writerow(table.column_names)
+    for row in table.to_pylist():
+        writer.writerow([_cell(v) for v in row.values()])
+    return sink.getvalue().encode()
 
 
 def to_records(table: pa.Table) -> list[dict]:
