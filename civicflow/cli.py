@@ -200,8 +200,10 @@ def sql(query: str) -> None:
 
 def _register_subcommands() -> None:
     from civicflow.release_cli import release_app
+    from civicflow.serve_cli import serve
 
     app.add_typer(release_app, name="release")
+    app.command()(serve)
 
 
 _register_subcommands()
