@@ -59,37 +59,31 @@ def listen(verbose: Verbose = False, log_json: LogJson = False) -> None:
 
 @app.command()
 def status(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    probe: Annotated[
+        bool, typer.Option(help="Connect to the broker (CIVICFLOW_MQTT__HOST) to check it answers.")
+    ] = True,
 ) -> None:
-    """Say whether each listener is healthy; exits 1 if any is not."""
-    from civicflow.health import listener_health
+    """The pipeline on one screen: broker, listeners, backlog, last DAG runs, each dataset's gate.
+
+    Exits 1 when something is broken (broker, a listener, a failed DAG run), so it also serves
+    as a cron or CI check. Partitions the gate held back are listed for review but are not a fault.
+
+    Example: CIVICFLOW_DATA_ROOT=data/demo civicflow status
+    """
+    from civicflow.status import pipeline_status
 
     settings = Settings()
-    reports = listener_health(settings)
+    report = pipeline_status(settings, probe=probe)
     if as_json:
         import json
 
-        typer.echo(json.dumps(reports, indent=2))
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
-        from rich.table import Table
+        from civicflow.status_view import print_status
 
-        if not reports:
-            console.print(f"no listener has run under {settings.data_root.resolve()}/raw")
-        table = Table("listener", "healthy", "state", "received", "acked", "backlog", "source", "problem")
-        for r in reports:
-            table.add_row(
-                r["client_id"],
-                "[green]yes[/]" if r["healthy"] else "[red]no[/]",
-                r.get("state", "?"),
-                f"{r.get('received', 0):,}",
-                f"{r.get('acked', 0):,}",
-                str(r.get("closed_backlog", "?")),
-                r["source"],
-                r.get("problem") or "",
-            )
-        if reports:
-            console.print(table)
-    if not reports or not all(r["healthy"] for r in reports):
+        print_status(console, report, settings)
+    if not report.healthy:
         raise typer.Exit(1)
 
 

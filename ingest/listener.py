@@ -77,6 +77,35 @@ class BrokerAddress:
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
+    def configure(self, client: mqtt.Client) -> None:
+        """Give a paho client this broker's credentials and TLS settings."""
+        if self.username:
+            client.username_pw_set(self.username, self.password)
+        if self.tls:
+            client.tls_set(
+                ca_certs=str(self.ca_file) if self.ca_file else None,
+                certfile=str(self.cert_file) if self.cert_file else None,
+                keyfile=str(self.key_file) if self.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrokerAddress:
+        m = settings.mqtt
+        if m.host is None:
+            raise ValueError("set CIVICFLOW_MQTT__HOST (and CIVICFLOW_MQTT__PORT) to the broker to listen to")
+        return cls(
+            m.host,
+            m.port,
+            m.username,
+            m.password.get_secret_value() if m.password else None,
+            m.keepalive_s,
+            tls=m.tls.enabled,
+            ca_file=m.tls.ca_file,
+            cert_file=m.tls.cert_file,
+            key_file=m.tls.key_file,
+        )
+
 
 class Listener:
     """Subscribe to the topic filters and land messages in raw segments, acking after fsync."""
@@ -128,15 +157,7 @@ class Listener:
             protocol=mqtt.MQTTv311,
             manual_ack=True,
         )
-        if broker.username:
-            self.client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            self.client.tls_set(
-                ca_certs=str(broker.ca_file) if broker.ca_file else None,
-                certfile=str(broker.cert_file) if broker.cert_file else None,
-                keyfile=str(broker.key_file) if broker.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+        broker.configure(self.client)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -148,8 +169,7 @@ class Listener:
         from warehouse.layout import Layout
 
         mqtt_settings = settings.mqtt
-        if mqtt_settings.host is None:
-            raise ValueError("set CIVICFLOW_MQTT__HOST (and CIVICFLOW_MQTT__PORT) to the broker to listen to")
+        broker = BrokerAddress.from_settings(settings)
         directory = Layout(settings.data_root).raw / mqtt_settings.client_id
         writer = SegmentWriter(
             directory,
@@ -157,20 +177,8 @@ class Listener:
             max_age_s=settings.landing.segment_max_age_s,
             fsync=settings.landing.fsync,
         )
-        tls = mqtt_settings.tls
-        password = mqtt_settings.password.get_secret_value() if mqtt_settings.password else None
         return cls(
-            BrokerAddress(
-                mqtt_settings.host,
-                mqtt_settings.port,
-                mqtt_settings.username,
-                password,
-                mqtt_settings.keepalive_s,
-                tls=tls.enabled,
-                ca_file=tls.ca_file,
-                cert_file=tls.cert_file,
-                key_file=tls.key_file,
-            ),
+            broker,
             client_id=mqtt_settings.client_id,
             topic_filters=mqtt_settings.topic_filters(),
             writer=writer,

@@ -27,6 +27,7 @@ ENTRY_POINTS = {
     "civicflow/summary.py",
     "civicflow/release_cli.py",
     "civicflow/serve_cli.py",
+    "civicflow/status.py",
 }
 THIRD_PARTY_HOMES = {
     "airflow": {"dags", "civicflow/batch.py"},

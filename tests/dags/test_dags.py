@@ -16,6 +16,7 @@ from factories import car_park, land
 from civicflow.batch import DAGS_DIR, REPLAY_DAGS, run_batch
 from civicflow.contract import DATASETS
 from civicflow.settings import Settings
+from civicflow.status import dag_runs, pipeline_status
 from ingest.samples import birmingham_parking_messages
 from warehouse.db import connect
 from warehouse.layout import Layout
@@ -116,6 +117,13 @@ def test_each_dag_runs_through_dag_test_on_real_data(tmp_path):
 
     published = run_batch(settings, dag_ids=("civicflow_publish",), airflow_home=home)
     assert [(r.dag_id, r.state) for r in published.runs] == [("civicflow_publish", "success")]
+    runs = {r["dag_id"]: r for r in dag_runs(f"sqlite:///{home / 'airflow.db'}")}
+    assert {d: (r["state"], r["failed_tasks"]) for d, r in runs.items()} == {
+        "civicflow_stage": ("success", []),
+        "civicflow_publish": ("success", []),
+    }
+    assert runs["civicflow_stage"]["started"] < runs["civicflow_publish"]["started"]
+    assert runs["civicflow_publish"]["last_success"] >= runs["civicflow_publish"]["started"]
     con = connect(layout.warehouse, read_only=True)
     (rows,) = con.execute("SELECT coalesce(sum(rows), 0) FROM published.releases").fetchone()
     con.close()
@@ -133,13 +141,28 @@ def test_a_failing_task_fails_the_batch_and_says_where_to_look(tmp_path):
     layout.warehouse.parent.mkdir(parents=True)
     layout.warehouse.write_bytes(b"this is not a DuckDB file")
     land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 1)])
-    outcome = run_batch(settings, dag_ids=("civicflow_stage",), airflow_home=tmp_path / "af")
+    outcome = run_batch(settings, dag_ids=("civicflow_stage",))  # the default home, under the data root
     assert not outcome.ok
     [run] = outcome.runs
     assert run.state == "failed"
     log = Path(run.log_path).read_text()
     assert "not a valid DuckDB database" in log and "Restore it from a backup" in log
     assert log.count("Task failed with exception") == 1  # terminal: no retry
+
+    # civicflow status reads the run from Airflow's metadata database and says which task failed
+    report = pipeline_status(settings, probe=False)
+    [seen] = report.airflow
+    assert (seen["dag_id"], seen["state"], seen["failed_tasks"], seen["last_success"]) == (
+        "civicflow_stage",
+        "failed",
+        ["stage_segments"],
+        None,
+    )
+    assert seen["seconds"] is not None and seen["seconds"] < 600
+    assert [p for p in report.problems if p.startswith("DAG civicflow_stage")] == [
+        f"DAG civicflow_stage: last run {seen['run_id']} failed in stage_segments; see its task log "
+        f"(airflow tasks states-for-dag-run civicflow_stage {seen['run_id']})"
+    ]
 
 
 @pytest.mark.integration

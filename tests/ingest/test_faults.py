@@ -215,7 +215,7 @@ def _fault_and_recover(tmp_path: Path, data_root: Path, break_it, fix_it) -> Non
             assert listener.health()[1]["acked"] == acked, "acknowledged while it could not land"
             status = civicflow_status(data_root)
             assert status.returncode == 1, status.stdout + status.stderr
-            [report] = orjson.loads(status.stdout)
+            [report] = orjson.loads(status.stdout)["listeners"]
             assert (report["source"], report["state"], report["healthy"]) == ("live", "landing_failed", False)
             fix_it()
             listener.wait_for(lambda: listener.health()[0] == 200, 60, "resuming")

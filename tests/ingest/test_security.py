@@ -543,3 +543,36 @@ def test_civicflow_listen_failing_at_startup_does_not_print_its_password(
     assert returncode != 0, output
     assert output.strip()
     assert SECRET not in output
+
+
+# -- civicflow status's broker probe --------------------------------------------------------------
+
+
+def test_status_probe_tells_a_refused_login_from_an_unreachable_broker(broker: SecureBroker) -> None:
+    from ingest.listener import BrokerAddress
+    from ingest.probe import probe_broker
+
+    good = probe_broker(BrokerAddress(HOST, broker.plain_port, LISTENER_USER, PASSWORDS[LISTENER_USER]))
+    assert (good.reachable, good.accepted, good.problem) == (True, True, None)
+    assert 0 < good.latency_ms < 3000
+    over_tls = probe_broker(
+        BrokerAddress(
+            HOST, broker.tls_port, LISTENER_USER, PASSWORDS[LISTENER_USER], tls=True, ca_file=broker.ca_file
+        )
+    )
+    assert (over_tls.broker, over_tls.accepted) == (f"mqtts://{HOST}:{broker.tls_port}", True)
+
+    wrong = probe_broker(BrokerAddress(HOST, broker.plain_port, LISTENER_USER, "not-the-password"))
+    assert (wrong.reachable, wrong.accepted) == (True, False)
+    assert "refused the connection" in wrong.problem and "CIVICFLOW_MQTT__USERNAME/PASSWORD" in wrong.problem
+    assert "not-the-password" not in str(wrong.to_dict())
+
+    plain_to_tls = probe_broker(BrokerAddress(HOST, broker.tls_port, LISTENER_USER, "x"), timeout_s=1)
+    assert (plain_to_tls.accepted, plain_to_tls.problem) == (
+        False,
+        "no CONNACK within 1s: is it an MQTT broker, and does it expect TLS?",
+    )
+
+    closed = probe_broker(BrokerAddress(HOST, free_port()))
+    assert (closed.reachable, closed.accepted) == (False, False)
+    assert closed.problem.startswith("cannot reach the broker: ") and "CIVICFLOW_MQTT__HOST/PORT" in closed.problem
