@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,25 +70,42 @@ def run_batch(
     airflow_home: Path | None = None,
     timeout_s: float = 1800,
     conf: dict[str, dict] | None = None,
+    on_progress: Callable[[str, float], None] | None = None,
 ) -> BatchOutcome:
     """Run `dag_ids` once each, in order, and report each DagRun's final state.
 
     `conf` maps a DAG id to its run configuration (its params), e.g. the backfill's `from`/`to`.
+    `on_progress(dag_id, seconds)` is called about twice a second with the DAG being run and how
+    long it has run so far, for a progress display.
     """
     airflow_home = (airflow_home or settings.data_root / "airflow").resolve()
     airflow_home.mkdir(parents=True, exist_ok=True)
     log_path = airflow_home / "logs" / f"batch-{datetime.now(tz=UTC):%Y%m%dT%H%M%SZ}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     result_path = log_path.with_suffix(".json")
+    progress_path = log_path.with_suffix(".progress")
+    deadline = time.monotonic() + timeout_s
     with log_path.open("w") as log_file:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "civicflow.batch", str(result_path), json.dumps(conf or {}), *dag_ids],
             env=airflow_env(settings, airflow_home),
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            timeout=timeout_s,
-            check=False,
         )
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() > deadline:
+                        raise
+                if on_progress is not None and (current := _current_dag(progress_path)):
+                    on_progress(*current)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     if not result_path.exists():
         return BatchOutcome(
             [
@@ -102,6 +120,17 @@ def run_batch(
         )
     runs = [DagRunOutcome(**r, log_path=str(log_path)) for r in json.loads(result_path.read_text())]
     return BatchOutcome(runs)
+
+
+def _current_dag(progress_path: Path) -> tuple[str, float] | None:
+    """The DAG the child runs now and for how long: the last `<dag_id> <start time>` line it wrote."""
+    try:
+        lines = progress_path.read_text().split()
+    except OSError:
+        return None
+    if len(lines) < 2:
+        return None
+    return lines[-2], time.time() - float(lines[-1])
 
 
 def standalone_env(settings: Settings, airflow_home: Path, port: int | None = None) -> dict[str, str]:
@@ -150,7 +179,10 @@ def _run_in_airflow(result_path: Path, dag_ids: list[str], conf: dict[str, dict]
     if bag.import_errors:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
     results = []
+    progress_path = result_path.with_suffix(".progress")
     for dag_id in dag_ids:
+        with progress_path.open("a") as progress:
+            progress.write(f"{dag_id} {time.time()}\n")
         started = time.monotonic()
         error = None
         try:

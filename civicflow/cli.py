@@ -39,7 +39,10 @@ LogJson = Annotated[
 
 @app.command()
 def listen(verbose: Verbose = False, log_json: LogJson = False) -> None:
-    """Subscribe to the broker and land every message in the raw zone (runs until SIGTERM)."""
+    """Subscribe to the broker and land every message in the raw zone (runs until SIGTERM).
+
+    Example: CIVICFLOW_MQTT__HOST=127.0.0.1 CIVICFLOW_MQTT__PORT=1883 civicflow listen --log-json
+    """
     from ingest.listener import Listener
 
     _logging(verbose, log_json)
@@ -89,13 +92,21 @@ def status(
 
 @app.command()
 def batch(verbose: Verbose = False, log_json: LogJson = False) -> None:
-    """Run the batch DAGs once through Airflow on whatever has landed, then summarise."""
+    """Run the batch DAGs once through Airflow on whatever has landed, then summarise.
+
+    Stages every closed raw segment (civicflow_stage), then validates and publishes what changed
+    (civicflow_publish), with dag.test() in a throwaway Airflow home under the data root.
+
+    Example: CIVICFLOW_DATA_ROOT=/srv/civicflow civicflow batch
+    """
     from civicflow.batch import run_batch
+    from civicflow.progress import dag_progress
     from civicflow.summary import print_summary, warehouse_summary
 
     _logging(verbose, log_json)
     settings = Settings()
-    outcome = run_batch(settings)
+    with dag_progress(console) as on_progress:
+        outcome = run_batch(settings, on_progress=on_progress)
     print_summary(console, warehouse_summary(settings), outcome)
     if not outcome.ok:
         raise typer.Exit(1)
@@ -113,16 +124,21 @@ def replay(
     verbose: Verbose = False,
     log_json: LogJson = False,
 ) -> None:
-    """Re-stage the raw segments opened in a time range, then publish the partitions that changed."""
+    """Re-stage the raw segments opened in a time range, then publish the partitions that changed.
+
+    Example: civicflow replay --from 2026-03-01 --to 2026-03-07
+    """
     import json
 
     from civicflow.errors import CivicflowError
     from civicflow.jobs import replay_job
+    from civicflow.progress import dag_progress, segment_progress
 
     _logging(verbose, log_json)
     settings = Settings()
     try:
-        result = replay_job(start, end, settings)
+        with segment_progress(console) as progress:
+            result = replay_job(start, end, settings, progress=progress)
     except CivicflowError as exc:
         console.print(f"[red]replay failed:[/] {exc}")
         raise typer.Exit(2) from exc
@@ -132,7 +148,8 @@ def replay(
     from civicflow.batch import run_batch
     from civicflow.summary import print_summary, warehouse_summary
 
-    outcome = run_batch(settings, dag_ids=("civicflow_publish",))
+    with dag_progress(console) as on_progress:
+        outcome = run_batch(settings, dag_ids=("civicflow_publish",), on_progress=on_progress)
     print_summary(console, warehouse_summary(settings), outcome)
     if not outcome.ok:
         raise typer.Exit(1)
@@ -148,7 +165,10 @@ def airflow(
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port of the Airflow UI and API server (8080).")] = None,
 ) -> None:
-    """Run Airflow (`airflow standalone`) with Civicflow's DAGs until Ctrl-C."""
+    """Run Airflow (`airflow standalone`) with Civicflow's DAGs until Ctrl-C.
+
+    Example: civicflow airflow --port 8081
+    """
     from civicflow.batch import run_standalone
 
     settings = Settings()
@@ -167,7 +187,10 @@ def demo(
     ),
     verbose: Verbose = False,
 ) -> None:
-    """Replay car-park, bin, air-quality and traffic readings through MQTT, Airflow and the gate."""
+    """Replay car-park, bin, air-quality and traffic readings through MQTT, Airflow and the gate.
+
+    Example: civicflow demo --data-root data/demo   (what `make demo` runs)
+    """
     from civicflow.demo import run_demo
 
     _logging(verbose)
@@ -176,12 +199,22 @@ def demo(
 
 @app.command()
 def sql(query: str) -> None:
-    """Query the warehouse read-only, e.g. civicflow sql "FROM published.parking LIMIT 5"."""
+    """Query the warehouse read-only (DuckDB SQL over the raw, staged, published and quarantine schemas).
+
+    Example: civicflow sql "SELECT device_id, avg(occupancy) FROM published.parking GROUP BY 1"
+    """
+    import duckdb
+
     from warehouse.db import connect
 
     settings = Settings()
     con = connect(settings.warehouse_path, read_only=True)
-    rel = con.sql(query)
+    try:
+        rel = con.sql(query)
+    except duckdb.Error as exc:
+        console.print(f"[red]query failed:[/] {exc}")
+        console.print("The schemas are raw, staged, published and quarantine; docs/queries.md has examples.")
+        raise typer.Exit(2) from exc
     if rel is None:
         return
     from rich.table import Table
@@ -202,5 +235,27 @@ def _register_subcommands() -> None:
 
 _register_subcommands()
 
+
+def main() -> None:
+    """The `civicflow` executable: a failure the user can fix prints its message, not a traceback.
+
+    Civicflow's own errors, a missing file and a setting that does not validate say what to do
+    next; anything else is a bug and keeps its traceback.
+    """
+    from pydantic import ValidationError
+
+    from civicflow.errors import CivicflowError
+
+    try:
+        app()
+    except (CivicflowError, FileNotFoundError, PermissionError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise SystemExit(2) from None
+    except ValidationError as exc:
+        console.print(f"[red]a CIVICFLOW_ setting is not valid:[/] {exc}")
+        console.print("Settings are listed in docs/operations.md; fix or unset the variable named above.")
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

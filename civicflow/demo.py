@@ -66,7 +66,14 @@ real car parks, never lets more than two chunks wait for the listener.
 """
 
 
-def _replay(publish, messages: list, status: Path, listener: subprocess.Popen, stall_s: float = 20.0) -> None:
+def _replay(
+    publish,
+    messages: list,
+    status: Path,
+    listener: subprocess.Popen,
+    stall_s: float = 20.0,
+    progress=lambda sent, acked: None,
+) -> None:
     sent = 0
     for start in range(0, len(messages), REPLAY_CHUNK):
         chunk = messages[start : start + REPLAY_CHUNK]
@@ -81,6 +88,7 @@ def _replay(publish, messages: list, status: Path, listener: subprocess.Popen, s
                 acked = json.loads(status.read_text()).get("acked", 0)
             except (OSError, ValueError):
                 acked = 0
+            progress(sent, acked)
             if acked >= behind_ok:
                 break
             if acked != last:
@@ -169,6 +177,7 @@ def demo_replays(prefix: str) -> list[Replay]:
 
 def run_demo(console: Console, data_root: Path) -> int:
     from civicflow.batch import run_batch
+    from civicflow.progress import dag_progress, message_progress
     from civicflow.summary import print_summary, warehouse_summary
     from ingest.broker import EmbeddedBroker
     from ingest.gateway import publish_messages
@@ -222,14 +231,22 @@ def run_demo(console: Console, data_root: Path) -> int:
             )
             password = base.mqtt.password.get_secret_value() if base.mqtt.password else None
             started = time.monotonic()
-            _replay(
-                lambda chunk: publish_messages(
-                    host, port, chunk, qos=1, username=base.mqtt.username, password=password, timeout_s=300
-                ),
-                messages,
-                status,
-                listener,
-            )
+            with message_progress(console, len(messages)) as progress:
+                _replay(
+                    lambda chunk: publish_messages(
+                        host,
+                        port,
+                        chunk,
+                        qos=1,
+                        username=base.mqtt.username,
+                        password=password,
+                        timeout_s=300,
+                    ),
+                    messages,
+                    status,
+                    listener,
+                    progress=progress,
+                )
             console.print(
                 f"[bold]3.[/] gateways published {len(messages):,} messages in "
                 f"{time.monotonic() - started:.1f}s:"
@@ -264,7 +281,24 @@ def run_demo(console: Console, data_root: Path) -> int:
     console.print(
         "[bold]5.[/] running the batch DAGs through Airflow (civicflow_stage, then civicflow_publish)..."
     )
-    outcome = run_batch(settings)
+    with dag_progress(console) as on_progress:
+        outcome = run_batch(settings, on_progress=on_progress)
     sources = {r.domain: (r.kind, r.description) for r in replays}
     print_summary(console, warehouse_summary(settings, count_topics=True), outcome, sources)
+    if outcome.ok:
+        print_next_steps(console, data_root)
     return 0 if outcome.ok else 1
+
+
+def print_next_steps(console: Console, data_root: Path) -> None:
+    """Where to look next: the portal over what the demo published, and the one-screen status."""
+    root = os.path.relpath(data_root) if data_root.is_relative_to(Path.cwd()) else str(data_root)
+    cli = os.path.relpath(Path(sys.executable).parent / "civicflow")
+    console.print()
+    console.print(
+        f"[bold]Open-data portal[/] over this release: run\n"
+        f"  [bold]CIVICFLOW_DATA_ROOT={root} {cli} serve[/]\n"
+        f"and open [bold]http://127.0.0.1:8000/[/] (catalogue, dataset pages with charts and downloads; "
+        f"API at /api/datasets, described at /docs; DCAT-AP at /catalog.jsonld)."
+    )
+    console.print(f"Pipeline on one screen: CIVICFLOW_DATA_ROOT={root} {cli} status --no-probe")

@@ -7,6 +7,7 @@ package stays light and never pulls in Great Expectations or Airflow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from civicflow.settings import Settings
@@ -69,7 +70,11 @@ def publish_job(settings: Settings | None = None) -> dict:
 
 
 def replay_job(
-    start: str, end: str, settings: Settings | None = None, registry_dir: Path | None = None
+    start: str,
+    end: str,
+    settings: Settings | None = None,
+    registry_dir: Path | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Re-stage the raw segments opened between `start` and `end` (UTC dates or date-times).
 
@@ -94,6 +99,8 @@ def replay_job(
     registry = load_registry(registry_dir or settings.registry_dir or DEFAULT_REGISTRY_DIR)
     con = connect(layout.warehouse)
     try:
-        return replay_segments(layout, con, limits, lower, upper, registry=registry).to_dict()
+        return replay_segments(
+            layout, con, limits, lower, upper, registry=registry, progress=progress
+        ).to_dict()
     finally:
         con.close()

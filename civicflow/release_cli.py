@@ -34,7 +34,10 @@ console = Console()
 def list_held_back(
     domain: Annotated[Domain | None, typer.Option(help="Only this dataset.")] = None,
 ) -> None:
-    """Show every held-back partition, with the blocking rules it failed and its Data Docs."""
+    """Show every held-back partition, with the blocking rules it failed and its Data Docs.
+
+    Example: civicflow release list --domain traffic
+    """
     from expectations.summary import held_back_partitions
     from warehouse.db import connect
 
@@ -69,7 +72,10 @@ def approve(
     day: Annotated[datetime, typer.Argument(metavar="DATE", formats=["%Y-%m-%d"], help="UTC event date.")],
     reason: Annotated[str, typer.Option("--reason", help="Why it may be published; recorded.")],
 ) -> None:
-    """Publish a held-back partition's current version anyway, recording who, when and why."""
+    """Publish a held-back partition's current version anyway, recording who, when and why.
+
+    Example: civicflow release approve parking birmingham 2016-10-04 --reason "car park closed for works"
+    """
     from civicflow.errors import CivicflowError
     from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
     from expectations.approvals import approve_partition

@@ -137,7 +137,9 @@ def dataset_states(settings: Settings) -> tuple[list[dict], dict | None]:
                 {
                     "dataset": domain.value,
                     "council": council,
-                    "gate": "held back" if held else ("warnings" if q["partitions_with_warnings"] else "passed"),
+                    "gate": "held back"
+                    if held
+                    else ("warnings" if q["partitions_with_warnings"] else "passed"),
                     "partitions_published": q["partitions_published"],
                     "partitions_with_warnings": q["partitions_with_warnings"],
                     "rows_published": q["rows_published"],

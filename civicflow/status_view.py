@@ -34,14 +34,25 @@ def print_status(console: Console, report: PipelineStatus, settings: Settings) -
     if report.broker is None:
         console.print("broker: not checked (CIVICFLOW_MQTT__HOST is unset, or --no-probe)")
     elif report.broker["accepted"]:
-        console.print(f"broker: {report.broker['broker']} [green]accepts connections[/] "
-                      f"({report.broker['latency_ms']} ms)")
+        console.print(
+            f"broker: {report.broker['broker']} [green]accepts connections[/] "
+            f"({report.broker['latency_ms']} ms)"
+        )
     else:
         console.print(f"broker: {report.broker['broker']} [red]{report.broker['problem']}[/]")
 
     listeners = Table(
-        "listener", "healthy", "state", "received", "acked", "closed backlog", "open segment", "source",
-        title="Listeners", title_justify="left", box=box.SIMPLE_HEAD,
+        "listener",
+        "healthy",
+        "state",
+        "received",
+        "acked",
+        "closed backlog",
+        "open segment",
+        "source",
+        title="Listeners",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
     for r in report.listeners:
         listeners.add_row(
@@ -58,8 +69,15 @@ def print_status(console: Console, report: PipelineStatus, settings: Settings) -
         console.print(listeners)
 
     runs = Table(
-        "DAG", "last run", "state", "started", "took", "last success",
-        title="Airflow DAG runs", title_justify="left", box=box.SIMPLE_HEAD,
+        "DAG",
+        "last run",
+        "state",
+        "started",
+        "took",
+        "last success",
+        title="Airflow DAG runs",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
     for run in sorted(report.airflow, key=lambda r: r["dag_id"]):
         colour = {"success": "green", "failed": "red"}.get(run["state"], "yellow")
@@ -77,15 +95,26 @@ def print_status(console: Console, report: PipelineStatus, settings: Settings) -
     if report.airflow:
         console.print(runs)
     else:
-        console.print("Airflow: no Civicflow DAG run found (set AIRFLOW__DATABASE__SQL_ALCHEMY_CONN to "
-                      "the scheduler's metadata database, or run civicflow batch)")
+        console.print(
+            "Airflow: no Civicflow DAG run found (set AIRFLOW__DATABASE__SQL_ALCHEMY_CONN to "
+            "the scheduler's metadata database, or run civicflow batch)"
+        )
 
     if report.release:
         console.print(f"release: {report.release['release']} published {report.release['published_at']}")
     gate = Table(
-        "dataset", "council", "gate", "days published", "with warnings", "rows", "completeness",
-        "flagged", "held back",
-        title="Datasets (quality gate)", title_justify="left", box=box.SIMPLE_HEAD,
+        "dataset",
+        "council",
+        "gate",
+        "days published",
+        "with warnings",
+        "rows",
+        "completeness",
+        "flagged",
+        "held back",
+        title="Datasets (quality gate)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
     for d in report.datasets:
         colour = {"passed": "green", "warnings": "yellow"}.get(d["gate"], "red")

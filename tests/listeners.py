@@ -75,9 +75,15 @@ class ListenerProcess:
     def wait_for(self, predicate, timeout_s: float, what: str):
         return wait_for(predicate, timeout_s, what, self.proc)
 
+    def own_status(self) -> dict:
+        """status.json as this process wrote it: a restarted listener's file is its predecessor's
+        until the new process first writes it."""
+        doc = self.status()
+        return doc if self.proc is not None and doc.get("pid") == self.proc.pid else {}
+
     def wait_subscribed(self, timeout_s: float = 30) -> dict:
         return self.wait_for(
-            lambda: self.status().get("state") == "subscribed" and self.status(), timeout_s, "subscribing"
+            lambda: (doc := self.own_status()).get("state") == "subscribed" and doc, timeout_s, "subscribing"
         )
 
     def wait_settled(self, quiet_s: float = 2.0, timeout_s: float = 180) -> dict:
@@ -85,7 +91,7 @@ class ListenerProcess:
         last = [-1, time.monotonic()]
 
         def settled() -> bool:
-            acked = self.status().get("acked", 0)
+            acked = self.own_status().get("acked", -1)
             if acked != last[0]:
                 last[:] = [acked, time.monotonic()]
             return time.monotonic() - last[1] > quiet_s

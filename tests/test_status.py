@@ -41,8 +41,19 @@ def gated(tmp_path) -> Settings:
     con.close()
     status = layout.raw / "gone-listener" / "status.json"
     status.parent.mkdir(parents=True)
-    status.write_text(json.dumps({"client_id": "gone-listener", "pid": 2**22 + 7, "state": "subscribed",
-                                  "healthy": True, "updated_at": 0, "received": 4, "acked": 4}))
+    status.write_text(
+        json.dumps(
+            {
+                "client_id": "gone-listener",
+                "pid": 2**22 + 7,
+                "state": "subscribed",
+                "healthy": True,
+                "updated_at": 0,
+                "received": 4,
+                "acked": 4,
+            }
+        )
+    )
     return Settings(data_root=layout.root)
 
 

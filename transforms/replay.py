@@ -33,6 +33,7 @@ import re
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -145,6 +146,15 @@ class _ScratchLayout(Layout):
         return self.scratch / f"{segment_id}.parquet"
 
 
+Progress = Callable[[str, int, int], None]
+
+
+def _log_progress(phase: str, done: int, total: int) -> None:
+    """Progress in the log (an Airflow task's): about every tenth of a phase, and its end."""
+    if done == total or done % max(1, total // 10) == 0:
+        log.info("replay: %s segments %d/%d", phase, done, total)
+
+
 def replay_segments(
     layout: Layout,
     con: duckdb.DuckDBPyConnection,
@@ -154,8 +164,14 @@ def replay_segments(
     *,
     registry: Registry | None = None,
     now: datetime | None = None,
+    progress: Progress | None = None,
 ) -> ReplayResult:
-    """Re-stage the closed segments opened in [start, end) and rebuild every partition they touch."""
+    """Re-stage the closed segments opened in [start, end) and rebuild every partition they touch.
+
+    `progress(phase, done, total)` is told after each segment of each phase: `replay` (the
+    segments in the range) and `context` (staged segments that feed the partitions they touch).
+    """
+    tell = progress or _log_progress
     if start >= end:
         raise TerminalError(f"replay range is empty or reversed: from {start:%Y-%m-%dT%H:%M:%SZ} to {end}")
     if registry is not None and (problems := registry_problems(registry)):
@@ -179,17 +195,19 @@ def replay_segments(
         scratch_layout = _ScratchLayout(layout.root, scratch=scratch)
         decoded = StageResult()
         batch = _Batch()
-        for path in replayed:
+        for done, path in enumerate(replayed, 1):
             _decode_segment(scratch_layout, path, limits, registry, now, batch, decoded)
+            tell("replay", done, len(replayed))
         touched = _touched_partitions(con, batch, replayed_ids)
         if touched:
-            for path in context:
+            for done, path in enumerate(context, 1):
                 seen = _Batch()
                 _decode_segment(scratch_layout, path, limits, registry, now, seen, StageResult())
                 for domain, rows in seen.readings.items():
                     keep = [r for r in rows if (domain.value, r["council"], r["event_date"]) in touched]
                     batch.readings.setdefault(domain, []).extend(keep)
                 result.context_segments += 1
+                tell("context", done, len(context))
         rebuilt = _rebuild(batch, now)
         changed = _replace(con, batch, rebuilt, touched, replayed_ids, now)
         _move_quarantine_files(layout, scratch, replayed_ids)

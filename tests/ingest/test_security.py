@@ -575,4 +575,7 @@ def test_status_probe_tells_a_refused_login_from_an_unreachable_broker(broker: S
 
     closed = probe_broker(BrokerAddress(HOST, free_port()))
     assert (closed.reachable, closed.accepted) == (False, False)
-    assert closed.problem.startswith("cannot reach the broker: ") and "CIVICFLOW_MQTT__HOST/PORT" in closed.problem
+    assert (
+        closed.problem.startswith("cannot reach the broker: ")
+        and "CIVICFLOW_MQTT__HOST/PORT" in closed.problem
+    )

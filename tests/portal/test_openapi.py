@@ -21,8 +21,12 @@ def test_api_answers_every_generated_request_without_a_server_error(released):
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         def check(case):
-            case.call_and_validate(checks=[not_a_server_error, status_code_conformance, response_schema_conformance])
+            case.call_and_validate(
+                checks=[not_a_server_error, status_code_conformance, response_schema_conformance]
+            )
 
         check()

@@ -109,10 +109,17 @@ def test_replaying_b_alone_keeps_the_value_the_latest_copy_gave(wh):
     before, files = staged_checksum(con), tree_digest(layout.root / "staged")
 
     # Only B is opened on 2 March. Merging B alone into the partition would give 11.
+    told: list[tuple[str, int, int]] = []
     result = replay_segments(
-        layout, con, LIMITS, parse_bound("2026-03-02", upper=False), parse_bound("2026-03-02", upper=True)
+        layout,
+        con,
+        LIMITS,
+        parse_bound("2026-03-02", upper=False),
+        parse_bound("2026-03-02", upper=True),
+        progress=lambda *step: told.append(step),
     )
     assert (result.segments, result.readings, result.context_segments) == (1, 1, 2)
+    assert told == [("replay", 1, 1), ("context", 1, 2), ("context", 2, 2)]
     assert result.rebuilt_partitions == [("parking", "testtown", "2026-03-01")]
     assert result.changed_partitions == []
     assert kept(con) == [(10, f"l1/{a.stem}")]
