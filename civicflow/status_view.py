@@ -18,7 +18,7 @@ def _ago(when: datetime | None) -> str:
     seconds = (datetime.now(tz=UTC) - when).total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
-            return f"{when:%Y-%m-%d %H:%M}Z ({seconds / size:.0f} {unit} ago)"
+            return f"{when:%Y-%m-%d %H:%M:%S}Z ({seconds / size:.0f} {unit} ago)"
     return f"{when:%Y-%m-%d %H:%M:%S}Z ({seconds:.0f} s ago)"
 
 

@@ -218,5 +218,5 @@ def publish_messages(
             acks.closing = True
         client.disconnect()
         client.loop_stop()
-    log.info("published %d messages (%d bytes) to %s:%d in %.2fs", count, size, host, port, seconds)
+    log.debug("published %d messages (%d bytes) to %s:%d in %.2fs", count, size, host, port, seconds)
     return PublishStats(messages=count, bytes=size, seconds=seconds)
