@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+import uvicorn
 from factories import LIMITS, car_park, land
 from fastapi.testclient import TestClient
 
@@ -54,3 +58,24 @@ def released(tmp_path_factory) -> Layout:
 @pytest.fixture(scope="session")
 def client(released) -> TestClient:
     return TestClient(create_app(released))
+
+
+@pytest.fixture(scope="session")
+def portal_url(released) -> Iterator[str]:
+    """The portal over `released`, served by a real uvicorn on a free loopback port (in a thread)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    host, port = sock.getsockname()
+    server = uvicorn.Server(uvicorn.Config(create_app(released), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started or not thread.is_alive():
+            break
+        threading.Event().wait(0.01)
+    assert server.started, "uvicorn did not start"
+    yield f"http://{host}:{port}"
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
