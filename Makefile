@@ -37,6 +37,10 @@ bench: $(STAMP) ## both benchmarks: backlog drain (BENCH_ARGS), then staging (BE
 bench-stage: $(STAMP) ## stage 0.5-5 million raw readings vs DuckDB read_json -> Parquet
 	$(BIN)/python -m bench.stage $(BENCH_STAGE_ARGS)
 
+.PHONY: screenshot
+screenshot: $(STAMP) ## publish the Birmingham car parks and screenshot their dataset page (docs/images/)
+	$(BIN)/python docs/screenshot.py
+
 lint: $(STAMP) ## ruff format check and lint
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
