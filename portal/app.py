@@ -126,9 +126,8 @@ def create_app(layout: Layout) -> FastAPI:
             licence, attribution = ds.licence(c)
             first, last = ds.coverage(c)
             downloads: dict[tuple[str, date], list] = {}
-            for r in ds.resources:
-                if r.council == c:
-                    downloads.setdefault((r.kind, r.day), []).append(r)
+            for r in ds.of_council(c):
+                downloads.setdefault((r.kind, r.day), []).append(r)
             councils.append(
                 {
                     "name": c,
@@ -136,7 +135,7 @@ def create_app(layout: Layout) -> FastAPI:
                     "attribution": attribution,
                     "first": first,
                     "last": last,
-                    "days": sorted({r.day for r in ds.resources if r.council == c}),
+                    "days": ds.days(c),
                     "downloads": downloads,
                     "quality": ds.quality.get("councils", {}).get(c, {}),
                 }
@@ -159,7 +158,7 @@ def create_app(layout: Layout) -> FastAPI:
     )
     def data_docs(dataset: str, council: str, day: date):
         ds = dataset_of(release(), dataset)
-        if not any(r.council == council and r.day == day for r in ds.resources):
+        if day not in ds.days(council):
             raise HTTPException(404, f"{dataset} has no published partition for {council} on {day}")
         folder = layout.validations / dataset / f"council={council}" / f"date={day.isoformat()}"
         passed = sorted(

@@ -3,15 +3,24 @@
 Every request resolves `published/latest` once and reads only under what it resolved to, so a page
 or an API answer never mixes two releases. Nothing here reads the staged zone or the publisher's
 working tree.
+
+A release directory never changes once cut (warehouse/releases.py), so what was read of one is
+kept in memory and reused until `latest` points elsewhere: a year of a domain's data packages is
+tens of MiB of JSON, which is parsed once per release, not once per request.
 """
 
 from __future__ import annotations
 
-import json
+import bisect
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 from pathlib import Path
+
+import orjson
 
 from civicflow.contract import DATASETS, LICENCE, Domain
 from warehouse.layout import Layout
@@ -53,25 +62,68 @@ class DatasetRelease:
     quality: dict
     resources: list[Resource] = field(default_factory=list)
 
-    @property
+    @cached_property
+    def _index(self) -> dict[tuple[str, str, str | None], list[Resource]]:
+        """Resources by (kind, format, council), each list in package order and by day.
+
+        `None` as council holds every council's, in package order.
+        """
+        index: dict[tuple[str, str, str | None], list[Resource]] = {}
+        for r in self.resources:
+            index.setdefault((r.kind, r.format, None), []).append(r)
+            index.setdefault((r.kind, r.format, r.council), []).append(r)
+        for key, found in index.items():
+            if key[2] is not None:
+                found.sort(key=lambda r: r.day)
+        return index
+
+    @cached_property
+    def _by_council(self) -> dict[str, list[Resource]]:
+        out: dict[str, list[Resource]] = {}
+        for r in self.resources:
+            out.setdefault(r.council, []).append(r)
+        return out
+
+    @cached_property
+    def paths(self) -> frozenset[str]:
+        return frozenset(r.path for r in self.resources)
+
+    @cached_property
     def councils(self) -> list[str]:
-        return sorted({r.council for r in self.resources})
+        return sorted(self._by_council)
 
     def files(self, kind: str, council: str | None = None, fmt: str = "parquet") -> list[Resource]:
-        return [
-            r
-            for r in self.resources
-            if r.kind == kind and r.format == fmt and (council is None or r.council == council)
-        ]
+        return list(self._index.get((kind, fmt, council), ()))
+
+    def files_between(
+        self, kind: str, council: str | None, first: date | None, last: date | None, fmt: str = "parquet"
+    ) -> list[Resource]:
+        """Files of a kind (and council) whose day, from their path, is within [first, last]."""
+        if council is None:
+            return [
+                r
+                for r in self._index.get((kind, fmt, None), ())
+                if (first is None or r.day >= first) and (last is None or r.day <= last)
+            ]
+        found = self._index.get((kind, fmt, council), [])
+        days = [r.day for r in found]
+        lo = 0 if first is None else bisect.bisect_left(days, first)
+        hi = len(found) if last is None else bisect.bisect_right(days, last)
+        return found[lo:hi]
 
     def coverage(self, council: str) -> tuple[date, date]:
-        days = [r.day for r in self.resources if r.council == council]
+        days = [r.day for r in self._by_council[council]]
         return min(days), max(days)
 
+    def of_council(self, council: str) -> list[Resource]:
+        return list(self._by_council.get(council, ()))
+
+    def days(self, council: str) -> list[date]:
+        return sorted({r.day for r in self._by_council.get(council, ())})
+
     def licence(self, council: str) -> tuple[dict, str | None]:
-        for r in self.resources:
-            if r.council == council:
-                return r.licence, r.attribution
+        for r in self._by_council.get(council, ()):
+            return r.licence, r.attribution
         return LICENCE, None
 
     def schema(self, kind: str) -> dict:
@@ -95,16 +147,19 @@ def _kind(path: str) -> str:
 
 
 def _dataset(domain: Domain, directory: Path) -> DatasetRelease:
-    package = json.loads((directory / "datapackage.json").read_text(encoding="utf-8"))
+    package = orjson.loads((directory / "datapackage.json").read_bytes())
     quality_file = directory / "quality.json"
-    quality = json.loads(quality_file.read_text(encoding="utf-8")) if quality_file.is_file() else {}
+    quality = orjson.loads(quality_file.read_bytes()) if quality_file.is_file() else {}
     package_licence = package.get("licenses", [LICENCE])[0]
     result = DatasetRelease(domain, directory, package, quality)
+    schemas: dict[bytes, dict] = {}  # thousands of resources share a few Table Schemas: keep one of each
     for res in package["resources"]:
         match = PARTITION_RE.search(res["path"])
         if match is None:
             continue
         sources = res.get("sources") or [{}]
+        schema = res.get("schema", {"fields": []})
+        schema = schemas.setdefault(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS), schema)
         result.resources.append(
             Resource(
                 path=res["path"],
@@ -116,18 +171,47 @@ def _dataset(domain: Domain, directory: Path) -> DatasetRelease:
                 hash=res["hash"],
                 licence=(res.get("licenses") or [package_licence])[0],
                 attribution=sources[0].get("title"),
-                schema=res.get("schema", {"fields": []}),
+                schema=schema,
             )
         )
+        res["schema"] = schema
+    result.files("readings")  # build the indexes now, once, rather than in a request
     return result
 
 
+CACHED_RELEASES = 2
+"""Releases kept in memory: the current one, and the one before while requests still read it."""
+_cache: OrderedDict[tuple[str, int, int], ReleaseView] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
 def load_release(layout: Layout) -> ReleaseView:
-    """Resolve `latest` once and read the release's data packages and quality summaries."""
+    """Resolve `latest` once and return what the release holds (read once per release, then kept)."""
     path = latest_release(layout)
-    if path is None or not (path / "release.json").is_file():
+    meta_file = path / "release.json" if path is not None else None
+    try:
+        stat = meta_file.stat() if meta_file is not None else None
+    except FileNotFoundError:
+        stat = None
+    if path is None or stat is None:
         raise NoRelease(f"nothing published yet under {layout.latest}")
-    meta = json.loads((path / "release.json").read_text(encoding="utf-8"))
+    # The directory and the identity of its release.json: a release cut again under the same
+    # name (a test rebuilding a data root, say) is read again.
+    key = (str(path.resolve()), stat.st_ino, stat.st_mtime_ns)
+    with _cache_lock:  # one reader parses a new release; concurrent requests wait for it
+        view = _cache.get(key)
+        if view is None:
+            view = _read_release(path)
+            _cache[key] = view
+            while len(_cache) > CACHED_RELEASES:
+                _cache.popitem(last=False)
+        else:
+            _cache.move_to_end(key)
+        return view
+
+
+def _read_release(path: Path) -> ReleaseView:
+    meta = orjson.loads((path / "release.json").read_bytes())
     datasets = {
         name: _dataset(DATASETS[Domain(name)].domain, path / name)
         for name in meta["datasets"]
@@ -144,7 +228,7 @@ def released_file(release: ReleaseView, dataset: str, relpath: str) -> Path | No
     found = release.datasets.get(dataset)
     if found is None:
         return None
-    if relpath in METADATA_FILES or any(r.path == relpath for r in found.resources):
+    if relpath in METADATA_FILES or relpath in found.paths:
         path = found.directory / relpath
         return path if path.is_file() else None
     return None
