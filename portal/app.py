@@ -7,7 +7,7 @@ holds. Pages are rendered on the server and work without JavaScript.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -20,7 +20,16 @@ from fastapi.templating import Jinja2Templates
 
 from civicflow.contract import DATASETS, Domain
 from portal.chart import hourly_chart
-from portal.query import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, BadQuery, run_query, to_csv, to_parquet
+from portal.query import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_OFFSET,
+    BadQuery,
+    device_ids,
+    run_query,
+    to_csv,
+    to_parquet,
+)
 from portal.query import Query as RowQuery
 from portal.release import KINDS, DatasetRelease, NoRelease, ReleaseView, load_release, released_file
 from warehouse.catalog import RESOLUTION_S
@@ -28,6 +37,7 @@ from warehouse.layout import Layout
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 CHART_HOURS = 48
+CHART_DAYS = CHART_HOURS // 24 + 1  # the last days of a council's hourly files the chart reads
 Dataset = StrEnum("Dataset", {d.value: d.value for d in Domain})
 Kind = StrEnum("Kind", {k: k for k in KINDS})
 
@@ -286,7 +296,8 @@ def create_app(layout: Layout) -> FastAPI:
 
 
 def _chart(ds: DatasetRelease, council: str, device: str, measure: str) -> dict:
-    """Hourly means of one measurement for one device of a council: the last CHART_HOURS hours."""
+    """Hourly means of one measurement for one device of a council: its last CHART_HOURS hours
+    within the council's last CHART_DAYS published days."""
     schema = {f["name"]: f for f in ds.schema("hourly").get("fields", [])}
     measures = [name[: -len("_mean")] for name in schema if name.endswith("_mean")]
     chart = {
@@ -299,12 +310,18 @@ def _chart(ds: DatasetRelease, council: str, device: str, measure: str) -> dict:
         "points": [],
         "svg": "",
     }
-    if council not in ds.councils or not measures:
+    recent = ds.files("hourly", council)[-CHART_DAYS:]
+    if council not in ds.councils or not measures or not recent:
         return chart
-    table = run_query(ds, RowQuery("hourly", council, limit=MAX_LIMIT))
-    rows = table.to_pylist()
-    chart["devices"] = sorted({r["device_id"] for r in rows})
+    # Only the council's last few days of hourly files: what a year of them holds is not needed
+    # to draw two days, and a page of rows would hold only the first devices' hours.
+    first = recent[0].day
+    chart["devices"] = device_ids(ds, "hourly", council, first)
     chart["device"] = device if device in chart["devices"] else (chart["devices"] or [""])[0]
+    start = datetime.combine(first, time(0), tzinfo=UTC)
+    rows = run_query(
+        ds, RowQuery("hourly", council, chart["device"], start=start, limit=MAX_LIMIT)
+    ).to_pylist()
     usable = [m for m in measures if any(r.get(f"{m}_mean") is not None for r in rows)] or measures
     chart["measure"] = measure if measure in measures else usable[0]
     column = f"{chart['measure']}_mean"

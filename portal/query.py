@@ -125,6 +125,22 @@ def run_query(dataset: DatasetRelease, query: Query) -> pa.Table:
         con.close()
 
 
+def device_ids(dataset: DatasetRelease, kind: str, council: str, first: date) -> list[str]:
+    """The devices in a council's files of `kind` from day `first` on, sorted."""
+    files = [str(dataset.directory / r.path) for r in dataset.files_between(kind, council, first, None)]
+    if not files:
+        return []
+    sql = (
+        "SELECT DISTINCT device_id FROM read_parquet(?, hive_partitioning = false, union_by_name = true) "
+        "WHERE council = ? ORDER BY 1"
+    )
+    con = _cursor()
+    try:
+        return [row[0] for row in con.execute(sql, [files, council]).fetchall()]
+    finally:
+        con.close()
+
+
 def _columns(resources: list) -> list[str]:
     """The columns the files' Table Schemas in the data package name (the files hold no others)."""
     names: dict[str, None] = {}

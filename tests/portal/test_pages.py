@@ -83,6 +83,17 @@ def test_chart_follows_the_chosen_device_and_measurement(client):
     assert '<option value="p2" selected>' in html
 
 
+def test_chart_lists_every_device_whatever_a_page_of_rows_holds(client, monkeypatch):
+    """The chart reads the council's last days for one device: no page limit hides a device."""
+    monkeypatch.setattr("portal.app.MAX_LIMIT", 8)  # p1 alone has 8 hourly rows, p2 4 more
+    html = client.get("/datasets/parking", params={"device": "p2"}).text
+    assert re.findall(r'<option value="(p\d)"', html) == ["p1", "p2"]
+    assert '<option value="p2" selected>' in html
+    svg = re.search(r"<svg .*?</svg>", html).group(0)
+    assert "hourly means from 2016-10-04 08:00 to 2016-10-04 11:00 UTC" in svg
+    assert len(re.search(r'points="([^"]+)"', svg).group(1).split()) == 4
+
+
 def test_air_quality_page_shows_the_citizens_licence_and_attribution(client):
     html = client.get("/datasets/air_quality").text
     assert (
