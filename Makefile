@@ -29,10 +29,11 @@ test: $(STAMP) ## run the whole test suite (starts its own Mosquitto and Airflow
 test-unit: $(STAMP) ## run only the fast unit tests
 	$(BIN)/python -m pytest -m unit
 
-.PHONY: bench bench-stage
-bench: $(STAMP) ## both benchmarks: backlog drain (BENCH_ARGS), then staging (BENCH_STAGE_ARGS)
+.PHONY: bench bench-stage bench-portal
+bench: $(STAMP) ## the benchmarks: backlog drain (BENCH_ARGS), staging (BENCH_STAGE_ARGS), portal API (BENCH_PORTAL_ARGS)
 	$(BIN)/python -m bench.drain $(BENCH_ARGS)
 	$(BIN)/python -m bench.stage $(BENCH_STAGE_ARGS)
+	$(BIN)/python -m bench.portal $(BENCH_PORTAL_ARGS)
 
 bench-stage: $(STAMP) ## stage 0.5-5 million raw readings vs DuckDB read_json -> Parquet
 	$(BIN)/python -m bench.stage $(BENCH_STAGE_ARGS)
@@ -40,6 +41,9 @@ bench-stage: $(STAMP) ## stage 0.5-5 million raw readings vs DuckDB read_json ->
 .PHONY: screenshot
 screenshot: $(STAMP) ## publish the Birmingham car parks and screenshot their dataset page (docs/images/)
 	$(BIN)/python docs/screenshot.py
+
+bench-portal: $(STAMP) ## civicflow serve over a year of 200 car parks: query latency vs DuckDB, 50 clients
+	$(BIN)/python -m bench.portal $(BENCH_PORTAL_ARGS)
 
 lint: $(STAMP) ## ruff format check and lint
 	$(BIN)/ruff format --check .
