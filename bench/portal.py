@@ -450,8 +450,9 @@ def concurrent_load(
     url: str, clients: int, max_requests: int, duration_s: float, server: Server
 ) -> dict[str, Any]:
     queries = mixed_queries(max_requests)
-    cpu0, self0 = server.cpu_s(), _self_cpu_s()
+    cpu0, self0, busy0 = server.cpu_s(), _self_cpu_s(), _busy_cpu_s()
     results, errors, seconds = asyncio.run(_load(url, queries, clients, duration_s))
+    server_cpu, client_cpu = server.cpu_s() - cpu0, _self_cpu_s() - self0
     by_kind: dict[str, list[float]] = {}
     for label, s, _, _ in results:
         by_kind.setdefault(label, []).append(s)
@@ -465,9 +466,18 @@ def concurrent_load(
         "bytes": sum(r[3] for r in results),
         "latency": latency([r[1] for r in results]) if results else {},
         "by_kind": {k: latency(v) for k, v in sorted(by_kind.items())},
-        "server_cpu_s": server.cpu_s() - cpu0,
-        "client_cpu_s": _self_cpu_s() - self0,
+        "server_cpu_s": server_cpu,
+        "client_cpu_s": client_cpu,
+        # what the rest of the machine used meanwhile: it competes for the same cores
+        "other_cpu_s": max(0.0, _busy_cpu_s() - busy0 - server_cpu - client_cpu),
     }
+
+
+def _busy_cpu_s() -> float:
+    """CPU time the whole machine has spent busy since boot (all cores, all processes)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _self_cpu_s() -> float:
@@ -595,7 +605,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{load['seconds']:.1f} s, "
         f"**{load['throughput_rps']:,.1f} requests/s**, {len(load['errors'])} errors; "
         f"{load['bytes'] / 2**20:,.0f} MiB answered. Server CPU {load['server_cpu_s']:.0f} s, "
-        f"client CPU {load['client_cpu_s']:.0f} s (same machine).",
+        f"client CPU {load['client_cpu_s']:.0f} s (same machine), other processes "
+        f"{load['other_cpu_s']:.0f} s; "
+        f"{load['server_cpu_s'] / max(1, load['ok']) * 1000:.0f} ms of server CPU per request.",
         "",
         "| query | requests | median (ms) | p95 (ms) | p99 (ms) | max (ms) |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
