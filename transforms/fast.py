@@ -1,4 +1,4 @@
-"""The vectorised fast path of staging: native readings decoded by DuckDB, a chunk at a time.
+"""The vectorised fast path of staging: native readings decoded by DuckDB and numpy, a chunk at a time.
 
 `transforms/decode.py` stays the reference and the decoder of everything this module does not
 take. The fast path only *accepts*: for one chunk of a scanned segment it picks the messages it
@@ -11,30 +11,17 @@ A record is a fast-path candidate when
 - its topic is `<prefix>/<council>/<domain>/<device_id>` (`WireFormat.NATIVE`), valid for
   `parse_topic`, of a domain with a dataset, and its council has **no registry file** (so no
   device allow-list, fill-ins, time zone or lateness horizon applies: those stay in Python);
-- its payload is 2 bytes to `max_payload_bytes`, pure ASCII and without a backslash (so no
-  escapes: the JSON text of every key and string is the string itself).
+- its payload is 2 bytes to `max_payload_bytes` and pure ASCII.
 
-DuckDB then accepts a candidate only when all of this holds (`_domain_sql`):
-
-- the whole payload is one flat JSON object whose values are strings or numbers (checked by a
-  regular expression of the JSON grammar: no `null`, `true`, `false`, arrays, nested objects,
-  trailing commas, `NaN`, control characters), with no key twice and only contract keys;
-- `observed_at` is RFC 3339 with `Z` or a `±hh:mm` offset (hours ≤ 23, minutes ≤ 59), a valid
-  calendar date from 1970 to 2999, hour ≤ 23, minute ≤ 59, second ≤ 59, fraction truncated to
-  microseconds, and not before 1970 in UTC; or integer epoch seconds below 3000-01-01;
-- integer columns are JSON integers of at most 15 digits, or such an integer followed by `.0…`
-  (which the reference accepts as the integer); number columns are plain decimals (no exponent,
-  at most 17 integer digits) — an integer literal is converted as the reference's `float(int)`;
-  string columns are JSON strings in their enumeration; every range of `civicflow.contract`;
-- `msg_id` is a string of at most 200 characters or an integer of at most 18 digits (not `-0`);
-- `lat` and `lon` together or neither; at least one measurement; car parks with both counts and
-  `occupied_spots ≤ total_spots` (occupancy is their quotient, as in Python); qualifier defaults
-  (traffic `interval_s` 300) when the key is absent.
+Which candidates are accepted, and with what values, is `transforms/fastjson.py`: one typed
+grammar (a regular expression over the key orders a sample of the chunk shows) and one
+`json_transform` per payload in DuckDB, then the checks of `decode_reading` in numpy.
 
 Anything else — SenML, LoRaWAN, batches, `null` values, escapes, non-ASCII text, exponents,
-epoch floats, naive times, registered councils — goes to `decode_message` unchanged. The
-differential tests (tests/transforms/test_fast_path.py) stage the same segments both ways and
-compare every staged column, the quarantine, partitions and corrections.
+epoch floats, naive times, registered councils, key orders not in the sample — goes to
+`decode_message` unchanged. The differential tests (tests/transforms/test_fast_path.py) stage
+the same segments both ways and compare every staged column, the quarantine, partitions and
+corrections.
 """
 
 from __future__ import annotations
@@ -46,32 +33,23 @@ from datetime import datetime
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from civicflow.contract import DATASETS, LOCATION_COLUMNS, Column, Dataset, Domain
+from civicflow.contract import DATASETS, LOCATION_COLUMNS, Dataset, Domain
 from civicflow.registry import Registry
 from civicflow.wire import WireFormat, topic_format
 from transforms import decode as reference
+from transforms import fastjson
 from transforms.decode import Limits, Rejection, decode_message, parse_topic
 from transforms.invalid import Invalid
 from warehouse.segments import RawRecord, SegmentColumns
 from warehouse.tables import arrow_schema
 
-_WS = r"[ \t\n\r]*"
-_STR = r'"[^"\x00-\x1f]*"'
-_NUM = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
-_VAL = rf"(?:{_STR}|{_NUM})"
-_PAIR = rf"{_STR}:{_WS}{_VAL}{_WS}"  # no space before the colon: see `pairs`
-OBJECT_RE = rf"{_WS}\{{{_WS}(?:{_PAIR}(?:,{_WS}{_PAIR})*)?\}}{_WS}"
-"""A flat JSON object of string and number values, without escapes (the payload is ASCII without
-backslashes before it gets here)."""
-TIME_RE = (
-    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"
-    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))$"
-)
 CHUNK_RECORDS = 1 << 17
+BATCH_ROWS = 16_384  # rows per Arrow batch handed to DuckDB: its threads split a scan by batch
 SLOW_FLUSH_READINGS = 65_536
 
-# What the SQL implements, checked against the reference at import: a change there that this
+# What the checks implement, checked against the reference at import: a change there that this
 # module does not know about turns the fast path off rather than making it disagree.
 _KNOWN_DOMAIN_CHECKS = {Domain.PARKING}
 _FAST_OK = (
@@ -82,10 +60,6 @@ _FAST_OK = (
 )
 
 
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _supported(dataset: Dataset) -> bool:
     derived = {c.name for c in dataset.derived}
     if derived and not (dataset.domain == Domain.PARKING and derived == {"occupancy"}):
@@ -94,126 +68,6 @@ def _supported(dataset: Dataset) -> bool:
         c.type in ("integer", "number", "string") and (c.type == "string") == (c.enum is not None)
         for c in (*dataset.reading_fields, *LOCATION_COLUMNS)
     )
-
-
-def _num(value: float) -> str:
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-_INT_TYPES = "('UBIGINT', 'BIGINT')"
-_NUMBER_TYPES = "('UBIGINT', 'BIGINT', 'DOUBLE')"
-_EXACT = 1e15  # below this every integer is exact in a double, and its text at most 16 digits
-
-
-def _column_sql(col: Column) -> tuple[str, str, str]:
-    """(the type to extract it as, condition that accepts it, its value) for one column.
-
-    `t_<name>` is the JSON type DuckDB read (NULL when absent), `x_<name>` the extracted value.
-    """
-    typ, x = f"t_{col.name}", f"x_{col.name}"
-    if col.type == "integer":
-        # JSON integers, and floats that are whole numbers (the reference takes 2.0 as 2)
-        kind = "DOUBLE"
-        ok = f"{typ} IN {_NUMBER_TYPES} AND {x} = trunc({x}) AND abs({x}) < {_EXACT:.0f}"
-        value = f"CAST({x} AS BIGINT)"
-    elif col.type == "number":
-        kind = "DOUBLE"
-        ok = f"{typ} IN {_NUMBER_TYPES} AND abs({x}) < {_EXACT:.0f}"
-        value = x
-    else:
-        kind = "VARCHAR"
-        enum = ", ".join(_lit(v) for v in col.enum or ())
-        ok = f"{typ} = 'VARCHAR' AND {x} IN ({enum})"
-        value = x
-    if col.minimum is not None:
-        ok += f" AND {value} >= {_num(col.minimum)}"
-    if col.maximum is not None:
-        ok += f" AND {value} <= {_num(col.maximum)}"
-    return kind, ok, value
-
-
-def _domain_sql(dataset: Dataset) -> str:
-    """The query that accepts and decodes the candidate readings of one domain in table `fin`."""
-    allowed = sorted(reference.COMMON_FIELDS | {c.name for c in dataset.reading_fields})
-    kinds = {"observed_at": "VARCHAR", "msg_id": "VARCHAR"}
-    checks, values = [], {}
-    for col in (*dataset.reading_fields, *LOCATION_COLUMNS):
-        kinds[col.name], ok, value = _column_sql(col)
-        checks.append(f"(t_{col.name} IS NULL OR ({ok}))")
-        if col.default is not None:
-            value = f"CASE WHEN t_{col.name} IS NULL THEN {_num(col.default)} ELSE {value} END"
-        values[col.name] = value
-    checks.append("((t_lat IS NULL) = (t_lon IS NULL))")
-    checks.append("(" + " OR ".join(f"t_{c.name} IS NOT NULL" for c in dataset.measurements) + ")")
-    if dataset.domain == Domain.PARKING:
-        checks.append("((t_occupied_spots IS NULL) = (t_total_spots IS NULL))")
-        checks.append(f"(t_occupied_spots IS NULL OR {values['occupied_spots']} <= {values['total_spots']})")
-        values["occupancy"] = (
-            f"CAST({values['occupied_spots']} AS DOUBLE) / CAST({values['total_spots']} AS DOUBLE)"
-        )
-    checks.append(
-        f"(t_msg_id IS NULL OR (t_msg_id = 'VARCHAR' AND length(x_msg_id) <= {reference.MSG_ID_MAX}) "
-        f"OR t_msg_id IN {_INT_TYPES})"
-    )
-    values["msg_id"] = "x_msg_id"
-    out_cols = [
-        *(c.name for c in dataset.qualifiers),
-        *(c.name for c in dataset.measurements),
-        *(c.name for c in dataset.derived),
-        "lat",
-        "lon",
-        "msg_id",
-    ]
-    structure = "{" + ", ".join(f'"{n}": "{kinds[n]}"' for n in allowed) + "}"
-    paths = "[" + ", ".join(_lit(f"$.{n}") for n in allowed) + "]"
-    types = ", ".join(f"jt[{k + 1}] AS t_{n}" for k, n in enumerate(allowed))
-    extracted = ", ".join(f"j.{n} AS x_{n}" for n in allowed)
-    groups = "['y', 'mo', 'd', 'h', 'mi', 's', 'f', 'sign', 'oh', 'om']"
-    epoch = "t_observed_at = 'UBIGINT' AND length(x_observed_at) <= 11"
-    ts = "ts"
-    # Every key is followed by `":` (the grammar allows no space there), and `":` elsewhere can
-    # only add to the count; so as many `":` as contract keys present means no other key and no
-    # key twice.
-    return f"""
-WITH q AS MATERIALIZED (
-    SELECT i, council, device_id, json_type(payload, {paths}) AS jt,
-           json_transform(payload, {_lit(structure)}) AS j,
-           (length(payload) - length(replace(payload, '":', ''))) // 2 AS pairs
-    FROM fin WHERE regexp_full_match(payload, {_lit(OBJECT_RE)})
-), t AS MATERIALIZED (
-    SELECT i, council, device_id, {types}, {extracted},
-           regexp_extract(j.observed_at, {_lit(TIME_RE)}, {groups}) AS ts
-    FROM q
-    WHERE pairs = list_count(jt)
-), u AS (
-    SELECT *,
-           CASE WHEN t_observed_at = 'VARCHAR' THEN
-               (date_diff('day', DATE '1970-01-01', TRY_CAST(substr(x_observed_at, 1, 10) AS DATE))
-                * 86400
-                + TRY_CAST({ts}.h AS BIGINT) * 3600 + TRY_CAST({ts}.mi AS BIGINT) * 60
-                + TRY_CAST({ts}.s AS BIGINT)
-                - CASE {ts}.sign WHEN '' THEN 0 ELSE
-                      CASE {ts}.sign WHEN '-' THEN -1 ELSE 1 END
-                      * (TRY_CAST({ts}.oh AS BIGINT) * 3600 + TRY_CAST({ts}.om AS BIGINT) * 60) END)
-                * 1000000
-               + CASE WHEN {ts}.f = '' THEN 0 ELSE TRY_CAST(rpad(substr({ts}.f, 2, 6), 6, '0') AS BIGINT) END
-           WHEN {epoch} THEN TRY_CAST(x_observed_at AS BIGINT) * 1000000 END AS observed_us,
-           CASE WHEN t_observed_at = 'VARCHAR' THEN
-               TRY_CAST(substr(x_observed_at, 1, 10) AS DATE) IS NOT NULL
-               AND TRY_CAST({ts}.y AS INTEGER) BETWEEN 1970 AND 2999
-               AND TRY_CAST({ts}.h AS INTEGER) <= 23 AND TRY_CAST({ts}.mi AS INTEGER) <= 59
-               AND TRY_CAST({ts}.s AS INTEGER) <= 59
-               AND ({ts}.sign = ''
-                    OR (TRY_CAST({ts}.oh AS INTEGER) <= 23 AND TRY_CAST({ts}.om AS INTEGER) <= 59))
-           WHEN {epoch} THEN TRY_CAST(x_observed_at AS BIGINT) < {reference.EPOCH_MAX}
-           ELSE false END AS time_ok
-    FROM t
-)
-SELECT i, council, device_id, observed_us, observed_us // 86400000000 AS event_day,
-       {", ".join(f"{values[name]} AS {name}" for name in out_cols)}
-FROM u
-WHERE time_ok AND observed_us >= 0 AND {" AND ".join(checks)}
-"""
 
 
 @dataclass
@@ -260,7 +114,8 @@ class SegmentDecoder:
         self.fast = fast and _FAST_OK
         self._topics: dict[bytes, tuple[int, str, str]] = {}
         self._domains = [d for d in Domain if d in DATASETS and _supported(DATASETS[d])]
-        self._sql = {d: _domain_sql(DATASETS[d]) for d in self._domains}
+        self._allowed = {d: set(fastjson.fields(DATASETS[d])) for d in self._domains}
+        self._orders: dict[Domain, dict[tuple[str, ...], int]] = {d: {} for d in self._domains}
         self._schemas = {d: arrow_schema(DATASETS[d].staged_columns) for d in DATASETS}
         self._con: duckdb.DuckDBPyConnection | None = None
         self.fast_readings = 0  # readings the fast path took, for logs and tests
@@ -335,18 +190,9 @@ class SegmentDecoder:
         candidate = (dom >= 0) & (lens >= 2) & (lens <= self.limits.max_payload_bytes)
         if not candidate.any():
             return
-        # ASCII without backslashes: one pass over the chunk's bytes
-        starts = cols.payload_starts[a:b]
-        lo, hi = int(cols.offsets[a]), int(starts[-1] + lens[-1])
-        raw = np.frombuffer(cols.data, dtype=np.uint8, count=hi - lo, offset=lo)
-        bad = np.empty(hi - lo + 1, dtype=bool)
-        np.greater_equal(raw, 0x80, out=bad[:-1])
-        bad[:-1] |= raw == 0x5C
-        bad[-1] = False
-        bounds = np.empty(2 * (b - a), dtype=np.int64)
-        bounds[0::2] = starts - lo
-        bounds[1::2] = starts + lens - lo
-        candidate &= ~np.logical_or.reduceat(bad, bounds)[0::2]
+        payloads = parts.take(pa.array(np.arange(a, b, dtype=np.int64) * 3 + 2)).view(pa.string())
+        # pure ASCII, so DuckDB's string functions see valid UTF-8 (a byte check, not a decode)
+        candidate &= pc.string_is_ascii(payloads).to_numpy(zero_copy_only=False)
         councils = pa.array([i[1] for i in infos], pa.string())
         devices = pa.array([i[2] for i in infos], pa.string())
         received = received_at_us(cols.received_at_ns[a:b])
@@ -354,34 +200,35 @@ class SegmentDecoder:
             sel = np.flatnonzero(candidate & (dom == d_index))
             if not len(sel):
                 continue
-            tidx = pa.array(topic_idx[sel])
-            fin = pa.table(
-                {
-                    "i": pa.array(sel, pa.int64()),
-                    "council": councils.take(tidx),
-                    "device_id": devices.take(tidx),
-                    "payload": parts.take(pa.array((sel + a) * 3 + 2)).view(pa.string()),
-                }
-            )
-            self.con.register("fin", fin)
+            texts = payloads.take(pa.array(sel))
+            orders = self._orders[domain]
+            fastjson.learn_orders(texts, self._allowed[domain], orders)
+            if not orders:
+                continue
+            fin = pa.Table.from_arrays([pa.array(sel, pa.int64()), texts], names=["i", "payload"])
+            self.con.register("fin", pa.Table.from_batches(fin.to_batches(max_chunksize=BATCH_ROWS)))
             try:
-                res = self.con.sql(self._sql[domain]).to_arrow_table()
+                res = self.con.sql(fastjson.query(DATASETS[domain], list(orders))).to_arrow_table()
             finally:
                 self.con.unregister("fin")
-            if not res.num_rows:
+            ok, values = fastjson.check(DATASETS[domain], res)
+            if not ok.any():
                 continue
-            i = res.column("i").to_numpy()
+            i = res.column("i").to_numpy()[ok]
             accepted[i] = True
+            tidx = pa.array(topic_idx[i])
+            values["council"] = councils.take(tidx)
+            values["device_id"] = devices.take(tidx)
             part.tables.setdefault(domain, []).append(
-                self._staged(domain, res, i, a, cols, received, seg, now)
+                self._staged(domain, values, i, a, cols, received, seg, now)
             )
-            part.readings += res.num_rows
-            self.fast_readings += res.num_rows
+            part.readings += len(i)
+            self.fast_readings += len(i)
 
     def _staged(
         self,
         domain: Domain,
-        res: pa.Table,
+        values: dict[str, pa.Array],
         i: np.ndarray,
         a: int,
         cols: SegmentColumns,
@@ -392,8 +239,8 @@ class SegmentDecoder:
         schema = self._schemas[domain]
         n = len(i)
         fixed = {
-            "observed_at": res.column("observed_us").cast(pa.int64()).cast(_TS),
-            "event_date": res.column("event_day").cast(pa.int32()).cast(pa.date32()),
+            "observed_at": values["observed_us"].cast(_TS),
+            "event_date": values["event_day"].cast(pa.int32()).cast(pa.date32()),
             "received_at": pa.array(received[i]).cast(_TS),
             "segment_id": pa.DictionaryArray.from_arrays(
                 pa.array(np.zeros(n, dtype=np.int32)), pa.array([seg])
@@ -406,7 +253,7 @@ class SegmentDecoder:
         for f in schema:
             col = fixed.get(f.name)
             if col is None:
-                col = res.column(f.name)
+                col = values[f.name]
             arrays.append(col.cast(f.type) if col.type != f.type else col)
         return pa.Table.from_arrays(arrays, schema=schema)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import struct
 import zlib
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from factories import LIMITS, tree_digest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from civicflow.contract import DATASETS, LOCATION_COLUMNS, Domain
 from civicflow.registry import load_registry
 from ingest.samples import (
     aberdeen_air_quality_messages,
@@ -30,7 +31,10 @@ from ingest.samples import (
     edinburgh_waste_messages,
     synthetic_traffic_messages,
 )
+from transforms.decode import parse_observed_at
 from transforms.fast import SegmentDecoder, received_at_us
+from transforms.fastjson import MAX_ORDERS, fields, learn_orders, rfc3339_us
+from transforms.invalid import Invalid
 from transforms.stage import stage_segments
 from warehouse.db import connect
 from warehouse.layout import Layout
@@ -255,6 +259,304 @@ def test_the_fast_path_takes_every_plain_native_reading():
 def test_edge_cases_decode_like_the_reference(payload):
     fast, reference = decode_both(segment_bytes([("city/leeds/traffic/d1", payload)]))
     assert fast == reference
+
+
+# -- the typed grammar's parts, against the reference ---------------------------------------------
+
+
+@st.composite
+def grammar_times(draw) -> str:
+    """Texts of the grammar's RFC 3339 form with any digits: calendar, clock and offset out of range too."""
+    year = draw(
+        st.one_of(st.sampled_from([1969, 1970, 2000, 2024, 2100, 2400, 2999, 3000]), st.integers(0, 9999))
+    )
+    month, day = draw(st.integers(0, 19)), draw(st.integers(0, 39))
+    hour, minute, second = draw(st.integers(0, 29)), draw(st.integers(0, 69)), draw(st.integers(0, 69))
+    if draw(st.booleans()):  # mostly valid, so acceptance is exercised as well as refusal
+        month, day = draw(st.integers(1, 12)), draw(st.integers(1, 31))
+        hour, minute, second = draw(st.integers(0, 23)), draw(st.integers(0, 59)), draw(st.integers(0, 59))
+    sep = draw(st.sampled_from("Tt "))
+    fraction = draw(st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=12).map(".".__add__)))
+    zone = draw(
+        st.one_of(
+            st.sampled_from(["Z", "z"]),
+            st.tuples(st.sampled_from("+-"), st.integers(0, 29), st.integers(0, 69)).map(
+                lambda t: f"{t[0]}{t[1]:02d}:{t[2]:02d}"
+            ),
+        )
+    )
+    return f"{year:04d}-{month:02d}-{day:02d}{sep}{hour:02d}:{minute:02d}:{second:02d}{fraction}{zone}"
+
+
+def reference_us(text: str) -> int | None:
+    """observed_at as the reference decodes it, in microseconds since the epoch; None if refused."""
+    value = int(text) if text.isdigit() else text
+    try:
+        parsed = parse_observed_at(value)
+    except Invalid:
+        return None
+    return (parsed - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+@pytest.mark.unit
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.one_of(grammar_times(), st.integers(0, 99_999_999_999).map(str)), min_size=1, max_size=20))
+def test_rfc3339_us_gives_what_the_reference_gives(texts):
+    us, ok = rfc3339_us(pa.array(texts))
+    for text, value, accepted in zip(texts, us.tolist(), ok.tolist(), strict=True):
+        want = reference_us(text)
+        if accepted:
+            assert value == want, text
+        elif want is not None:
+            # what the reference takes may be refused only outside 1970..2999, before the epoch
+            # in UTC, or with an offset's minutes above 59 (which Python carries into the hours)
+            year_ok = text.isdigit() or 1970 <= int(text[:4]) <= 2999
+            minutes_ok = text.isdigit() or text[-1] in "Zz" or int(text[-2:]) <= 59
+            assert not (year_ok and minutes_ok and want >= 0), text
+
+
+@pytest.mark.unit
+def test_rfc3339_us_cases():
+    texts = [
+        "2024-02-29T23:59:59.9999999+00:00",  # leap day; the seventh digit is cut, as the reference does
+        "2100-02-29T00:00:00Z",  # 2100 is no leap year
+        "2400-02-29T00:00:00Z",  # 2400 is
+        "1970-01-01T00:30:00+01:00",  # before the epoch in UTC
+        "2026-03-02t08:00:00.5-05:30",
+        "2026-03-02 08:00:00+23:59",
+        "2026-03-02T08:00:00+24:00",
+        "2026-03-02T08:00:60Z",
+        "32503679999",
+        "32503680000",
+        "0",
+    ]
+    us, ok = rfc3339_us(pa.array(texts))
+    assert ok.tolist() == [True, False, True, False, True, True, False, False, True, False, True]
+    for text, value, accepted in zip(texts, us.tolist(), ok.tolist(), strict=True):
+        if accepted:
+            assert value == reference_us(text), text
+
+
+@pytest.mark.unit
+def test_learn_orders_keeps_the_most_frequent_orders_of_allowed_keys():
+    allowed = set(fields(DATASETS[Domain.TRAFFIC]))
+    permuted = [
+        orjson.dumps({"observed_at": 1, "lane_id": 1} | dict.fromkeys(keys, 1) | {"intensity": 2}).decode()
+        for keys in itertools.permutations(["lat", "lon", "msg_id"])
+    ]
+    texts = [
+        *['{"observed_at": 1, "intensity": 2}'] * 5,
+        *['{"intensity": 2, "observed_at": 1}'] * 3,
+        '{"intensity": 2}',  # no observed_at: nothing the fast path could take
+        '{"observed_at": 1, "extra": 2}',  # a key outside the contract
+        '{"observed_at": 1, "intensity": 2',  # not JSON
+        "[1]",
+        *permuted,  # six orders seen once each
+    ]
+    known: dict = {}
+    learn_orders(pa.array(texts), allowed, known)
+    assert len(known) == MAX_ORDERS
+    assert list(known)[-2:] == [("intensity", "observed_at"), ("observed_at", "intensity")]
+    assert all(order[0] != "intensity" or order == ("intensity", "observed_at") for order in known)
+    learn_orders(pa.array(['{"observed_at": 1, "occupancy": 0.5}']), allowed, known)
+    assert len(known) == MAX_ORDERS and list(known)[-1] == ("observed_at", "occupancy")
+
+
+FAST_TIMES = st.builds(
+    lambda day, seconds, fraction, zone: (
+        f"{day.isoformat()}T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}{fraction}{zone}"
+    ),
+    st.dates(date(1971, 1, 1), date(2998, 12, 31)),
+    st.integers(0, 86399),
+    st.sampled_from(["", ".5", ".123", ".123456", ".1234567"]),
+    st.sampled_from(["Z", "z", "+00:00", "-05:30", "+14:00", "+23:59"]),
+)
+
+
+def fast_number(col) -> st.SearchStrategy[str]:
+    """JSON text of a value the reference takes for `col`, in the grammar's form."""
+    low = -1e14 if col.minimum is None else col.minimum
+    high = 1e14 if col.maximum is None else col.maximum
+    if col.type == "string":
+        return st.sampled_from(col.enum).map(lambda v: f'"{v}"')
+    if col.type == "integer":
+        return st.integers(int(low), int(high)).flatmap(lambda v: st.sampled_from([str(v), f"{v}.0"]))
+    return st.one_of(
+        st.floats(low, high, allow_nan=False)
+        .map(lambda f: orjson.dumps(f).decode())
+        .filter(lambda t: "e" not in t),
+        st.decimals(low, high, places=3, allow_nan=False).map(str).filter(lambda t: "E" not in t),
+    )
+
+
+@st.composite
+def fast_readings(draw, domain: str, mutate: bool = False) -> bytes:
+    """A reading the reference accepts, written within the grammar, its keys in a random order;
+    with `mutate`, then made wrong in up to two ways (MUTATIONS)."""
+    dataset = DATASETS[Domain(domain)]
+    pairs = {
+        "observed_at": draw(
+            st.one_of(FAST_TIMES.map(lambda t: f'"{t}"'), st.integers(0, 32503679999).map(str))
+        )
+    }
+    names = [c.name for c in dataset.reading_fields]
+    for name in draw(st.lists(st.sampled_from(names), min_size=1, unique=True)):
+        pairs[name] = draw(fast_number(next(c for c in dataset.reading_fields if c.name == name)))
+    if domain == "parking" and ("occupied_spots" in pairs) != ("total_spots" in pairs):
+        pairs.pop("occupied_spots", None), pairs.pop("total_spots", None)
+        pairs["status"] = '"free"'
+    if "occupied_spots" in pairs and float(pairs["occupied_spots"]) > float(pairs["total_spots"]):
+        pairs["occupied_spots"], pairs["total_spots"] = pairs["total_spots"], pairs["occupied_spots"]
+    if not any(c.name in pairs for c in dataset.measurements):
+        pairs[dataset.measurements[0].name] = draw(fast_number(dataset.measurements[0]))
+    if draw(st.booleans()):
+        pairs["lat"], pairs["lon"] = (
+            draw(fast_number(LOCATION_COLUMNS[0])),
+            draw(fast_number(LOCATION_COLUMNS[1])),
+        )
+    if draw(st.booleans()):
+        pairs["msg_id"] = draw(
+            st.one_of(st.integers(-(10**17), 10**17).map(str), st.just('"m-1"'), st.just('""'))
+        )
+    for _ in range(draw(st.sampled_from([0, 1, 1, 1, 2])) if mutate else 0):
+        draw(st.sampled_from(MUTATIONS))(draw, dataset, pairs)
+    keys = draw(st.permutations(list(pairs)))
+    ws = draw(st.sampled_from(["", " ", "\n  "]))
+    body = f",{ws}".join(f'"{k}":{ws}{pairs[k]}' for k in keys)
+    if mutate and draw(st.integers(0, 9)) == 0:  # a key twice: orjson keeps the last
+        body += f',"{keys[0]}":{draw(st.sampled_from(["1", "2.5", chr(34) * 2]))}'
+    return ("{" + ws + body + ws + "}").encode()
+
+
+def _out_of_range(draw, dataset, pairs):
+    cols = [c for c in (*dataset.reading_fields, *LOCATION_COLUMNS) if c.type != "string"]
+    col = draw(st.sampled_from(cols))
+    edges = ["1000000000000000", "-1", "-0.5", "123456789012345678"]
+    edges += [str(col.minimum - 1)] if col.minimum is not None else []
+    edges += [str(col.maximum + 0.001), str(int(col.maximum) + 1)] if col.maximum is not None else []
+    pairs[col.name] = draw(st.sampled_from(edges))
+
+
+def _fraction_in_integer(draw, dataset, pairs):
+    cols = [c for c in dataset.reading_fields if c.type == "integer"]
+    if cols:
+        pairs[draw(st.sampled_from(cols)).name] = draw(st.sampled_from(["1.5", "2.50", "1e2", "3.0000001"]))
+
+
+def _no_measurement(draw, dataset, pairs):
+    for c in dataset.measurements:
+        pairs.pop(c.name, None)
+
+
+def _more_occupied_than_total(draw, dataset, pairs):
+    if dataset.domain == Domain.PARKING:
+        pairs["total_spots"], pairs["occupied_spots"] = "10", draw(st.sampled_from(["11", "10", "10.0"]))
+
+
+def _half_a_position(draw, dataset, pairs):
+    pairs.pop(draw(st.sampled_from(["lat", "lon"])), None)
+    pairs.setdefault("lat", "1.5")
+
+
+def _long_msg_id(draw, dataset, pairs):
+    pairs["msg_id"] = '"' + "m" * draw(st.sampled_from([199, 200, 201])) + '"'
+
+
+def _bad_time(draw, dataset, pairs):
+    pairs["observed_at"] = draw(
+        st.sampled_from(
+            [
+                '"2026-13-01T00:00:00Z"',
+                '"2026-03-02T24:00:00Z"',
+                '"2026-03-02T08:00:00+24:00"',
+                '"2100-02-29T00:00:00Z"',
+                '"2026-03-02T23:59:60Z"',
+                '"1969-12-31T23:59:59Z"',
+                '"3000-01-01T00:00:00Z"',
+                '"2026-03-02T08:00:00"',
+                "32503680000",
+                "1475564382.5",
+            ]
+        )
+    )
+
+
+def _bad_number(draw, dataset, pairs):
+    """Numbers that are not JSON, or not in the grammar: none of them may pass as a number."""
+    cols = [c for c in (*dataset.reading_fields, *LOCATION_COLUMNS) if c.type != "string"]
+    texts = ["2.", ".5", "01", "+1", "- 1", "1.5.1", "0x10", "1e5", "NaN", "-Infinity", "true", "null", '"3"']
+    pairs[draw(st.sampled_from(cols)).name] = draw(st.sampled_from(texts))
+
+
+def _bad_string(draw, dataset, pairs):
+    cols = [c for c in dataset.reading_fields if c.type == "string"]
+    if cols:
+        pairs[draw(st.sampled_from(cols)).name] = draw(st.sampled_from(['"Free"', '"ok "', "1", '""']))
+
+
+MUTATIONS = [
+    _out_of_range,
+    _fraction_in_integer,
+    _no_measurement,
+    _more_occupied_than_total,
+    _half_a_position,
+    _long_msg_id,
+    _bad_time,
+    _bad_number,
+    _bad_string,
+]
+
+
+NOT_NUMBERS = ["2.", ".5", "01", "-01", "+1", "- 1", "1.5.1", "0x10", "1e5", "NaN", "-Infinity", "1,", "[1]"]
+NOT_NUMBERS += ["true", "null", '"3"', "1.5", "2.50", "-0.5", "1234567890123456", "0.0000001e1"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("domain", list(DOMAIN_FIELDS))
+def test_what_is_not_a_number_of_the_column_goes_to_the_reference(domain):
+    """Every numeric column, in a key order the fast path takes, with texts it must not read as
+    that column's number: not JSON (DuckDB would stop the run), or a fraction for an integer."""
+    dataset = DATASETS[Domain(domain)]
+    for col in (*dataset.reading_fields, *LOCATION_COLUMNS):
+        if col.type == "string":
+            continue
+        base = valid_reading(domain, 0) | {"lat": 1.5, "lon": 2.5}
+        good = orjson.dumps(base | {col.name: 1}).decode()
+        payloads = [good.replace(f'"{col.name}":1', f'"{col.name}":{t}') for t in NOT_NUMBERS]
+        data = segment_bytes(
+            [(f"city/leeds/{domain}/d{i}", p.encode()) for i, p in enumerate([good, *payloads])]
+        )
+        fast, reference = decode_both(data)
+        assert fast == reference, col.name
+        assert fast_accepted(data) >= 1, col.name  # the good one: this key order is taken
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("domain", list(DOMAIN_FIELDS))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_nearly_valid_readings_decode_like_the_reference(domain, data):
+    """One or two things wrong with an otherwise valid reading, in a key order the sample shows."""
+    payloads = data.draw(st.lists(fast_readings(domain, mutate=True), min_size=1, max_size=MAX_ORDERS))
+    msgs = [(domain, p) for p in payloads]
+    fast, reference = decode_both(
+        segment_bytes([(f"city/leeds/{d}/dev-{i}", p) for i, (d, p) in enumerate(msgs)])
+    )
+    assert fast == reference
+
+
+@pytest.mark.unit
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(list(DOMAIN_FIELDS)).flatmap(
+        lambda d: st.lists(fast_readings(d).map(lambda p: (d, p)), min_size=1, max_size=MAX_ORDERS)
+    )
+)
+def test_valid_readings_in_any_key_order_take_the_fast_path(msgs):
+    data = segment_bytes([(f"city/leeds/{d}/dev-{i}", p) for i, (d, p) in enumerate(msgs)])
+    fast, reference = decode_both(data)
+    assert fast == reference
+    assert fast[1] == [] and fast_accepted(data) == len(msgs)
 
 
 @pytest.mark.unit
