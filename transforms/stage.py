@@ -20,12 +20,15 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from civicflow.contract import DATASETS, Dataset, Domain, Reason
@@ -350,35 +353,58 @@ def _record_corrections(con: duckdb.DuckDBPyConnection, dataset: Dataset, now: d
 
 
 def export_partitions(con: duckdb.DuckDBPyConnection, layout: Layout) -> list[Path]:
-    """Write the Parquet file of every staged partition whose current version is not on disk."""
-    written = []
-    todo = con.execute("""SELECT domain, council, event_date, version FROM staged.partitions
+    """Write the Parquet file of every staged partition whose current version is not on disk.
+
+    One query per domain and event date reads that day's partitions to export, sorted by council
+    and then in the file's order, so the table is scanned once per day rather than once per
+    partition; each council's slice is written by a pool of two threads (pyarrow encodes and
+    compresses without the GIL). A partition is marked exported only once its file is in place.
+    """
+    todo = con.execute("""SELECT domain, event_date, council, version FROM staged.partitions
                           WHERE exported_version IS DISTINCT FROM version
                           ORDER BY ALL""").fetchall()
-    for domain, council, day, version in todo:
-        dataset = DATASETS[Domain(domain)]
-        path = layout.staged_file(domain, council, day)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".parquet.tmp")
-        cols = ", ".join(c.name for c in dataset.staged_columns)
-        # device_id, observed_at, then the rest of the natural key (lane_id): a total order, so the
-        # file does not depend on the order rows were inserted in
-        extra = [k for k in dataset.natural_key if k not in ("council", "device_id", "observed_at")]
-        order = ", ".join(["device_id", "observed_at", *extra])
-        rows = con.sql(
-            f"SELECT {cols} FROM staged.{domain} WHERE council = $council "
-            f"AND event_date = $day ORDER BY {order}",
-            params={"council": council, "day": day},
-        ).to_arrow_table()
-        pq.write_table(rows, tmp, compression="zstd")
-        os.replace(tmp, path)
-        con.execute(
-            "UPDATE staged.partitions SET exported_version = ? WHERE domain = ? AND "
-            "council = ? AND event_date = ?",
-            [version, domain, council, day],
-        )
-        written.append(path)
+    days: dict[tuple[str, date], list[tuple[str, int]]] = {}
+    for domain, day, council, version in todo:
+        days.setdefault((domain, day), []).append((council, version))
+    written = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for (domain, day), partitions in days.items():
+            dataset = DATASETS[Domain(domain)]
+            cols = ", ".join(c.name for c in dataset.staged_columns)
+            # device_id, observed_at, then the rest of the natural key (lane_id): a total order, so
+            # the file does not depend on the order rows were inserted in
+            extra = [k for k in dataset.natural_key if k not in ("council", "device_id", "observed_at")]
+            order = ", ".join(["council", "device_id", "observed_at", *extra])
+            councils = [c for c, _ in partitions]
+            rows = con.sql(
+                f"SELECT {cols} FROM staged.{domain} WHERE event_date = $day "
+                f"AND list_contains($councils, council) ORDER BY {order}",
+                params={"day": day, "councils": councils},
+            ).to_arrow_table()
+            starts = dict(zip(*_runs(rows.column("council")), strict=True))
+            jobs = []
+            for council, _ in partitions:
+                start, length = starts.get(council, (0, 0))
+                path = layout.staged_file(domain, council, day)
+                jobs.append(pool.submit(_write_parquet, rows.slice(start, length).combine_chunks(), path))
+                written.append(path)
+            for job in jobs:
+                job.result()
+            con.executemany(
+                "UPDATE staged.partitions SET exported_version = ? WHERE domain = ? AND "
+                "council = ? AND event_date = ?",
+                [[version, domain, council, day] for council, version in partitions],
+            )
     return written
+
+
+def _runs(sorted_values: pa.ChunkedArray) -> tuple[list[str], list[tuple[int, int]]]:
+    """The distinct values of a sorted column and the (start, length) of each one's run."""
+    counts = pc.value_counts(sorted_values)  # in order of first appearance: sorted
+    values = counts.field("values").to_pylist()
+    lengths = counts.field("counts").to_numpy()
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return values, [(int(a), int(k)) for a, k in zip(starts, lengths, strict=True)]
 
 
 def mark_staged(layout: Layout, con: duckdb.DuckDBPyConnection) -> None:
