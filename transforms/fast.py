@@ -42,7 +42,8 @@ from transforms import decode as reference
 from transforms import fastjson
 from transforms.decode import Limits, Rejection, decode_message, parse_topic
 from transforms.invalid import Invalid
-from warehouse.segments import RawRecord, SegmentColumns
+from warehouse.segment_columns import SegmentColumns
+from warehouse.segments import RawRecord
 from warehouse.tables import arrow_schema
 
 CHUNK_RECORDS = 1 << 17

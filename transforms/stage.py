@@ -38,13 +38,8 @@ from transforms.decode import Limits, Rejection
 from transforms.fast import Part, SegmentDecoder, quarantine_row
 from transforms.lorawan import registry_problems
 from warehouse.layout import Layout
-from warehouse.segments import (
-    CLOSED_SUFFIX,
-    RawRecord,
-    SegmentCorrupt,
-    list_closed_segments,
-    scan_columns,
-)
+from warehouse.segment_columns import scan_columns
+from warehouse.segments import CLOSED_SUFFIX, RawRecord, SegmentCorrupt, list_closed_segments
 from warehouse.tables import arrow_schema, quarantine_schema
 
 log = logging.getLogger(__name__)

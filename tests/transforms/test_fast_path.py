@@ -38,7 +38,8 @@ from transforms.invalid import Invalid
 from transforms.stage import stage_segments
 from warehouse.db import connect
 from warehouse.layout import Layout
-from warehouse.segments import MAGIC, RawRecord, SegmentWriter, _scan, encode_record, scan_columns
+from warehouse.segment_columns import scan_columns
+from warehouse.segments import MAGIC, RawRecord, SegmentWriter, _scan, encode_record
 
 NOW = datetime(2026, 3, 9, 12, 0, tzinfo=UTC)
 RECEIVED_NS = 1_772_800_000_123_456_789
