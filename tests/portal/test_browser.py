@@ -237,11 +237,11 @@ def test_dataset_page_of_air_quality_names_the_citizens_licence(page, portal_url
 
 
 def chart(page) -> tuple[str, list[str]]:
-    """The chart's accessible name (its SVG title) and its polyline's points."""
+    """The chart's accessible name (its SVG title) and its lines' points, in order."""
     svg = page.get_by_role("img", name=re.compile("hourly means"))
     assert svg.count() == 1
     title = svg.locator("title").text_content()
-    points = svg.locator("polyline").get_attribute("points").split()
+    points = [p for line in svg.locator("polyline").all() for p in line.get_attribute("points").split()]
     return title, points
 
 
@@ -249,7 +249,8 @@ def test_chart_is_drawn_and_follows_the_chosen_device_and_measurement(page, port
     page.goto(portal_url + "/datasets/parking")
     title, points = chart(page)
     assert title == "occupied_spots (spot), hourly means from 2016-10-04 08:00 to 2016-10-05 11:00 UTC"
-    assert len(points) == 8  # p1: 4 hours on each of two days
+    assert len(points) == 8  # p1: 4 hours on each of two days, a line for each
+    assert page.get_by_role("img", name=re.compile("hourly means")).locator("polyline").count() == 2
     assert page.get_by_label("Device").input_value() == "p1"
     assert [o.inner_text() for o in page.get_by_label("Device").locator("option").all()] == ["p1", "p2"]
 
