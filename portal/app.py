@@ -7,7 +7,7 @@ holds. Pages are rendered on the server and work without JavaScript.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -15,10 +15,12 @@ from urllib.parse import urlencode
 
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from civicflow.contract import DATASETS, Domain
+from portal.apidoc import operations
 from portal.chart import hourly_chart
 from portal.query import (
     DEFAULT_LIMIT,
@@ -68,6 +70,8 @@ def create_app(layout: Layout) -> FastAPI:
         title="Civicflow open data",
         description="Read-only access to the latest published release: datasets, readings and aggregates.",
         version="1",
+        docs_url=None,  # /docs is the portal's own page: no JavaScript, nothing from a CDN
+        redoc_url=None,
     )
 
     def release() -> ReleaseView:
@@ -191,6 +195,27 @@ def create_app(layout: Layout) -> FastAPI:
             raise HTTPException(404, f"{dataset}/{path} is not in release {current.id}")
         return FileResponse(found, filename=found.name)
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def api_docs(request: Request):
+        """The API's reference, rendered on the server from its OpenAPI description."""
+        try:
+            current = load_release(layout)
+        except NoRelease:
+            current = None
+        example = {"dataset": "parking", "council": "birmingham", "day": date(2016, 10, 4)}
+        if current is not None and current.datasets:
+            name, ds = next(iter(current.datasets.items()))
+            if ds.councils:
+                example = {"dataset": name, "council": ds.councils[0], "day": ds.coverage(ds.councils[0])[0]}
+        context = {
+            "release": current,
+            "api": app.title,
+            "operations": operations(app.openapi()),
+            "base": str(request.base_url).rstrip("/"),
+            "example": example | {"next_day": example["day"] + timedelta(days=1)},
+        }
+        return TEMPLATES.TemplateResponse(request, "api.html", context)
+
     @app.get("/catalog.jsonld", include_in_schema=False)
     def catalog_jsonld():
         return FileResponse(layout.catalog("jsonld"), media_type="application/ld+json")
@@ -244,16 +269,28 @@ def create_app(layout: Layout) -> FastAPI:
     )
     def rows(
         request: Request,
-        dataset: Dataset,
-        kind: Kind,
-        council: Annotated[str | None, Query(max_length=64)] = None,
-        device_id: Annotated[str | None, Query(max_length=128)] = None,
+        dataset: Annotated[Dataset, PathParam(description="The dataset (domain)")],
+        kind: Annotated[
+            Kind,
+            PathParam(
+                description="readings, or an aggregate: hourly and daily per device, daily per council"
+            ),
+        ],
+        council: Annotated[str | None, Query(max_length=64, description="Only this council's rows")] = None,
+        device_id: Annotated[
+            str | None, Query(max_length=128, description="Only this device's rows (not for council_daily)")
+        ] = None,
         start: Annotated[datetime | None, Query(description="From this time (inclusive, RFC 3339)")] = None,
         end: Annotated[datetime | None, Query(description="Until this time (exclusive, RFC 3339)")] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-        format: Format = Format.JSON,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Rows per page")] = DEFAULT_LIMIT,
+        offset: Annotated[
+            int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip; follow the next link instead")
+        ] = 0,
+        format: Annotated[Format, Query(description="json, csv or parquet")] = Format.JSON,
     ) -> Response:
+        """Rows in the natural key's order (council, device, time). A full page carries the next
+        page's address in `next` (JSON) and in a `Link: rel="next"` header (every format); every
+        answer names its release in `X-Civicflow-Release`."""
         current = release()
         ds = dataset_of(current, dataset.value)
         query = RowQuery(

@@ -296,7 +296,14 @@ def test_download_link_returns_the_exact_published_bytes(page, portal_url, relea
 
 @pytest.mark.parametrize(
     "path",
-    ["/", "/?q=no+such+thing", "/datasets/parking", "/datasets/air_quality", "/datasets/parking?device=p2"],
+    [
+        "/",
+        "/?q=no+such+thing",
+        "/datasets/parking",
+        "/datasets/air_quality",
+        "/datasets/parking?device=p2",
+        "/docs",
+    ],
 )
 def test_pages_pass_basic_accessibility_checks(page, portal_url, path):
     page.goto(portal_url + path)

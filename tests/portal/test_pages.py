@@ -151,3 +151,31 @@ def test_dcat_catalogue_at_stable_urls(client, released):
     ttl = client.get("/catalog.ttl")
     assert ttl.headers["content-type"].startswith("text/turtle")
     assert ttl.content == released.catalog("ttl").read_bytes()
+
+
+def test_api_reference_is_a_page_of_the_portal_with_nothing_from_elsewhere(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.text
+    assert "<script" not in html and "cdn" not in html.lower()  # works on a closed network
+    assert re.findall(r"<h3><code>(GET [^<]+)</code></h3>", html) == [
+        "GET /api/datasets",
+        "GET /api/datasets/{dataset}/{kind}",
+    ]
+    # every parameter of the OpenAPI description, with its bounds and default
+    assert (
+        '<tr><th scope="row"><code>limit</code></th><td>query</td><td>integer</td><td>1..10000</td>'
+        "<td>1000</td><td>Rows per page</td></tr>"
+    ) in html
+    assert "one of readings, hourly, daily, council_daily" in html
+    assert "one of json, csv, parquet" in html
+    # examples name a dataset, council and day the release holds
+    assert (
+        "/api/datasets/parking/hourly?council=testtown&amp;start=2016-10-04T00:00:00Z"
+        "&amp;end=2016-10-05T00:00:00Z&amp;format=csv"
+    ) in html
+    assert client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").json()["paths"].keys() == {
+        "/api/datasets",
+        "/api/datasets/{dataset}/{kind}",
+    }
