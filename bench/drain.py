@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.broker import Mosquitto, mosquitto_version
+from bench.machine import filesystem, machine
 from ingest.gateway import publish_messages
 from warehouse.segments import list_closed_segments, read_segment
 
@@ -399,35 +399,10 @@ class Run:
 # -- reporting ------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), ""
-    )
-    meminfo = Path("/proc/meminfo").read_text()
-    mem_kib = int(next(ln.split()[1] for ln in meminfo.splitlines() if ln.startswith("MemTotal")))
+def versions() -> dict[str, str]:
     import paho.mqtt
 
-    return {
-        "cpu": model or platform.processor() or "unknown",
-        "cores": os.cpu_count(),
-        "ram_gib": round(mem_kib / 1024 / 1024, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "paho_mqtt": paho.mqtt.__version__,
-        "mosquitto": mosquitto_version(),
-    }
-
-
-def filesystem(path: Path) -> str:
-    """Filesystem type of the mount holding `path` (fsync cost depends on it)."""
-    best, kind = "", "unknown"
-    resolved = str(path.resolve())
-    for line in Path("/proc/mounts").read_text().splitlines():
-        _, mount, fstype, *_ = line.split()
-        if (resolved == mount or resolved.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
-            best, kind = mount, fstype
-    return kind
+    return {"paho_mqtt": paho.mqtt.__version__, "mosquitto": mosquitto_version()}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -609,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
-        "machine": machine(),
+        "machine": machine(**versions()),
         "config": {
             "messages": opts.messages,
             "repeat": opts.repeat,

@@ -26,7 +26,6 @@ import cProfile
 import functools
 import json
 import os
-import platform
 import pstats
 import random
 import resource
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from bench.machine import code_version, filesystem, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNCILS = ("leeds", "manchester", "bristol", "sheffield", "newcastle")
@@ -402,47 +403,11 @@ def committed_readings(workdir: Path) -> int | None:
         con.close()
 
 
-def machine() -> dict[str, Any]:
+def versions() -> dict[str, str]:
     import duckdb
     import pyarrow
 
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), ""
-    )
-    meminfo = Path("/proc/meminfo").read_text()
-    mem_kib = int(next(ln.split()[1] for ln in meminfo.splitlines() if ln.startswith("MemTotal")))
-    return {
-        "cpu": model or platform.processor() or "unknown",
-        "cores": os.cpu_count(),
-        "ram_gib": round(mem_kib / 1024 / 1024, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "duckdb": duckdb.__version__,
-        "pyarrow": pyarrow.__version__,
-        "orjson": orjson.__version__,
-    }
-
-
-def filesystem(path: Path) -> str:
-    """Filesystem type of the mount holding `path`."""
-    best, kind = "", "unknown"
-    resolved = str(path.resolve())
-    for line in Path("/proc/mounts").read_text().splitlines():
-        _, mount, fstype, *_ = line.split()
-        if (resolved == mount or resolved.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
-            best, kind = mount, fstype
-    return kind
-
-
-def code_version() -> dict[str, Any]:
-    """The commit staged with, and whether the staging code differed from it in the working tree."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.rstrip()
-
-    dirty = git("status", "--porcelain", "--", "transforms", "warehouse", "civicflow").splitlines()
-    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted": [ln[3:] for ln in dirty if ln]}
+    return {"duckdb": duckdb.__version__, "pyarrow": pyarrow.__version__, "orjson": orjson.__version__}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -682,8 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
-        "machine": machine(),
-        "code": code_version(),
+        "machine": machine(**versions()),
+        "code": code_version("transforms", "warehouse", "civicflow"),
         "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
         "config": {
             "sizes": sizes,
