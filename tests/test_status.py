@@ -111,3 +111,13 @@ def test_status_screen_and_json_exit_1_on_a_problem(gated):
     doc = json.loads(as_json.stdout)
     assert (doc["healthy"], len(doc["problems"]), len(doc["datasets"])) == (False, 1, 2)
     assert [r["client_id"] for r in doc["listeners"]] == ["gone-listener"]
+
+
+def test_an_empty_data_root_says_no_listener_has_run_and_how_to_start_one(tmp_path):
+    report = pipeline_status(Settings(data_root=tmp_path / "nothing"), probe=False)
+    assert (report.listeners, report.airflow, report.datasets, report.release) == ([], [], [], None)
+    assert report.problems == [
+        f"no listener has run under {(tmp_path / 'nothing' / 'raw').resolve()}: start one with civicflow "
+        "listen (or set CIVICFLOW_DATA_ROOT to where it lands)"
+    ]
+    assert not report.healthy

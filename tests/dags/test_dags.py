@@ -106,8 +106,16 @@ def test_each_dag_runs_through_dag_test_on_real_data(tmp_path):
     land(layout, sample + [car_park("p9", "2016-10-05T08:00:00Z", 101)])
     home = tmp_path / "airflow-home"
 
-    staged = run_batch(settings, dag_ids=("civicflow_stage",), airflow_home=home)
+    told: list[tuple[str, float]] = []
+    staged = run_batch(
+        settings, dag_ids=("civicflow_stage",), airflow_home=home, on_progress=lambda *p: told.append(p)
+    )
     assert [(r.dag_id, r.state) for r in staged.runs] == [("civicflow_stage", "success")]
+    # the progress display was told which DAG ran, for a time that only grows
+    assert {dag for dag, _ in told} == {"civicflow_stage"}
+    assert [s for _, s in told] == sorted(s for _, s in told) and 0 <= told[-1][1] <= staged.runs[
+        0
+    ].seconds + 5
     con = connect(layout.warehouse, read_only=True)
     (staged_rows,) = con.execute("SELECT count(*) FROM staged.parking").fetchone()
     (quarantined,) = con.execute("SELECT count(*) FROM quarantine.readings").fetchone()
