@@ -200,9 +200,7 @@ class Run:
 
     def _listener_cmd(self) -> list[str]:
         script = Path(sys.executable).parent / "civicflow"
-        return (
-            [str(script), "listen"] if script.exists() else [sys.executable, "-m", "civicflow.cli", "listen"]
-        )
+        return [str(script), "listen"] if script.exists() else [sys.executable, "-m", "app.cli", "listen"]
 
     def _status_path(self) -> Path:
         return self.data_root / "raw" / self.client_id / "status.json"

@@ -2,7 +2,7 @@
 
 1. the release: a year (2025) of readings from 200 car parks (4 councils of 50) reporting every
    30 minutes, 3.5 million readings, published with the project's own publish code
-   (`warehouse.publish.publish_partition` per council and day, then `refresh_aggregates`,
+   (`publish.files.publish_partition` per council and day, then `refresh_aggregates`,
    `write_quality_summary`, `write_datapackage` and `cut_release`, as `gate_and_publish` runs
    them). Staging and the Great Expectations gate are left out: at 1,460 partitions the gate
    alone would take most of an hour, and what the portal reads is only the release. It is kept
@@ -111,8 +111,8 @@ def build_release(data_root: Path) -> dict[str, Any]:
     from warehouse.aggregates import refresh_aggregates
     from warehouse.db import connect
     from warehouse.layout import Layout
-    from warehouse.publish import publish_partition, write_datapackage
-    from warehouse.releases import cut_release
+    from publish.files import publish_partition, write_datapackage
+    from publish.release import cut_release
 
     shutil.rmtree(data_root, ignore_errors=True)
     layout = Layout(data_root)
@@ -198,7 +198,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         script = Path(sys.executable).parent / "civicflow"
-        cmd = [str(script)] if script.exists() else [sys.executable, "-m", "civicflow.cli"]
+        cmd = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
         self.command = [*cmd, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CIVICFLOW_")}
         env["CIVICFLOW_DATA_ROOT"] = str(data_root)

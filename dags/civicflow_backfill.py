@@ -40,7 +40,7 @@ def civicflow_backfill():
         from airflow.sdk.exceptions import AirflowFailException
 
         from civicflow.errors import TerminalError
-        from civicflow.jobs import replay_job
+        from jobs import replay_job
 
         try:
             return replay_job(params["from"], params["to"])

@@ -37,7 +37,7 @@ def civicflow_publish():
         from airflow.sdk.exceptions import AirflowFailException
 
         from civicflow.errors import TerminalError
-        from civicflow.jobs import publish_job
+        from jobs import publish_job
 
         try:
             return publish_job()

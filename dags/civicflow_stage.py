@@ -33,7 +33,7 @@ def civicflow_stage():
         from airflow.sdk.exceptions import AirflowFailException
 
         from civicflow.errors import TerminalError
-        from civicflow.jobs import stage_job
+        from jobs import stage_job
 
         try:
             return stage_job()

@@ -2,7 +2,7 @@
 
 1. land the Birmingham car-park recording (samples/parking/, October 2016) in a raw segment, as
    the listener would, in a throwaway data root;
-2. stage it and run the quality gate and publisher (`civicflow.jobs.stage_job`, `publish_job`:
+2. stage it and run the quality gate and publisher (`jobs.stage_job`, `publish_job`:
    the code the Airflow tasks run), which cuts a release;
 3. start `civicflow serve` on a free loopback port over that data root and take a screenshot of
    the parking dataset page with Debian's headless Chromium (Playwright, no browser download),
@@ -45,8 +45,8 @@ WIDTH = 1000
 
 def publish_birmingham(data_root: Path) -> dict:
     """Land, stage and publish the Birmingham car-park recording under `data_root`."""
-    from civicflow.jobs import publish_job, stage_job
     from ingest.samples import birmingham_parking_messages
+    from jobs import publish_job, stage_job
     from warehouse.segments import SegmentWriter
 
     writer = SegmentWriter(data_root / "raw" / LISTENER, max_bytes=1 << 30, max_age_s=3600, fsync=False)
@@ -71,7 +71,7 @@ def free_port() -> int:
 def serve(data_root: Path, port: int, log: Path) -> subprocess.Popen:
     """`civicflow serve` over `data_root`, once it answers."""
     script = Path(sys.executable).parent / "civicflow"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "civicflow.cli"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
     env = os.environ | {"CIVICFLOW_DATA_ROOT": str(data_root)}
     with log.open("wb") as out:
         proc = subprocess.Popen(

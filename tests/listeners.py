@@ -45,7 +45,7 @@ class ListenerProcess:
     def start(self) -> ListenerProcess:
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "civicflow.cli", "listen", "-v"],
+                [sys.executable, "-m", "app.cli", "listen", "-v"],
                 env=os.environ | self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

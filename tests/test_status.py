@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 import pytest
 from factories import LIMITS, car_park, land
 
+from app.status import pipeline_status
 from civicflow.settings import Settings
-from civicflow.status import pipeline_status
 from expectations.release import gate_and_publish
 from transforms.stage import stage_segments
 from warehouse.db import connect
@@ -81,7 +81,7 @@ def test_status_screen_and_json_exit_1_on_a_problem(gated):
     env.pop("CIVICFLOW_MQTT__HOST", None)
     env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
     screen = subprocess.run(
-        [sys.executable, "-m", "civicflow.cli", "status"],
+        [sys.executable, "-m", "app.cli", "status"],
         env=env | {"COLUMNS": "200"},
         capture_output=True,
         text=True,
@@ -101,7 +101,7 @@ def test_status_screen_and_json_exit_1_on_a_problem(gated):
     ):
         assert expected in out, (expected, out)
     as_json = subprocess.run(
-        [sys.executable, "-m", "civicflow.cli", "status", "--json"],
+        [sys.executable, "-m", "app.cli", "status", "--json"],
         env=env,
         capture_output=True,
         text=True,

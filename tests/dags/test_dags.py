@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from factories import car_park, land
 
-from civicflow.batch import DAGS_DIR, REPLAY_DAGS, run_batch
+from app.batch import DAGS_DIR, REPLAY_DAGS, run_batch
+from app.status import dag_runs, pipeline_status
 from civicflow.contract import DATASETS
 from civicflow.settings import Settings
-from civicflow.status import dag_runs, pipeline_status
 from ingest.samples import birmingham_parking_messages
 from warehouse.db import connect
 from warehouse.layout import Layout

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from factories import car_park, land
 
-from civicflow.batch import DAGS_DIR
+from app.batch import DAGS_DIR
 from warehouse.db import connect
 from warehouse.layout import Layout
 
@@ -109,7 +109,7 @@ def test_scheduler_runs_stage_then_publish_on_the_asset_with_localexecutor(tmp_p
             [
                 sys.executable,
                 "-m",
-                "civicflow.cli",
+                "app.cli",
                 "airflow",
                 "--port",
                 str(port),

@@ -323,7 +323,7 @@ def test_quality_settings_come_from_the_environment(monkeypatch):
 def test_release_commands_list_and_approve_a_held_back_partition(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from civicflow.release_cli import release_app
+    from app.release_cli import release_app
 
     layout = Layout(tmp_path / "data")
     con = connect(layout.warehouse)

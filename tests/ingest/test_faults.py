@@ -24,9 +24,9 @@ from brokers import run_mosquitto
 from listeners import ListenerProcess, landed_payloads
 
 from civicflow.health import closed_backlog
-from civicflow.jobs import publish_job, stage_job
 from civicflow.settings import Settings
 from ingest.gateway import publish_messages
+from jobs import publish_job, stage_job
 from warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
@@ -175,7 +175,7 @@ def test_a_broker_that_lost_the_session_is_reported_loudly(tmp_path):
 
 def civicflow_status(data_root: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "civicflow.cli", "status", "--json"],
+        [sys.executable, "-m", "app.cli", "status", "--json"],
         env=os.environ | {"CIVICFLOW_DATA_ROOT": str(data_root)},
         capture_output=True,
         text=True,

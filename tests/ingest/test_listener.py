@@ -127,7 +127,7 @@ def test_log_json_writes_one_json_object_per_line(tmp_path):
         "CIVICFLOW_METRICS__PORT": "0",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "civicflow.cli", "listen", "--log-json"],
+        [sys.executable, "-m", "app.cli", "listen", "--log-json"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

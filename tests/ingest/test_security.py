@@ -401,7 +401,7 @@ def start_listener(
     env |= extra_env or {}
     log_dir.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "civicflow.cli", "listen", "-v"],
+        [sys.executable, "-m", "app.cli", "listen", "-v"],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=(log_dir / "listener.stdout").open("ab"),

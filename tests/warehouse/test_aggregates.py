@@ -414,7 +414,7 @@ def test_every_documented_query_runs_and_answers(built, query, monkeypatch):
     finally:
         con.close()
     assert answer, f"no rows from: {query}"
-    from civicflow.cli import app
+    from app.cli import app
 
     monkeypatch.setenv("CIVICFLOW_DATA_ROOT", str(built.root))
     result = CliRunner().invoke(app, ["sql", query])

@@ -176,9 +176,9 @@ def demo_replays(prefix: str) -> list[Replay]:
 
 
 def run_demo(console: Console, data_root: Path) -> int:
-    from civicflow.batch import run_batch
-    from civicflow.progress import dag_progress, message_progress
-    from civicflow.summary import print_summary, warehouse_summary
+    from app.batch import run_batch
+    from app.progress import dag_progress, message_progress
+    from app.summary import print_summary, warehouse_summary
     from ingest.broker import EmbeddedBroker
     from ingest.gateway import publish_messages
 
@@ -212,7 +212,7 @@ def run_demo(console: Console, data_root: Path) -> int:
         status = data_root / "raw" / DEMO_CLIENT_ID / "status.json"
         log_file = (run_dir / "listener.log").open("w")
         listener = subprocess.Popen(
-            [sys.executable, "-m", "civicflow.cli", "listen"],
+            [sys.executable, "-m", "app.cli", "listen"],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -1,6 +1,6 @@
 """`civicflow release`: the partitions the quality gate held back, and a data engineer's override.
 
-A typer sub-app, registered in civicflow/cli.py. An entry point like the CLI: it reads the
+A typer sub-app, registered in app/cli.py. An entry point like the CLI: it reads the
 settings and imports the stage packages inside each command.
 
     civicflow release list

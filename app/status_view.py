@@ -8,8 +8,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from app.status import PipelineStatus
 from civicflow.settings import Settings
-from civicflow.status import PipelineStatus
 
 
 def _ago(when: datetime | None) -> str:

@@ -74,7 +74,7 @@ def status(
 
     Example: CIVICFLOW_DATA_ROOT=data/demo civicflow status
     """
-    from civicflow.status import pipeline_status
+    from app.status import pipeline_status
 
     settings = Settings()
     report = pipeline_status(settings, probe=probe)
@@ -83,7 +83,7 @@ def status(
 
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
-        from civicflow.status_view import print_status
+        from app.status_view import print_status
 
         print_status(console, report, settings)
     if not report.healthy:
@@ -99,9 +99,9 @@ def batch(verbose: Verbose = False, log_json: LogJson = False) -> None:
 
     Example: CIVICFLOW_DATA_ROOT=/srv/civicflow civicflow batch
     """
-    from civicflow.batch import run_batch
-    from civicflow.progress import dag_progress
-    from civicflow.summary import print_summary, warehouse_summary
+    from app.batch import run_batch
+    from app.progress import dag_progress
+    from app.summary import print_summary, warehouse_summary
 
     _logging(verbose, log_json)
     settings = Settings()
@@ -130,9 +130,9 @@ def replay(
     """
     import json
 
+    from app.progress import dag_progress, segment_progress
     from civicflow.errors import CivicflowError
-    from civicflow.jobs import replay_job
-    from civicflow.progress import dag_progress, segment_progress
+    from jobs import replay_job
 
     _logging(verbose, log_json)
     settings = Settings()
@@ -145,8 +145,8 @@ def replay(
     typer.echo(json.dumps(result, indent=2))
     if not publish:
         return
-    from civicflow.batch import run_batch
-    from civicflow.summary import print_summary, warehouse_summary
+    from app.batch import run_batch
+    from app.summary import print_summary, warehouse_summary
 
     with dag_progress(console) as on_progress:
         outcome = run_batch(settings, dag_ids=("civicflow_publish",), on_progress=on_progress)
@@ -169,7 +169,7 @@ def airflow(
 
     Example: civicflow airflow --port 8081
     """
-    from civicflow.batch import run_standalone
+    from app.batch import run_standalone
 
     settings = Settings()
     home = (airflow_home or settings.data_root / "airflow-standalone").resolve()
@@ -191,7 +191,7 @@ def demo(
 
     Example: civicflow demo --data-root data/demo   (what `make demo` runs)
     """
-    from civicflow.demo import run_demo
+    from app.demo import run_demo
 
     _logging(verbose)
     raise typer.Exit(run_demo(console, data_root))
@@ -226,8 +226,8 @@ def sql(query: str) -> None:
 
 
 def _register_subcommands() -> None:
-    from civicflow.release_cli import release_app
-    from civicflow.serve_cli import serve
+    from app.release_cli import release_app
+    from app.serve_cli import serve
 
     app.add_typer(release_app, name="release")
     app.command()(serve)

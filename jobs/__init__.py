@@ -1,8 +1,9 @@
 """Entry points of the batch tasks: read settings once, then call the stage packages.
 
-DAG tasks and the CLI call these, so that what a DAG run does and what a data engineer runs by
-hand are the same code. Stage packages are imported here, inside each job, so importing the core
-package stays light and never pulls in Great Expectations or Airflow.
+DAG tasks (dags/) and the CLI (app/) call these, so that what a DAG run does and what a data
+engineer runs by hand are the same code. Stage packages are imported inside each job, so a DAG file
+that imports this package stays quick to parse and loads Great Expectations only in the task that
+needs it.
 """
 
 from __future__ import annotations
