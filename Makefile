@@ -45,9 +45,10 @@ screenshot: $(STAMP) ## publish the Birmingham car parks and screenshot their da
 bench-portal: $(STAMP) ## civicflow serve over a year of 200 car parks: query latency vs DuckDB, 50 clients
 	$(BIN)/python -m bench.portal $(BENCH_PORTAL_ARGS)
 
-lint: $(STAMP) ## ruff format check and lint
+lint: $(STAMP) ## ruff format check and lint; import contracts (package layers, framework homes)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 lock: ## re-resolve requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra test --python 3.11 -o requirements.lock
