@@ -34,23 +34,25 @@ console = Console()
 def list_held_back(
     domain: Annotated[Domain | None, typer.Option(help="Only this dataset.")] = None,
 ) -> None:
-    """Show every held-back partition, with the blocking rules it failed and its Data Docs.
+    """Show what is held back: whole days, and devices' days, with the rules they failed.
 
     Example: civicflow release list --domain traffic
     """
-    from expectations.summary import held_back_partitions
     from warehouse.db import connect
+    from warehouse.partitions import held_back
 
     settings = Settings()
     con = connect(settings.warehouse_path, read_only=True)
     try:
-        held = held_back_partitions(con, domain.value if domain else None)
+        held = held_back(con, domain.value if domain else None)
     finally:
         con.close()
     if not held:
         console.print("No partition is held back.")
         return
-    table = Table("dataset", "council", "date", "version", "validated at", "failed (blocking)", "data docs")
+    table = Table(
+        "dataset", "council", "date", "version", "device", "rows", "held at", "failed (blocking)", "data docs"
+    )
     for h in held:
         docs = str(settings.data_root / h.data_docs) if h.data_docs else ""
         table.add_row(
@@ -58,7 +60,9 @@ def list_held_back(
             h.council,
             h.event_date.isoformat(),
             str(h.version),
-            h.validated_at.isoformat(timespec="seconds"),
+            h.device_id or "(whole day)",
+            f"{h.rows:,}",
+            h.held_at.isoformat(timespec="seconds"),
             h.reasons(),
             docs,
         )
@@ -71,14 +75,20 @@ def approve(
     council: Annotated[str, typer.Argument(help="Council, e.g. birmingham.")],
     day: Annotated[datetime, typer.Argument(metavar="DATE", formats=["%Y-%m-%d"], help="UTC event date.")],
     reason: Annotated[str, typer.Option("--reason", help="Why it may be published; recorded.")],
+    device: Annotated[
+        str | None, typer.Option("--device", help="Approve only this device's readings that day.")
+    ] = None,
 ) -> None:
-    """Publish a held-back partition's current version anyway, recording who, when and why.
+    """Publish what the gate held back of a day (or of one device's day), recording who, when and why.
+
+    The day is judged again and published through the same path as every other, and a release is
+    cut, so consumers see it in `published/latest` when the command returns.
 
     Example: civicflow release approve parking birmingham 2016-10-04 --reason "car park closed for works"
     """
     from civicflow.errors import CivicflowError
     from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
-    from expectations.approvals import approve_partition
+    from jobs.publication import approve as approve_held
     from warehouse.db import connect
     from warehouse.layout import Layout
 
@@ -89,7 +99,7 @@ def approve(
         registry = load_registry(settings.registry_dir or DEFAULT_REGISTRY_DIR)
         con = connect(layout.warehouse)
         try:
-            done = approve_partition(
+            done = approve_held(
                 layout,
                 con,
                 domain,
@@ -98,19 +108,23 @@ def approve(
                 reason=reason,
                 who=who,
                 now=datetime.now(tz=UTC),
+                device=device,
                 quality=settings.quality,
                 registry=registry,
                 licences=registry.licences(),
+                publication=settings.publish,
             )
         finally:
             con.close()
     except CivicflowError as exc:
         console.print(f"[red]cannot approve:[/] {exc}")
         raise typer.Exit(2) from exc
-    console.print(
-        f"approved and published {done['domain']} {done['council']} {done['date']} v{done['version']} "
-        f"as {done['approved_by']}: {done['reason']}"
-    )
-    console.print(f"  overridden: {', '.join(done['failed']) or 'nothing (it passes now)'}")
-    console.print(f"  rows flagged in qc_flag: {done['flagged_rows']:,}")
-    console.print(f"  Data Docs: {settings.data_root / done['data_docs']}")
+    what = f"{done['domain']} {done['council']} {done['date']} v{done['version']}"
+    if done["device_id"]:
+        what += f" device {done['device_id']}"
+    if not done["published"]:
+        console.print(f"[red]approved {what}, but it could not be published:[/] see `civicflow release list`")
+        raise typer.Exit(1)
+    console.print(f"approved and published {what} as {done['approved_by']}: {done['reason']}")
+    console.print(f"  overridden: {', '.join(done['failed'])}")
+    console.print(f"  in release {done['release']} (published/latest)")

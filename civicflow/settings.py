@@ -90,6 +90,14 @@ class PublishSettings(BaseModel):
     """Open-data releases under `<data root>/published/` (docs/publication.md)."""
 
     keep_releases: int = Field(default=5, ge=1, description="Releases kept after a switch, latest included")
+    partitions_per_task: int = Field(
+        default=1,
+        ge=1,
+        le=10_000,
+        description="Partitions one judging task of civicflow_publish takes (at least: a run maps at most "
+        "256 tasks). 1 makes each council's day its own task to see and retry; more amortises a "
+        "task's start-up where each task is a new process (LocalExecutor, Celery)",
+    )
     base_url: str | None = Field(
         default=None,
         pattern=r"^https?://.*/$",
@@ -120,7 +128,8 @@ class QualitySettings(BaseModel):
         default=0.05,
         ge=0,
         le=1,
-        description="Blocking: largest share of a partition's readings that may have been quarantined",
+        description="Blocking, per device: largest share of a device's readings in a day that may have "
+        "been quarantined (above it, that device's readings that day are held back)",
     )
     volume_ratio_min: float = Field(
         default=0.25,

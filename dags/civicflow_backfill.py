@@ -37,15 +37,18 @@ Same as `civicflow replay --from ... --to ...` (docs/airflow.md).
 def civicflow_backfill():
     @task(outlets=STAGED)
     def replay_segments(params: dict | None = None) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from civicflow.errors import TerminalError
         from jobs import replay_job
 
         try:
-            return replay_job(params["from"], params["to"])
+            result = replay_job(params["from"], params["to"])
         except TerminalError as exc:
             raise AirflowFailException(str(exc)) from exc
+        if not result["changed_partitions"]:
+            raise AirflowSkipException("the replay changed no staged partition")
+        return result
 
     replay_segments()
 

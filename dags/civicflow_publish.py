@@ -1,4 +1,4 @@
-"""Validate changed staged partitions with Great Expectations and publish those that pass."""
+"""Judge changed staged partitions with Great Expectations, publish what passes, cut the release."""
 
 from __future__ import annotations
 
@@ -24,27 +24,63 @@ PUBLISHED = [Asset(name=f"{Zone.PUBLISHED}.{d}", uri=asset_uri(Zone.PUBLISHED, d
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
     doc_md="""
 ### Quality gate and publication
-Runs when any `staged.<domain>` dataset changes. Every staged partition whose current version has not been
-validated goes through its Great Expectations suite (expectations/). Partitions that pass are
-published to `data/published/<domain>/` as Parquet and CSV with a Frictionless `datapackage.json`
-(OGL-UK-3.0). A failing partition is held back: its previous release stays as it was and the
-validation report under `data/validations/` says why.
+Runs when any `staged.<domain>` dataset changes.
+
+1. **plan** lists the staged partition versions (council x day) the gate has not judged yet.
+2. **judge** runs once per partition (a mapped task named after it: `traffic synthetic 2026-03-07
+   v3`): its Great Expectations suite decides what is published and what is held back - the whole
+   day for a partition rule, one device's day for a device rule (docs/publication.md). What passes
+   is written as Parquet and CSV under `data/published/<domain>/`, pending a release. A partition
+   that makes the gate raise is held back with `gate_error`; the others are judged as usual. Clear
+   one box to judge that day again.
+3. **release** runs whatever the judging tasks' states: it rebuilds the data packages and quality
+   summaries and switches `published/latest` to a release holding every pending publication. It
+   skips when nothing changed, so no `published.<domain>` Asset event is emitted for nothing.
+
+`civicflow release list` shows what is held back; `civicflow release approve` publishes it.
 """,
 )
 def civicflow_publish():
-    @task(outlets=PUBLISHED)
-    def validate_and_publish() -> dict:
+    @task
+    def plan() -> list[list[dict]]:
+        from jobs import plan_gate_job
+
+        return plan_gate_job()
+
+    # One writer per DuckDB file: judging tasks of a run take the warehouse one at a time.
+    @task(map_index_template="{{ partitions }}", max_active_tis_per_dagrun=1)
+    def judge(refs: list[dict]) -> dict:
+        from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowFailException
 
         from civicflow.errors import TerminalError
-        from jobs import publish_job
+        from jobs import judge_job
 
+        get_current_context()["partitions"] = ", ".join(
+            f"{r['domain']} {r['council']} {r['event_date']} v{r['version']}" for r in refs
+        )
         try:
-            return publish_job()
+            return judge_job(refs)
         except TerminalError as exc:
             raise AirflowFailException(str(exc)) from exc
 
-    validate_and_publish()
+    @task(outlets=PUBLISHED, trigger_rule="all_done")
+    def release(plans: list[list[dict]]) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        from civicflow.errors import TerminalError
+        from jobs import release_job
+
+        try:
+            outcome = release_job(judged=sorted({r["domain"] for refs in plans for r in refs}))
+        except TerminalError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        if not outcome["cut"] and not outcome["released"]:
+            raise AirflowSkipException("nothing new to release: latest is unchanged")
+        return outcome
+
+    plans = plan()
+    judge.expand(refs=plans) >> release(plans)
 
 
 publish_dag = civicflow_publish()

@@ -26,6 +26,7 @@ import pandas as pd
 
 from civicflow.contract import Dataset, Domain
 from warehouse.aggregates import HOURLY, _device_sql, _rows_sql, series_columns
+from warehouse.partitions import trailing_rows
 
 TRAILING_DAYS = 7
 ROW_ID = "_qc_row"
@@ -40,11 +41,15 @@ class QualityInputs:
             None when unknown (the quarantine-share rule is then not evaluated).
         trailing_rows: Staged rows of each of the council's partitions in the 7 days before.
         reporting_interval_s: Device id -> the interval the registry says it reports at.
+        quarantined_by_device: Of `quarantined`, those whose device id could be read, by device.
+            The quarantine share is judged per device (a device's readings that day); readings
+            refused before a device id was read count in `quarantined` only.
     """
 
     quarantined: int | None = None
     trailing_rows: tuple[int, ...] = ()
     reporting_interval_s: Mapping[str, int] = field(default_factory=dict)
+    quarantined_by_device: Mapping[str, int] = field(default_factory=dict)
 
 
 def quarantine_event_date_sql() -> str:
@@ -58,8 +63,8 @@ def quarantine_event_date_sql() -> str:
     observed = f"CASE WHEN json_valid({text}) THEN json_extract_string({text}, '$.observed_at') END"
     return (
         "coalesce("
-        f"CAST(TRY_CAST({observed} AS TIMESTAMPTZ) AS DATE), "
-        f"CAST(to_timestamp(TRY_CAST({observed} AS DOUBLE)) AS DATE), "
+        f"TRY_CAST(TRY_CAST({observed} AS TIMESTAMPTZ) AS DATE), "
+        f"TRY_CAST(try(to_timestamp(TRY_CAST({observed} AS DOUBLE))) AS DATE), "
         "CAST(received_at AS DATE))"
     )
 
@@ -71,22 +76,23 @@ def load_inputs(
     day: date,
     reporting_interval_s: Mapping[str, int] | None = None,
 ) -> QualityInputs:
-    """Read a partition's quarantine count and its council's trailing volumes from the warehouse."""
-    (quarantined,) = con.execute(
-        f"""SELECT count(*) FROM quarantine.readings
-            WHERE council = ? AND domain = ? AND {quarantine_event_date_sql()} = ?""",
+    """Read a partition's quarantine counts and its council's trailing volumes from the warehouse.
+
+    Raises:
+        OverflowError: If the partition's date is too early to have a trailing week (year 1).
+    """
+    by_device = con.execute(
+        f"""SELECT device_id, count(*) FROM quarantine.readings
+            WHERE council = ? AND domain = ? AND {quarantine_event_date_sql()} = ?
+            GROUP BY device_id""",
         [council, domain.value, day],
-    ).fetchone()
-    trailing = con.execute(
-        """SELECT rows FROM staged.partitions
-           WHERE domain = ? AND council = ? AND event_date >= ? AND event_date < ?
-           ORDER BY event_date""",
-        [domain.value, council, day - timedelta(days=TRAILING_DAYS), day],
     ).fetchall()
+    trailing = trailing_rows(con, domain.value, council, day - timedelta(days=TRAILING_DAYS), day)
     return QualityInputs(
-        quarantined=int(quarantined),
-        trailing_rows=tuple(int(r) for (r,) in trailing),
+        quarantined=sum(int(n) for _, n in by_device),
+        trailing_rows=trailing,
         reporting_interval_s=dict(reporting_interval_s or {}),
+        quarantined_by_device={d: int(n) for d, n in by_device if d is not None},
     )
 
 
@@ -111,10 +117,7 @@ def add_quality_columns(
     out = df.reset_index(drop=True).copy()
     n = len(out)
     out["qc_device_hour_coverage"] = _device_hour_coverage(out, dataset, inputs.reporting_interval_s)
-    share = None
-    if inputs.quarantined is not None and inputs.quarantined + n > 0:
-        share = inputs.quarantined / (inputs.quarantined + n)
-    out["qc_quarantine_share"] = pd.Series([share] * n, dtype="float64")
+    out["qc_quarantine_share"] = _device_quarantine_share(out, inputs)
     ratio = None
     history = [r for r in inputs.trailing_rows if r > 0]
     if len(history) >= volume_min_days:
@@ -127,6 +130,15 @@ def add_quality_columns(
             age = (pd.Timestamp(now) - newest).total_seconds() / 60
     out["qc_freshness_minutes"] = pd.Series([age] * n, dtype="float64")
     return out
+
+
+def _device_quarantine_share(df: pd.DataFrame, inputs: QualityInputs) -> pd.Series:
+    """Each row's device's quarantined readings that day / (those + its staged rows)."""
+    if inputs.quarantined is None or df.empty or "device_id" not in df:
+        return pd.Series([None] * len(df), dtype="float64")
+    staged = df["device_id"].map(df["device_id"].value_counts())
+    refused = df["device_id"].map(lambda d: inputs.quarantined_by_device.get(d, 0)).astype("float64")
+    return (refused / (refused + staged)).astype("float64").reset_index(drop=True)
 
 
 def _device_hour_coverage(df: pd.DataFrame, dataset: Dataset, intervals: Mapping[str, int]) -> pd.Series:

@@ -47,6 +47,29 @@ rule.
 """
 
 
+class Grain(StrEnum):
+    """What a failed blocking rule holds back (docs/publication.md, "The grain of every rule").
+
+    DEVICE: the readings of the devices whose rows failed it, in that partition; the partition's
+    other devices are published. PARTITION: the whole partition (council and day).
+    """
+
+    DEVICE = "device"
+    PARTITION = "partition"
+
+
+DEVICE_RULE_PREFIXES = ("not_null:", "range:", "enum:", "order:")
+"""Contract rules about single readings: a failure holds back the failing rows' devices that day."""
+
+
+def rule_grain(rule: str) -> Grain:
+    """The grain of a rule by its name: device for rules about a device's readings, else partition."""
+    if rule.startswith(DEVICE_RULE_PREFIXES) or rule == "no_future":
+        return Grain.DEVICE
+    found = next((r for r in QUALITY_RULES if r.name == rule), None)
+    return found.grain if found is not None else Grain.PARTITION
+
+
 class Severity(StrEnum):
     """What a failed rule does to its partition; the values are GX's `FailureSeverity`."""
 
@@ -70,6 +93,7 @@ class QualityRule:
     max_parameter: str | None
     flags_rows: bool
     description: str
+    grain: Grain = Grain.PARTITION
 
 
 QUALITY_RULES: tuple[QualityRule, ...] = (
@@ -81,6 +105,7 @@ QUALITY_RULES: tuple[QualityRule, ...] = (
         None,
         True,
         "readings of the row's device in its UTC hour / readings its reporting interval expects",
+        Grain.DEVICE,
     ),
     QualityRule(
         "quarantine_share",
@@ -88,8 +113,9 @@ QUALITY_RULES: tuple[QualityRule, ...] = (
         Severity.BLOCKING,
         None,
         "quarantine_share_max",
-        False,
-        "quarantined readings of the partition / (quarantined + staged readings)",
+        True,
+        "quarantined readings of the row's device that day / (quarantined + staged readings)",
+        Grain.DEVICE,
     ),
     QualityRule(
         "volume",

@@ -9,16 +9,13 @@ after every gate run that judged the dataset, so it always describes the current
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
-from datetime import date, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import duckdb
 
 from civicflow.contract import Domain
-from warehouse.layout import Layout
+from warehouse.partitions import HeldBack, held_back
 
 QUALITY_FILE = "quality.json"
 
@@ -29,46 +26,9 @@ _LATEST_VALIDATION = """
                                ORDER BY validated_at DESC, rowid DESC) = 1"""
 
 
-@dataclass(frozen=True)
-class HeldBack:
-    """A staged partition whose current version the gate refused and nobody approved."""
-
-    domain: str
-    council: str
-    event_date: date
-    version: int
-    validated_at: datetime
-    failed: list[dict[str, Any]]
-    data_docs: str | None
-
-    def reasons(self) -> str:
-        return "; ".join(f"{f['rule']}: {f['detail']}" for f in self.failed) or "unknown"
-
-
 def held_back_partitions(con: duckdb.DuckDBPyConnection, domain: str | None = None) -> list[HeldBack]:
-    """Partitions whose current staged version was validated, failed, and is not published."""
-    rows = con.execute(
-        f"""WITH latest AS ({_LATEST_VALIDATION})
-            SELECT p.domain, p.council, p.event_date, p.version, l.validated_at, l.report
-            FROM staged.partitions p
-            JOIN latest l ON l.domain = p.domain AND l.council = p.council
-                         AND l.event_date = p.event_date AND l.partition_version = p.version
-            WHERE NOT l.published AND ($domain IS NULL OR p.domain = $domain)
-              AND NOT EXISTS (SELECT 1 FROM published.releases r
-                              WHERE r.domain = p.domain AND r.council = p.council
-                                AND r.event_date = p.event_date AND r.partition_version = p.version)
-            ORDER BY p.domain, p.council, p.event_date""",
-        {"domain": domain},
-    ).fetchall()
-    out = []
-    for d, council, day, version, validated_at, report_json in rows:
-        report = json.loads(report_json)
-        out.append(
-            HeldBack(
-                d, council, day, version, validated_at, report.get("failed", []), report.get("data_docs")
-            )
-        )
-    return out
+    """Holds on current staged versions nobody approved: whole partitions, and devices' days."""
+    return held_back(con, domain)
 
 
 def quality_summary(con: duckdb.DuckDBPyConnection, domain: Domain, now: datetime) -> dict[str, Any]:
@@ -134,8 +94,11 @@ def quality_summary(con: duckdb.DuckDBPyConnection, domain: Domain, now: datetim
             {
                 "date": held.event_date.isoformat(),
                 "version": held.version,
-                "validated_at": held.validated_at.isoformat(),
-                "failed": [f["rule"] for f in held.failed],
+                "device_id": held.device_id,
+                "grain": held.grain,
+                "rows": held.rows,
+                "validated_at": held.held_at.isoformat(),
+                "failed": held.rules,
                 "reasons": held.reasons(),
                 "data_docs": held.data_docs,
             }
@@ -146,19 +109,9 @@ def quality_summary(con: duckdb.DuckDBPyConnection, domain: Domain, now: datetim
             "completeness_pct": "mean coverage of the published device-hours: readings in the hour / "
             "readings the device's reporting interval expects, at most 1 (docs/queries.md#coverage)",
             "flagged_pct": "published rows with a qc_flag (a warning rule failed) / published rows",
-            "held_back": "days whose current version failed a blocking rule; any earlier release stays",
+            "held_back": "days (device_id null) or devices' days whose current version failed a "
+            "blocking rule and was not approved; the rest of the day is published, and any earlier "
+            "release of a held-back day stays",
         },
         "councils": dict(sorted(councils.items())),
     }
-
-
-def write_quality_summary(
-    con: duckdb.DuckDBPyConnection, layout: Layout, domain: Domain, now: datetime
-) -> Path:
-    """Write `data/published/<domain>/quality.json` (to a temporary name, then renamed into place)."""
-    path = layout.published_dataset(domain) / QUALITY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(quality_summary(con, domain, now), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path

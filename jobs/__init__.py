@@ -9,6 +9,8 @@ needs it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from civicflow.settings import Settings
@@ -42,22 +44,16 @@ def stage_job(settings: Settings | None = None, registry_dir: Path | None = None
 
 
 def publish_job(settings: Settings | None = None) -> dict:
-    """Validate changed and held-back staged partitions and publish those that pass.
+    """A whole publish run in one call: judge what changed, publish what passes, cut the release.
 
     Thresholds are `CIVICFLOW_QUALITY__*`, overridden per council by its registry file's
     `[quality]` table. Each council's data is published under the licence its registry file
     names (the Open Government Licence unless it says otherwise).
     """
-    from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
-    from expectations.release import gate_and_publish
-    from warehouse.db import connect
-    from warehouse.layout import Layout
+    from jobs.publication import gate_and_publish
 
     settings = settings or Settings()
-    layout = Layout(settings.data_root)
-    registry = load_registry(settings.registry_dir or DEFAULT_REGISTRY_DIR)
-    con = connect(layout.warehouse)
-    try:
+    with _warehouse(settings) as (layout, con, registry):
         return gate_and_publish(
             layout,
             con,
@@ -66,6 +62,63 @@ def publish_job(settings: Settings | None = None) -> dict:
             registry=registry,
             publication=settings.publish,
         ).to_dict()
+
+
+def plan_gate_job(settings: Settings | None = None) -> list[list[dict]]:
+    """The staged partition versions the gate must judge, in groups: one judging task each."""
+    from jobs.publication import plan
+
+    settings = settings or Settings()
+    with _warehouse(settings) as (_layout, con, _registry):
+        return plan(con, per_task=settings.publish.partitions_per_task)
+
+
+def judge_job(refs: list[dict], settings: Settings | None = None) -> dict:
+    """Judge a group of partition versions and publish what each decision lets through."""
+    from jobs.publication import judge_and_publish
+    from warehouse.partitions import PartitionRef
+
+    settings = settings or Settings()
+    with _warehouse(settings) as (layout, con, registry):
+        return judge_and_publish(
+            layout,
+            con,
+            [PartitionRef.from_json(r) for r in refs],
+            now=datetime.now(tz=UTC),
+            quality=settings.quality,
+            registry=registry,
+        ).to_dict()
+
+
+def release_job(settings: Settings | None = None, judged: list[str] | None = None) -> dict:
+    """Cut the release that holds every pending publication (nothing if nothing changed)."""
+    from jobs.publication import release_step
+
+    settings = settings or Settings()
+    with _warehouse(settings) as (layout, con, registry):
+        outcome = release_step(
+            layout,
+            con,
+            now=datetime.now(tz=UTC),
+            licences=registry.licences(),
+            publication=settings.publish,
+            judged=judged or (),
+        )
+    return {"release": outcome.release, "cut": outcome.cut, "released": outcome.marked}
+
+
+@contextmanager
+def _warehouse(settings: Settings):
+    """The data root's layout, the warehouse opened for writing, and the device registry."""
+    from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
+    from warehouse.db import connect
+    from warehouse.layout import Layout
+
+    layout = Layout(settings.data_root)
+    registry = load_registry(settings.registry_dir or DEFAULT_REGISTRY_DIR)
+    con = connect(layout.warehouse)
+    try:
+        yield layout, con, registry
     finally:
         con.close()
 

@@ -34,7 +34,7 @@ from portal.query import (
 )
 from portal.query import Query as RowQuery
 from portal.release import KINDS, DatasetRelease, NoRelease, ReleaseView, load_release, released_file
-from warehouse.catalog import RESOLUTION_S
+from publish.catalog import RESOLUTION_S
 from warehouse.layout import Layout
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")

@@ -4,7 +4,7 @@ Every request resolves `published/latest` once and reads only under what it reso
 or an API answer never mixes two releases. Nothing here reads the staged zone or the publisher's
 working tree.
 
-A release directory never changes once cut (warehouse/releases.py), so what was read of one is
+A release directory never changes once cut (publish/release.py), so what was read of one is
 kept in memory and reused until `latest` points elsewhere: a year of a domain's data packages is
 tens of MiB of JSON, which is parsed once per release, not once per request.
 """
@@ -24,7 +24,7 @@ import orjson
 
 from civicflow.contract import DATASETS, LICENCE, Domain
 from warehouse.layout import Layout
-from warehouse.releases import latest_release
+from publish.release import latest_release
 
 KINDS = ("readings", "hourly", "daily", "council_daily")
 """What the API and downloads serve: the readings and the three aggregates (docs/queries.md)."""
@@ -152,6 +152,7 @@ def _dataset(domain: Domain, directory: Path) -> DatasetRelease:
     quality = orjson.loads(quality_file.read_bytes()) if quality_file.is_file() else {}
     package_licence = package.get("licenses", [LICENCE])[0]
     result = DatasetRelease(domain, directory, package, quality)
+    files: dict[str, dict] = {}
     schemas: dict[bytes, dict] = {}  # thousands of resources share a few Table Schemas: keep one of each
     for res in package["resources"]:
         match = PARTITION_RE.search(res["path"])
@@ -159,6 +160,10 @@ def _dataset(domain: Domain, directory: Path) -> DatasetRelease:
             continue
         sources = res.get("sources") or [{}]
         schema = res.get("schema", {"fields": []})
+        if isinstance(schema, str):  # a Table Schema file beside the package, shared by a kind's files
+            if schema not in files:
+                files[schema] = orjson.loads((directory / schema).read_bytes())
+            schema = files[schema]
         schema = schemas.setdefault(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS), schema)
         result.resources.append(
             Resource(

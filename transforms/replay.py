@@ -57,6 +57,7 @@ from transforms.stage import (
 )
 from warehouse.db import connect
 from warehouse.layout import Layout
+from warehouse.partitions import replace_staged
 from warehouse.segments import list_closed_segments
 from warehouse.tables import arrow_schema, quarantine_schema
 
@@ -354,27 +355,7 @@ def _replace_domain(
             + ") v(council, event_date)",
             [x for pair in changed for x in pair],
         )
-        con.execute(
-            f"DELETE FROM {table} WHERE (council, event_date) IN "
-            "(SELECT (council, event_date) FROM replay_changed)"
-        )
-        con.execute(
-            f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM replay_rows "
-            "WHERE (council, event_date) IN (SELECT (council, event_date) FROM replay_changed)"
-        )
-        con.execute(
-            """
-            INSERT INTO staged.partitions AS p
-                (domain, council, event_date, version, rows, changed_at, exported_version)
-            SELECT ?, c.council, c.event_date, 1,
-                   (SELECT count(*) FROM replay_rows r
-                    WHERE r.council = c.council AND r.event_date = c.event_date), ?, NULL
-            FROM replay_changed c
-            ON CONFLICT (domain, council, event_date) DO UPDATE
-            SET version = p.version + 1, rows = excluded.rows, changed_at = excluded.changed_at
-            """,
-            [dataset.domain.value, now],
-        )
+        replace_staged(con, dataset, "replay_rows", "replay_changed", now)
     return [(c, d) for c, d in changed]
 
 

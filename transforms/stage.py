@@ -38,6 +38,7 @@ from transforms.decode import Limits, Rejection
 from transforms.fast import Part, SegmentDecoder, quarantine_row
 from transforms.lorawan import registry_problems
 from warehouse.layout import Layout
+from warehouse.partitions import PartitionRef, append_staged, mark_exported, replace_staged, to_export
 from warehouse.segment_columns import scan_columns
 from warehouse.segments import CLOSED_SUFFIX, RawRecord, SegmentCorrupt, list_closed_segments
 from warehouse.tables import arrow_schema, quarantine_schema
@@ -239,27 +240,7 @@ def _merge_domain(
             + ") v(council, event_date)",
             [x for pair in changed for x in pair],
         )
-        con.execute(
-            f"DELETE FROM {table} WHERE (council, event_date) IN (SELECT (council, event_date) FROM changed)"
-        )
-        con.execute(
-            f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} "
-            "FROM merged WHERE (council, event_date) IN "
-            "(SELECT (council, event_date) FROM changed)"
-        )
-        con.execute(
-            """
-            INSERT INTO staged.partitions AS p
-                (domain, council, event_date, version, rows, changed_at, exported_version)
-            SELECT ?, c.council, c.event_date, 1,
-                   (SELECT count(*) FROM merged m
-                    WHERE m.council = c.council AND m.event_date = c.event_date), ?, NULL
-            FROM changed c
-            ON CONFLICT (domain, council, event_date) DO UPDATE
-            SET version = p.version + 1, rows = excluded.rows, changed_at = excluded.changed_at
-            """,
-            [dataset.domain.value, now],
-        )
+        replace_staged(con, dataset, "merged", "changed", now)
     con.unregister("incoming")
     return duplicates, [(c, d) for c, d in changed]
 
@@ -285,25 +266,12 @@ def _append_domain(
 ) -> tuple[int, list[tuple[str, date]]]:
     """Insert readings with new keys: every partition they touch changes, nothing is corrected."""
     cols = ", ".join(columns)
-    con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming")
     # An empty candidate set: `_record_corrections` finds no change of value to record.
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE cand AS SELECT {cols}, ''::VARCHAR AS value_hash FROM incoming LIMIT 0"
     )
     changed = con.execute("SELECT council, event_date FROM affected ORDER BY ALL").fetchall()
-    con.execute("CREATE OR REPLACE TEMP TABLE changed AS SELECT council, event_date FROM affected")
-    con.execute(
-        f"""
-        INSERT INTO staged.partitions AS p
-            (domain, council, event_date, version, rows, changed_at, exported_version)
-        SELECT ?, c.council, c.event_date, 1, count(*), ?, NULL
-        FROM {table} t JOIN changed c USING (council, event_date)
-        GROUP BY c.council, c.event_date
-        ON CONFLICT (domain, council, event_date) DO UPDATE
-        SET version = p.version + 1, rows = excluded.rows, changed_at = excluded.changed_at
-        """,
-        [dataset.domain.value, now],
-    )
+    append_staged(con, dataset, "incoming", "affected", now)
     con.unregister("incoming")
     return 0, [(c, d) for c, d in changed]
 
@@ -355,12 +323,9 @@ def export_partitions(con: duckdb.DuckDBPyConnection, layout: Layout) -> list[Pa
     partition; each council's slice is written by a pool of two threads (pyarrow encodes and
     compresses without the GIL). A partition is marked exported only once its file is in place.
     """
-    todo = con.execute("""SELECT domain, event_date, council, version FROM staged.partitions
-                          WHERE exported_version IS DISTINCT FROM version
-                          ORDER BY ALL""").fetchall()
     days: dict[tuple[str, date], list[tuple[str, int]]] = {}
-    for domain, day, council, version in todo:
-        days.setdefault((domain, day), []).append((council, version))
+    for ref in to_export(con):
+        days.setdefault((ref.domain, ref.event_date), []).append((ref.council, ref.version))
     written = []
     with ThreadPoolExecutor(max_workers=2) as pool:
         for (domain, day), partitions in days.items():
@@ -385,10 +350,8 @@ def export_partitions(con: duckdb.DuckDBPyConnection, layout: Layout) -> list[Pa
                 written.append(path)
             for job in jobs:
                 job.result()
-            con.executemany(
-                "UPDATE staged.partitions SET exported_version = ? WHERE domain = ? AND "
-                "council = ? AND event_date = ?",
-                [[version, domain, council, day] for council, version in partitions],
+            mark_exported(
+                con, [PartitionRef(domain, council, day, version) for council, version in partitions]
             )
     return written
 

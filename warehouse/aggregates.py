@@ -13,7 +13,6 @@ Schema, in the domain's `datapackage.json`. Rules are documented in docs/queries
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from datetime import date
@@ -21,8 +20,6 @@ from datetime import date
 import duckdb
 
 from civicflow.contract import DATASETS, Column, Dataset, Domain
-from warehouse.layout import Layout
-from warehouse.publish import columns_schema, file_resources, resource_name, write_files
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +33,6 @@ DEFAULT_INTERVAL_S = {Domain.PARKING: 1800, Domain.AIR_QUALITY: 900, Domain.WAST
 MIN_GAPS = 2
 # Measurements that count something over the reading's interval, so a sum is meaningful (volume).
 SUMMED = frozenset({"intensity"})
-
-AGGREGATE_RELEASES_DDL = """CREATE TABLE IF NOT EXISTS published.aggregate_releases (
-    domain VARCHAR NOT NULL,
-    council VARCHAR NOT NULL,
-    event_date DATE NOT NULL,
-    kind VARCHAR NOT NULL,
-    partition_version BIGINT NOT NULL,
-    rows BIGINT NOT NULL,
-    resources JSON NOT NULL,
-    PRIMARY KEY (domain, council, event_date, kind)
-)"""
 
 
 def numeric_measurements(dataset: Dataset) -> tuple[Column, ...]:
@@ -234,117 +220,49 @@ def _window_filter(dataset: Dataset, kind: str) -> str:
     return f"(council, CAST(hour AS DATE)) {in_partitions}"
 
 
-def aggregate_partitions(
-    con: duckdb.DuckDBPyConnection,
-    layout: Layout,
-    dataset: Dataset,
-    partitions: list[tuple[str, date, int]],
-) -> int:
-    """Rebuild the aggregates of (council, date, partition version) partitions, tables and files.
+def replace_aggregates(
+    con: duckdb.DuckDBPyConnection, dataset: Dataset, partitions: list[tuple[str, date]]
+) -> None:
+    """Recompute the aggregate tables' rows of (council, date) partitions from `published.<domain>`.
 
-    One transaction replaces their rows in every aggregate table and records the files. Files are
-    written inside it, to temporary names renamed into place; if the transaction then fails, the
-    partitions stay due (their `aggregate_releases` version is stale) and the next run rewrites them.
+    Call it inside the transaction that changes those partitions' published rows, so that the
+    aggregates always describe the published readings.
     """
     if not partitions:
-        return 0
+        return
     # Parallel aggregation adds floating-point partial sums in whatever order threads finish, so
     # a mean can differ in its last digit between two identical runs. One thread makes every
     # rebuild, and every replay, byte for byte the same.
     (threads,) = con.execute("SELECT current_setting('threads')").fetchone()
     con.execute("SET threads = 1")
     try:
-        return _aggregate_partitions(con, layout, dataset, partitions)
-    finally:
-        con.execute(f"SET threads = {int(threads)}")
-
-
-def _aggregate_partitions(
-    con: duckdb.DuckDBPyConnection,
-    layout: Layout,
-    dataset: Dataset,
-    partitions: list[tuple[str, date, int]],
-) -> int:
-    domain = dataset.domain
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE agg_partitions "
-            "(council VARCHAR, event_date DATE, partition_version BIGINT)"
-        )
-        con.executemany("INSERT INTO agg_partitions VALUES (?, ?, ?)", [list(p) for p in partitions])
+        con.execute("CREATE OR REPLACE TEMP TABLE agg_partitions (council VARCHAR, event_date DATE)")
+        con.executemany("INSERT INTO agg_partitions VALUES (?, ?)", [list(p) for p in partitions])
         con.execute(f"CREATE OR REPLACE TEMP TABLE agg_rows AS {_rows_sql(dataset)}")
         for kind in KINDS:
             names = ", ".join(c.name for c in columns(dataset, kind))
             sql = _council_sql(dataset) if kind == COUNCIL_DAILY else _device_sql(dataset, kind)
-            con.execute(f"DELETE FROM {table_name(domain, kind)} WHERE {_window_filter(dataset, kind)}")
-            con.execute(f"INSERT INTO {table_name(domain, kind)} ({names}) SELECT {names} FROM ({sql})")
-        for council, day, version in partitions:
-            for kind in KINDS:
-                _publish_files(con, layout, dataset, kind, council, day, version)
+            con.execute(
+                f"DELETE FROM {table_name(dataset.domain, kind)} WHERE {_window_filter(dataset, kind)}"
+            )
+            con.execute(
+                f"INSERT INTO {table_name(dataset.domain, kind)} ({names}) SELECT {names} FROM ({sql})"
+            )
         con.execute("DROP TABLE agg_rows")
         con.execute("DROP TABLE agg_partitions")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    log.info("aggregated %d %s partitions", len(partitions), domain)
-    return len(partitions)
+    finally:
+        con.execute(f"SET threads = {int(threads)}")
 
 
-def _publish_files(
-    con: duckdb.DuckDBPyConnection,
-    layout: Layout,
-    dataset: Dataset,
-    kind: str,
-    council: str,
-    day: date,
-    version: int,
-) -> None:
+def aggregate_rows(con: duckdb.DuckDBPyConnection, dataset: Dataset, kind: str, council: str, day: date):
+    """One partition's rows of an aggregate table, in its primary key's order (an Arrow table)."""
     cols = columns(dataset, kind)
     key = primary_key(dataset, kind)
     window = "CAST(hour AS DATE)" if kind == HOURLY else "event_date"
     domain_filter = f"AND domain = '{dataset.domain}'" if kind == COUNCIL_DAILY else ""
-    table = con.sql(
+    return con.sql(
         f"SELECT {', '.join(c.name for c in cols)} FROM {table_name(dataset.domain, kind)} "
         f"WHERE council = $council AND {window} = $day {domain_filter} "
         f"ORDER BY {', '.join(f'{k} NULLS FIRST' for k in key)}",
         params={"council": council, "day": day},
     ).to_arrow_table()
-    base = layout.published_dataset(dataset.domain)
-    target = base / "aggregates" / kind / f"council={council}" / f"date={day.isoformat()}"
-    stem = f"{dataset.domain}-{kind}-{council}-{day.isoformat()}"
-    files = write_files(con, table, cols, target, stem, base)
-    name = resource_name(dataset.domain, kind, council, day.isoformat())
-    resources = file_resources(name, files, table.num_rows, columns_schema(cols, key))
-    con.execute(
-        "INSERT OR REPLACE INTO published.aggregate_releases VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [dataset.domain.value, council, day, kind, version, table.num_rows, json.dumps(resources)],
-    )
-
-
-def partitions_to_aggregate(con: duckdb.DuckDBPyConnection) -> dict[Domain, list[tuple[str, date, int]]]:
-    """Published partitions whose current release has not been aggregated (in every kind)."""
-    rows = con.execute(
-        f"""SELECT r.domain, r.council, r.event_date, r.partition_version FROM published.releases r
-            WHERE (SELECT count(*) FROM published.aggregate_releases a
-                   WHERE a.domain = r.domain AND a.council = r.council AND a.event_date = r.event_date
-                     AND a.partition_version = r.partition_version) < {len(KINDS)}
-            ORDER BY ALL"""
-    ).fetchall()
-    due: dict[Domain, list[tuple[str, date, int]]] = {}
-    for domain, council, day, version in rows:
-        due.setdefault(Domain(domain), []).append((council, day, version))
-    return due
-
-
-def refresh_aggregates(con: duckdb.DuckDBPyConnection, layout: Layout) -> dict[Domain, int]:
-    """Aggregate every published partition whose release is newer than its aggregates.
-
-    Returns the number of partitions rebuilt per domain; the caller rewrites those domains'
-    `datapackage.json`. A warehouse published before aggregates existed is caught up the same way.
-    """
-    return {
-        domain: aggregate_partitions(con, layout, DATASETS[domain], partitions)
-        for domain, partitions in partitions_to_aggregate(con).items()
-    }

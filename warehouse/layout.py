@@ -42,7 +42,7 @@ class Layout:
 
     @property
     def releases(self) -> Path:
-        """Immutable releases, `releases/<id>/<domain>/...` (warehouse/releases.py)."""
+        """Immutable releases, `releases/<id>/<domain>/...` (publish/release.py)."""
         return self.zone(Zone.PUBLISHED) / "releases"
 
     @property

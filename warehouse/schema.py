@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from civicflow.contract import DATASETS, Column, Dataset
-from warehouse.aggregates import AGGREGATE_RELEASES_DDL, aggregate_tables
+from warehouse.aggregates import aggregate_tables
+from warehouse.partitions import PARTITION_DDL
 
 DUCKDB_TYPES = {
     "string": "VARCHAR",
@@ -39,16 +40,6 @@ BASE_DDL = [
     rejected BIGINT NOT NULL,
     staged_at TIMESTAMPTZ NOT NULL
 )""",
-    """CREATE TABLE IF NOT EXISTS staged.partitions (
-    domain VARCHAR NOT NULL,
-    council VARCHAR NOT NULL,
-    event_date DATE NOT NULL,
-    version BIGINT NOT NULL,
-    rows BIGINT NOT NULL,
-    changed_at TIMESTAMPTZ NOT NULL,
-    exported_version BIGINT,
-    PRIMARY KEY (domain, council, event_date)
-)""",
     """CREATE TABLE IF NOT EXISTS staged.corrections (
     domain VARCHAR NOT NULL,
     council VARCHAR NOT NULL,
@@ -83,26 +74,6 @@ BASE_DDL = [
     detail VARCHAR NOT NULL,
     payload BLOB NOT NULL,
     quarantined_at TIMESTAMPTZ NOT NULL
-)""",
-    """CREATE TABLE IF NOT EXISTS published.validations (
-    domain VARCHAR NOT NULL,
-    council VARCHAR NOT NULL,
-    event_date DATE NOT NULL,
-    partition_version BIGINT NOT NULL,
-    validated_at TIMESTAMPTZ NOT NULL,
-    success BOOLEAN NOT NULL,
-    published BOOLEAN NOT NULL,
-    report JSON NOT NULL
-)""",
-    """CREATE TABLE IF NOT EXISTS published.releases (
-    domain VARCHAR NOT NULL,
-    council VARCHAR NOT NULL,
-    event_date DATE NOT NULL,
-    partition_version BIGINT NOT NULL,
-    rows BIGINT NOT NULL,
-    published_at TIMESTAMPTZ NOT NULL,
-    files JSON NOT NULL,
-    PRIMARY KEY (domain, council, event_date)
 )""",
 ]
 
@@ -141,11 +112,10 @@ WHERE pm10_mean > 50""",
 
 
 def all_ddl() -> list[str]:
-    ddl = list(BASE_DDL)
+    ddl = list(BASE_DDL) + PARTITION_DDL
     for dataset in DATASETS.values():
         ddl.append(dataset_ddl("staged", dataset, dataset.staged_columns))
         ddl.append(dataset_ddl("published", dataset, dataset.published_columns))
-    ddl.append(AGGREGATE_RELEASES_DDL)
     ddl.extend(
         f"CREATE TABLE IF NOT EXISTS {name} (\n    {column_ddl(cols)}\n)" for name, cols in aggregate_tables()
     )

@@ -11,8 +11,9 @@ from factories import LIMITS, car_park, land
 
 from civicflow.registry import CouncilRegistry, RegistryError, build_registry, load_council
 from civicflow.settings import QualitySettings
-from expectations.approvals import ApprovalError, approve_partition
-from expectations.release import gate_and_publish
+from jobs.publication import ApprovalError
+from jobs.publication import approve as approve_partition
+from jobs.publication import gate_and_publish
 from expectations.summary import held_back_partitions
 from transforms.stage import stage_segments
 from warehouse.db import connect

@@ -12,7 +12,7 @@ import uvicorn
 from factories import LIMITS, car_park, land
 from fastapi.testclient import TestClient
 
-from expectations.release import gate_and_publish
+from jobs.publication import gate_and_publish
 from portal.app import create_app
 from transforms.stage import stage_segments
 from warehouse.db import connect

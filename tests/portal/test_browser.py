@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from warehouse.releases import latest_release
+from publish.release import latest_release
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

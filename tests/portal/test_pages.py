@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from warehouse.releases import latest_release
+from publish.release import latest_release
 
 pytestmark = pytest.mark.integration
 

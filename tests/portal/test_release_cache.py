@@ -12,7 +12,7 @@ from civicflow.contract import Zone
 from portal.app import create_app
 from portal.release import load_release
 from warehouse.layout import Layout
-from warehouse.releases import latest_release, switch_latest
+from publish.release import latest_release, switch_latest
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 from factories import LIMITS, car_park, land, tree_digest
 
 from civicflow.registry import CouncilRegistry, build_registry
-from expectations.release import gate_and_publish
+from jobs.publication import gate_and_publish
 from transforms.stage import stage_segments
 from warehouse.db import connect
 from warehouse.layout import Layout

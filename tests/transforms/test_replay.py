@@ -18,7 +18,7 @@ from factories import LIMITS, car_park, tree_digest
 
 from civicflow.contract import DATASETS
 from civicflow.errors import TerminalError
-from expectations.release import gate_and_publish
+from jobs.publication import gate_and_publish
 from ingest.samples import birmingham_parking_messages
 from transforms.decode import Limits
 from transforms.replay import parse_bound, replay_segments, segment_opened_at

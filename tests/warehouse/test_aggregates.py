@@ -19,7 +19,7 @@ from factories import LIMITS, land, tree_digest
 from typer.testing import CliRunner
 
 from civicflow.contract import DATASETS, Domain, Zone
-from expectations.release import gate_and_publish
+from jobs.publication import gate_and_publish
 from transforms.stage import export_partitions, stage_segments
 from warehouse.aggregates import DEFAULT_INTERVAL_S, aggregate_partitions, aggregate_tables
 from warehouse.db import connect

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from civicflow.errors import TransientError
 from civicflow.settings import CkanSettings, PublishSettings
-from expectations.release import gate_and_publish
+from jobs.publication import gate_and_publish
 from transforms.stage import stage_segments
 from warehouse.db import connect
 from warehouse.layout import Layout

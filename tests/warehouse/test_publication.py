@@ -24,13 +24,13 @@ from factories import LIMITS, land
 from civicflow.contract import DATASETS, Domain, Zone
 from civicflow.registry import CouncilRegistry, build_registry
 from civicflow.settings import PublishSettings
-from expectations.release import gate_and_publish
+from jobs.publication import gate_and_publish
 from transforms.stage import stage_segments
 from warehouse import publish as publish_module
-from warehouse.catalog import to_graph
+from publish.catalog import to_graph
 from warehouse.db import connect
 from warehouse.layout import Layout
-from warehouse.publish import PublicationError, allowlist, publish_partition
+from publish.files import PublicationError, allowlist, publish_partition
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 3, 3, 12, 0, tzinfo=UTC)

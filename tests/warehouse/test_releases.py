@@ -13,11 +13,11 @@ from factories import LIMITS, car_park, land, tree_digest
 
 from civicflow.contract import Zone
 from civicflow.settings import PublishSettings
-from expectations.release import gate_and_publish
+from jobs.publication import gate_and_publish
 from transforms.stage import export_partitions, stage_segments
 from warehouse.db import connect
 from warehouse.layout import Layout
-from warehouse.releases import latest_release, releases
+from publish.release import latest_release, releases
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

@@ -1,15 +1,21 @@
 """Atomic, versioned releases of the published zone.
 
-The publisher writes into its working tree, `data/published/<domain>/` (warehouse/publish.py,
-warehouse/aggregates.py), which changes file by file during a publish. Consumers never read it.
-After a publish, `cut_release` snapshots what the data packages list into a new, immutable
-directory `data/published/releases/<id>/` (hard links: files are only ever replaced by rename, so a
-released file never changes), then switches `data/published/latest` to it by renaming a new
+The publisher writes into its working tree, `data/published/<domain>/` (publish/partition.py),
+which changes file by file during a publish. Consumers never read it. `release` is the last step of
+every publish run: if the ledger has publications no release holds yet (`warehouse.partitions`),
+or a dataset's metadata changed, it rebuilds the data packages and snapshots what they list into
+a new, immutable directory `data/published/releases/<id>/` (hard links: files are only ever
+replaced by rename, so a released file never changes), then switches `data/published/latest` to it by renaming a new
 symlink over the old one - one atomic step - and writes `latest.json`, the same pointer for
 consumers that cannot follow symlinks (HTTP mirrors, object stores). The DCAT-AP catalogue of the
 new release replaces `catalog.jsonld` and `catalog.ttl`, and releases beyond the retention are
-removed last. A consumer that resolves `latest` once and reads everything under what it resolved
-sees one release, whole (docs/publication.md).
+removed last. Each release carries `manifest.json`: every file it holds with its dataset, council,
+date, kind, format, bytes, sha256 and the partition version it came from. Only once `latest` points
+at the new release are the ledger's pending publications marked as in it, so the ledger never
+claims a publication no release holds; after a crash in between, the next run finds the pending
+publications already in `latest`'s manifest and marks them, or cuts the release they need.
+A consumer that resolves `latest` once and reads everything under what it resolved sees one
+release, whole (docs/publication.md).
 """
 
 from __future__ import annotations
@@ -19,19 +25,24 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
+
 from civicflow.contract import DATASETS, Domain, Zone
 from civicflow.errors import TerminalError
 from civicflow.settings import CkanSettings
-from warehouse.catalog import build_catalog, to_turtle
+from publish.catalog import build_catalog, to_turtle
+from publish.datapackage import write_datapackage
 from warehouse.layout import Layout
+from warehouse.partitions import PartitionRef, domains_published, mark_released, pending, publications
 
 log = logging.getLogger(__name__)
 
+MANIFEST = "manifest.json"
 RELEASE_RE = re.compile(r"^(\d{6})-(\d{8}T\d{6}Z)$")
 
 
@@ -93,7 +104,7 @@ def _snapshot_dataset(work: Path, target: Path) -> None:
                 f"{'has ' + str(src.stat().st_size) if src.is_file() else 'is missing'}; re-run the publish"
             )
         _link_or_copy(src, target / resource["path"])
-    for extra in ("schema.json", "quality.json", "datapackage.json"):
+    for extra in sorted(p.name for p in work.glob("schema*.json")) + ["quality.json", "datapackage.json"]:
         if (work / extra).is_file():
             _link_or_copy(work / extra, target / extra)
 
@@ -136,6 +147,100 @@ def prune_releases(layout: Layout, keep: int) -> list[str]:
     return removed
 
 
+@dataclass(frozen=True)
+class ReleaseOutcome:
+    """What the release step did: the release it cut (or found), and the publications it marked."""
+
+    release: str | None
+    cut: bool
+    marked: int
+
+
+def release(
+    con: duckdb.DuckDBPyConnection,
+    layout: Layout,
+    *,
+    now: datetime,
+    quality: Mapping[str, dict] | None = None,
+    licences: Mapping[str, dict] | None = None,
+    keep: int = 5,
+    base_url: str | None = None,
+    ckan: CkanSettings | None = None,
+) -> ReleaseOutcome:
+    """Put every pending publication into a release that `latest` points at; mark the ledger.
+
+    Args:
+        quality: Dataset -> its quality summary (`expectations.summary`), written as `quality.json`.
+        licences: Council -> the licence its data carries, when not the Open Government Licence.
+
+    Idempotent: with nothing pending and no metadata changed, nothing is cut; pending
+    publications that `latest` already holds (a crash after the switch) are only marked.
+    """
+    waiting = pending(con)
+    current = latest_release(layout)
+    if waiting and current is not None and _holds_all(current, waiting):
+        marked = mark_released(con, current.name, waiting)
+        log.info("release %s already holds %d pending publications: marked them", current.name, marked)
+        return ReleaseOutcome(current.name, False, marked)
+    datasets = {p.domain for p in waiting} | {str(d) for d in (quality or {})}
+    if current is None:
+        datasets |= {str(d) for d in domains_published(con)}
+    for name in sorted(datasets):
+        dataset = DATASETS[Domain(name)]
+        if name in (quality or {}):
+            layout.published_dataset(dataset.domain).mkdir(parents=True, exist_ok=True)
+            _write_atomically(
+                layout.published_dataset(dataset.domain) / "quality.json",
+                json.dumps(quality[name], indent=2) + "\n",
+            )
+        if any(p.domain == name for p in waiting) or current is None:
+            write_datapackage(con, layout, dataset, licences)
+    cut = None
+    if _published_domains(layout) and (waiting or current is None or _changed(layout)):
+        cut = _cut(layout, now, keep, base_url, manifest=_manifest(con))
+    marked = mark_released(con, cut.id, waiting) if cut is not None else 0
+    if ckan is not None and ckan.url:
+        push_pending(layout, ckan, base_url)
+    return ReleaseOutcome(cut.id if cut else (current.name if current else None), cut is not None, marked)
+
+
+def _manifest(con: duckdb.DuckDBPyConnection) -> dict:
+    """Every file the ledger lists, with what it is: the release's manifest (paths in the release)."""
+    files, partitions = [], []
+    for pub in publications(con):
+        ref = pub.ref
+        partitions.append(ref.to_json() | {"rows": pub.rows})
+        for entry in pub.files["files"]:
+            files.append(
+                {
+                    "dataset": ref.domain,
+                    "council": ref.council,
+                    "date": ref.event_date.isoformat(),
+                    "kind": entry["kind"],
+                    "format": entry["format"],
+                    "path": f"{ref.domain}/{entry['path']}",
+                    "bytes": entry["bytes"],
+                    "sha256": entry["sha256"],
+                    "rows": entry["rows"],
+                    "partition_version": ref.version,
+                }
+            )
+    return {"partitions": partitions, "files": files}
+
+
+def read_manifest(release_dir: Path) -> dict:
+    """A release's manifest (`manifest.json`)."""
+    return json.loads((release_dir / MANIFEST).read_text(encoding="utf-8"))
+
+
+def _holds_all(release_dir: Path, refs: list[PartitionRef]) -> bool:
+    try:
+        held = {PartitionRef.from_json(p) for p in read_manifest(release_dir)["partitions"]}
+    except (OSError, ValueError, KeyError):
+        return False
+    return all(r in held for r in refs)
+
+
 def cut_release(
     layout: Layout,
     domains: Iterable[Domain | str],
@@ -160,7 +265,7 @@ def cut_release(
 
 def push_pending(layout: Layout, ckan: CkanSettings, base_url: str | None) -> bool:
     """Push the latest release's catalogue to CKAN if it has not been pushed yet."""
-    from warehouse.ckan import CkanClient, packages_from_catalog, push_catalog
+    from publish.ckan import CkanClient, packages_from_catalog, push_catalog
 
     if not layout.latest_pointer.is_file():
         return False
@@ -210,14 +315,17 @@ def _changed(layout: Layout) -> bool:
     if current is None:
         return True
     for domain in _published_domains(layout):
-        released = current / domain / "datapackage.json"
-        work = layout.published_dataset(domain) / "datapackage.json"
-        if not released.is_file() or released.read_bytes() != work.read_bytes():
-            return True
+        for name in ("datapackage.json", "quality.json"):
+            released = current / domain / name
+            work = layout.published_dataset(domain) / name
+            if work.is_file() and (not released.is_file() or released.read_bytes() != work.read_bytes()):
+                return True
     return False
 
 
-def _cut(layout: Layout, now: datetime | None, keep: int, base_url: str | None) -> Release:
+def _cut(
+    layout: Layout, now: datetime | None, keep: int, base_url: str | None, manifest: dict | None = None
+) -> Release:
     now = now or datetime.now(tz=UTC)
     existing = releases(layout)
     number = 1 + max((int(RELEASE_RE.match(p.name).group(1)) for p in existing), default=0)
@@ -231,6 +339,9 @@ def _cut(layout: Layout, now: datetime | None, keep: int, base_url: str | None) 
         _snapshot_dataset(layout.published_dataset(domain), building / domain)
     release = Release(release_id, layout.releases / release_id, now, tuple(published))
     _write_atomically(building / "release.json", json.dumps(release.to_dict(), indent=2) + "\n")
+    if manifest is not None:
+        body = {"release": release_id} | manifest
+        _write_atomically(building / MANIFEST, json.dumps(body, indent=1) + "\n")
     os.rename(building, release.path)
     switch_latest(layout, release.path)
     _write_atomically(layout.latest_pointer, json.dumps(release.to_dict(), indent=2) + "\n")

@@ -22,7 +22,7 @@ from warehouse.aggregates import DEFAULT_INTERVAL_S
 from warehouse.layout import Layout
 
 if TYPE_CHECKING:
-    from warehouse.releases import Release
+    from publish.release import Release
 
 CONTEXT = {
     "dcat": "http://www.w3.org/ns/dcat#",

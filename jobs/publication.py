@@ -1,0 +1,266 @@
+"""Publication as jobs: plan the gate, judge and publish partitions, cut the release, approve.
+
+This is where the quality gate (`expectations`, which decides and reports) meets the publish stage
+(`publish`, which writes files, the ledger and releases). A publish run is three steps, each an
+Airflow task a data engineer can retry on its own (dags/civicflow_publish.py):
+
+1. `plan`: the staged partition versions the gate has to judge, in small groups.
+2. `judge_and_publish`, once per group: judge the group's partitions and publish what each
+   decision lets through. A partition that raises is held back with `gate_error`; the others go on.
+3. `release_step`, whatever the judging tasks' states: rebuild the data packages and quality
+   summaries and put every pending publication into a release that `latest` points at.
+
+`gate_and_publish` runs the three in one call (`civicflow batch` without Airflow, tests, and
+`approve`, which publishes the approved partition through the same path and cuts the release).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import duckdb
+
+from civicflow.contract import Domain
+from civicflow.errors import TerminalError
+from civicflow.registry import Registry
+from civicflow.settings import PublishSettings, QualitySettings
+from warehouse.layout import Layout
+from warehouse.partitions import (
+    GATE_ERROR,
+    PartitionRef,
+    current,
+    domains_published,
+    held_back,
+    record_approval,
+    to_validate,
+    transaction,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_MAPPED_TASKS = 256
+"""Judging tasks one publish run maps at most (Airflow refuses more than `max_map_length`, 1024)."""
+
+
+class ApprovalError(TerminalError):
+    """The partition cannot be approved as asked (not held back, no reason): fix the request."""
+
+
+@dataclass
+class GateResult:
+    """What one publish run judged, published, held back and released."""
+
+    validated: int = 0
+    passed: int = 0
+    failed: int = 0
+    published: int = 0
+    held_back: list[dict] = field(default_factory=list)
+    devices_held: list[dict] = field(default_factory=list)
+    warned: list[dict] = field(default_factory=list)
+    gate_errors: list[dict] = field(default_factory=list)
+    release: str | None = None
+    released: int = 0
+
+    def add(self, other: GateResult) -> None:
+        for name in ("validated", "passed", "failed", "published"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("held_back", "devices_held", "warned", "gate_errors"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "validated": self.validated,
+            "passed": self.passed,
+            "failed": self.failed,
+            "published": self.published,
+            "held_back": self.held_back,
+            "devices_held": self.devices_held,
+            "warned": self.warned,
+            "gate_errors": self.gate_errors,
+            "release": self.release,
+            "released": self.released,
+        }
+
+
+def plan(con: duckdb.DuckDBPyConnection, *, per_task: int = 1) -> list[list[dict]]:
+    """The partition versions to judge, in groups of `per_task` (more if there are very many).
+
+    One partition per group by default, so that a judging task is one council's day in Airflow; a
+    backfill of thousands of days is spread over at most `MAX_MAPPED_TASKS` groups.
+    """
+    refs = to_validate(con)
+    size = max(per_task, math.ceil(len(refs) / MAX_MAPPED_TASKS)) if refs else 1
+    return [[r.to_json() for r in refs[i : i + size]] for i in range(0, len(refs), size)]
+
+
+def judge_and_publish(
+    layout: Layout,
+    con: duckdb.DuckDBPyConnection,
+    refs: Iterable[PartitionRef],
+    *,
+    now: datetime,
+    quality: QualitySettings | None = None,
+    registry: Registry | None = None,
+) -> GateResult:
+    """Judge partition versions and carry out each decision; never raises for one partition."""
+    from expectations.judge import judge_partitions
+    from publish.partition import publish_decision
+
+    result = GateResult()
+    for decision in judge_partitions(con, layout, refs, now=now, quality=quality, registry=registry):
+        ref = decision.ref
+        where = {"dataset": ref.domain, "council": ref.council, "date": ref.event_date.isoformat()}
+        result.validated += 1
+        decision = publish_decision(con, layout, decision, now=now, registry=registry)
+        published, report = decision.publishes, decision.report
+        result.published += int(published)
+        if decision.success:
+            result.passed += 1
+        else:
+            result.failed += 1
+        whole = [h for h in decision.holds if h.device_id is None]
+        if any(GATE_ERROR in h.rules for h in whole):
+            result.gate_errors.append(where | {"error": whole[0].detail})
+        if not published:
+            result.held_back.append(
+                where
+                | {
+                    "failed": sorted({r for h in decision.holds for r in h.rules}),
+                    "data_docs": report.get("data_docs"),
+                }
+            )
+        for hold in decision.holds:
+            if hold.device_id is not None:
+                result.devices_held.append(
+                    where | {"device_id": hold.device_id, "failed": list(hold.rules), "rows": hold.rows}
+                )
+        if published and report.get("warnings"):
+            result.warned.append(
+                where
+                | {
+                    "warnings": [w["rule"] for w in report["warnings"]],
+                    "flagged_rows": report.get("metrics", {}).get("flagged_rows"),
+                }
+            )
+    return result
+
+
+def release_step(
+    layout: Layout,
+    con: duckdb.DuckDBPyConnection,
+    *,
+    now: datetime,
+    licences: Mapping[str, dict] | None = None,
+    publication: PublishSettings | None = None,
+    judged: Iterable[str] = (),
+):
+    """Rebuild quality summaries and data packages and cut the release (`publish.release`)."""
+    from expectations.summary import quality_summary
+    from publish.release import release
+
+    pub = publication or PublishSettings()
+    domains = {Domain(d) for d in judged} | set(domains_published(con))
+    summaries = {d.value: quality_summary(con, d, now) for d in sorted(domains)}
+    return release(
+        con,
+        layout,
+        now=now,
+        quality=summaries,
+        licences=licences,
+        keep=pub.keep_releases,
+        base_url=pub.base_url,
+        ckan=pub.ckan,
+    )
+
+
+def gate_and_publish(
+    layout: Layout,
+    con: duckdb.DuckDBPyConnection,
+    *,
+    now: datetime | None = None,
+    licences: Mapping[str, dict] | None = None,
+    quality: QualitySettings | None = None,
+    registry: Registry | None = None,
+    publication: PublishSettings | None = None,
+    refs: Iterable[PartitionRef] | None = None,
+) -> GateResult:
+    """Plan, judge and publish, release: a whole publish run in one call."""
+    now = now or datetime.now(tz=UTC)
+    refs = to_validate(con) if refs is None else list(refs)
+    result = judge_and_publish(layout, con, refs, now=now, quality=quality, registry=registry)
+    outcome = release_step(
+        layout, con, now=now, licences=licences, publication=publication, judged={r.domain for r in refs}
+    )
+    result.release, result.released = outcome.release, outcome.marked
+    return result
+
+
+def approve(
+    layout: Layout,
+    con: duckdb.DuckDBPyConnection,
+    domain: Domain | str,
+    council: str,
+    day: date,
+    *,
+    reason: str,
+    who: str,
+    now: datetime,
+    device: str | None = None,
+    quality: QualitySettings | None = None,
+    registry: Registry | None = None,
+    licences: Mapping[str, dict] | None = None,
+    publication: PublishSettings | None = None,
+) -> dict[str, Any]:
+    """Lift a hold on the current version of a partition (or one device's day) and publish it.
+
+    The approval is recorded first; the partition is then judged again and published through the
+    same path as any other, and the release is cut, so consumers see it in `latest` at once.
+
+    Raises:
+        ApprovalError: If the reason is blank or nothing of that partition (or device) is held back.
+    """
+    if not reason.strip():
+        raise ApprovalError('an approval needs a reason: --reason "why this can be published"')
+    domain = Domain(domain)
+    holds = [
+        h
+        for h in held_back(con, domain.value)
+        if h.council == council and h.event_date == day and (device is None or h.device_id == device)
+    ]
+    ref = current(con, domain.value, council, day)
+    what = f"{domain} {council} {day.isoformat()}" + (f" device {device}" if device else "")
+    if ref is None or not holds:
+        raise ApprovalError(
+            f"{what} is not held back; `civicflow release list` shows the partitions and devices that are"
+        )
+    failed = sorted({r for h in holds for r in h.rules})
+    with transaction(con):
+        record_approval(con, ref, device_id=device, who=who, now=now, reason=reason, failed=failed)
+    result = gate_and_publish(
+        layout,
+        con,
+        now=now,
+        licences=licences,
+        quality=quality,
+        registry=registry,
+        publication=publication,
+        refs=[ref],
+    )
+    return {
+        "domain": domain.value,
+        "council": council,
+        "date": day.isoformat(),
+        "device_id": device,
+        "version": ref.version,
+        "failed": failed,
+        "published": result.published == 1,
+        "release": result.release,
+        "approved_by": who,
+        "approved_at": now.isoformat(),
+        "reason": reason,
+    }

@@ -1,0 +1,143 @@
+"""A dataset's Frictionless data package, rebuilt from the publication ledger.
+
+`data/published/<domain>/datapackage.json` lists every published file of the dataset (readings
+and aggregates, Parquet and CSV) with its byte size and sha256, as the ledger recorded it when the
+file was written: nothing is read back out of paths. Every resource of a kind shares one Table
+Schema file beside the package (`schema.json` for the readings, `schema-<kind>.json` for an
+aggregate), referenced by path, so the package grows by a few hundred bytes per file rather than
+by a whole schema.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import duckdb
+
+from civicflow import __version__
+from civicflow.contract import CONTRACT_VERSION, LICENCE, Dataset
+from publish.files import MEDIA_TYPES, columns_schema, replace_into_place, table_schema
+from publish.partition import READINGS
+from warehouse.aggregates import KINDS, columns, primary_key
+from warehouse.layout import Layout
+from warehouse.partitions import publications
+
+
+def schema_file(kind: str) -> str:
+    """The Table Schema file of a kind of table, relative to the dataset's folder."""
+    return "schema.json" if kind == READINGS else f"schema-{kind}.json"
+
+
+def kind_schema(dataset: Dataset, kind: str) -> dict:
+    if kind == READINGS:
+        return table_schema(dataset)
+    return columns_schema(columns(dataset, kind), primary_key(dataset, kind))
+
+
+def resource_name(*parts: str) -> str:
+    """A Frictionless resource name (lower case, digits, `-._/`): `air_quality` becomes `air-quality`."""
+    return "-".join(parts).lower().replace("_", "-")
+
+
+def _profiled(resource: dict) -> dict:
+    """Declare what Frictionless can check of a resource.
+
+    CSV is a `tabular-data-resource`: its rows are validated against the Table Schema. Parquet
+    keeps the same schema for consumers but is declared a plain `data-resource` of type `file`:
+    Frictionless reads Parquet through pyarrow without counting bytes, so as a table its `bytes`
+    and `hash` could never be checked; as a file they are (and `rows`, which a file has not, is
+    left to the CSV twin, which carries the same rows).
+    """
+    out = {k: v for k, v in resource.items() if k not in ("profile", "type")}
+    if resource["format"] == "csv":
+        return out | {"profile": "tabular-data-resource"}
+    return {k: v for k, v in out.items() if k != "rows"} | {"profile": "data-resource", "type": "file"}
+
+
+def file_resource(domain: str, council: str, day: str, entry: dict) -> dict:
+    """The data package resource of one file the ledger lists."""
+    kind, fmt = entry["kind"], entry["format"]
+    parts = [domain] + ([] if kind == READINGS else [kind]) + [council, day]
+    resource = {
+        "name": resource_name(*parts) + ("" if fmt == "parquet" else "-csv"),
+        "path": entry["path"],
+        "format": fmt,
+        "mediatype": MEDIA_TYPES[fmt],
+        "bytes": entry["bytes"],
+        "hash": f"sha256:{entry['sha256']}",
+        "rows": entry["rows"],
+        "schema": schema_file(kind),
+    }
+    if fmt == "csv":
+        resource["encoding"] = "utf-8"
+    return _profiled(resource)
+
+
+def _licensed(resource: dict, licence: dict | None) -> dict:
+    if licence is None:
+        return resource
+    out = resource | {"licenses": [{k: licence[k] for k in ("name", "path", "title")}]}
+    if licence.get("attribution"):
+        out["sources"] = [{"title": licence["attribution"]}]
+    return out
+
+
+def write_datapackage(
+    con: duckdb.DuckDBPyConnection,
+    layout: Layout,
+    dataset: Dataset,
+    licences: Mapping[str, dict] | None = None,
+) -> Path:
+    """Rebuild `datapackage.json` of a dataset, and its Table Schema files, from the ledger.
+
+    `licences` maps a council to the licence its data must carry when that is not the Open
+    Government Licence (citizen-science data under ODbL, say). Those councils' resources, and the
+    aggregates built from them, name their own licence; the package lists every licence used.
+    """
+    licences = licences or {}
+    ledger = publications(con, dataset.domain.value)
+    resources: list[dict] = []
+    used = {LICENCE["name"]: LICENCE} if any(p.ref.council not in licences for p in ledger) else {}
+    for kind in (READINGS, *KINDS):
+        for pub in ledger:
+            licence = licences.get(pub.ref.council)
+            for entry in pub.files["files"]:
+                if entry["kind"] == kind:
+                    resources.append(
+                        _licensed(
+                            file_resource(
+                                dataset.domain.value, pub.ref.council, pub.ref.event_date.isoformat(), entry
+                            ),
+                            licence,
+                        )
+                    )
+            if licence is not None:
+                used[licence["name"]] = {k: licence[k] for k in ("name", "path", "title")}
+    package = {
+        # Not `tabular-data-package`: that profile requires every resource to be tabular, and the
+        # Parquet files are declared as files (see _profiled).
+        "profile": "data-package",
+        "name": f"civicflow-{dataset.domain}",
+        "title": dataset.title,
+        "description": dataset.description,
+        "version": f"contract-{CONTRACT_VERSION}",
+        "licenses": list(used.values()) or [LICENCE],
+        "keywords": ["smart city", str(dataset.domain), *dataset.fiware_types],
+        "sources": [{"title": "Council sensor gateways, via Civicflow", "path": "docs/mqtt-contract.md"}],
+        "civicflow": {"version": __version__, "fiware_types": list(dataset.fiware_types)},
+        "resources": resources,
+    }
+    path = layout.published_dataset(dataset.domain) / "datapackage.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for kind in (READINGS, *KINDS):
+        _write_json(path.with_name(schema_file(kind)), kind_schema(dataset, kind), indent=2)
+    _write_json(path, package, indent=2)
+    return path
+
+
+def _write_json(path: Path, doc: dict, indent: int | None = None) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=indent) + "\n", encoding="utf-8")
+    replace_into_place(tmp, path)
