@@ -22,6 +22,10 @@ LICENCE = {
 }
 
 
+INTENSITY_MAX = 10_000
+"""Most vehicles one traffic reading may count (per interval, per lane)."""
+
+
 class Zone(StrEnum):
     """Where data lives, in order. Names folders, DuckDB schemas and Airflow Assets."""
 
@@ -234,6 +238,11 @@ TRAFFIC = Dataset(
             "Vehicles counted during the interval.",
             unit="vehicle",
             minimum=0,
+            # Above any road's flow in an hour (about 2,000 vehicles a lane): a count beyond it is a
+            # counter fault, refused at staging. It also bounds the aggregates' sums: a device-lane
+            # has at most 86,400,000,000 readings a day (one per microsecond), so a day's sum is
+            # at most 8.64e14, far inside the 64-bit integer the sum is kept in (docs/queries.md).
+            maximum=INTENSITY_MAX,
             fiware="intensity",
         ),
         Column(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -18,8 +19,10 @@ from app.status import dag_runs, pipeline_status
 from civicflow.contract import DATASETS
 from civicflow.settings import Settings
 from ingest.samples import birmingham_parking_messages
+from publish.release import latest_release, read_manifest
 from warehouse.db import connect
 from warehouse.layout import Layout
+from warehouse.partitions import held_back, pending
 
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
 EXPECTED = {"civicflow_stage", "civicflow_publish", "civicflow_backfill"}
@@ -99,23 +102,23 @@ def test_dag_policy(parsed):
 
 
 @pytest.mark.integration
-def test_each_dag_runs_through_dag_test_on_real_data(tmp_path):
+def test_each_dag_runs_through_dag_test_on_real_data(tmp_path, airflow_home):
     settings = Settings(data_root=tmp_path / "data")
     layout = Layout(settings.data_root)
     sample = [m for m in birmingham_parking_messages() if '"2016-10-0' in m[1].decode()]
-    land(layout, sample + [car_park("p9", "2016-10-05T08:00:00Z", 101)])
-    home = tmp_path / "airflow-home"
+    poisoned = car_park("p8", "0001-01-01T00:00:00Z", 5, council="southtown")  # Go's zero time
+    land(layout, [*sample, car_park("p9", "2016-10-05T08:00:00Z", 101), poisoned])
+    home = airflow_home
 
     told: list[tuple[str, float]] = []
     staged = run_batch(
         settings, dag_ids=("civicflow_stage",), airflow_home=home, on_progress=lambda *p: told.append(p)
     )
     assert [(r.dag_id, r.state) for r in staged.runs] == [("civicflow_stage", "success")]
-    # the progress display was told which DAG ran, for a time that only grows
+    # the progress display was told which DAG ran, for a time that only grows (no bound on it: a
+    # loaded machine may take any time to run or to end the child process)
     assert {dag for dag, _ in told} == {"civicflow_stage"}
-    assert [s for _, s in told] == sorted(s for _, s in told) and 0 <= told[-1][1] <= staged.runs[
-        0
-    ].seconds + 5
+    assert [s for _, s in told] == sorted(s for _, s in told) and told[0][1] >= 0
     con = connect(layout.warehouse, read_only=True)
     (staged_rows,) = con.execute("SELECT count(*) FROM staged.parking").fetchone()
     (quarantined,) = con.execute("SELECT count(*) FROM quarantine.readings").fetchone()
@@ -132,23 +135,72 @@ def test_each_dag_runs_through_dag_test_on_real_data(tmp_path):
     }
     assert runs["civicflow_stage"]["started"] < runs["civicflow_publish"]["started"]
     assert runs["civicflow_publish"]["last_success"] >= runs["civicflow_publish"]["started"]
+    # One judging task per partition, named after it; the poisoned one did not fail its task.
+    judged = task_states(home, "civicflow_publish", "judge")
+    days = [f"parking birmingham 2016-10-{d:02d} v1" for d in range(4, 10)]
+    assert judged == [
+        (i, name, "success") for i, name in enumerate([*days, "parking southtown 0001-01-01 v1"])
+    ]
+    assert [state for *_, state in task_states(home, "civicflow_publish", "release")] == ["success"]
     con = connect(layout.warehouse, read_only=True)
     (rows,) = con.execute("SELECT coalesce(sum(rows), 0) FROM published.releases").fetchone()
+    [held] = held_back(con)
+    assert pending(con) == []
     con.close()
-    assert rows == staged_rows
+    assert rows == staged_rows - 1  # all but the year-1 reading, held back with the error
+    assert (held.council, held.event_date.isoformat(), held.rules) == (
+        "southtown",
+        "0001-01-01",
+        ["gate_error"],
+    )
+    manifest = read_manifest(latest_release(layout))
+    assert sorted(p["event_date"] for p in manifest["partitions"]) == [
+        f"2016-10-{d:02d}" for d in range(4, 10)
+    ]
     package = json.loads((layout.published_dataset("parking") / "datapackage.json").read_text())
     readings = [r for r in package["resources"] if not r["path"].startswith("aggregates/")]
     assert len(readings) == 2 * 6  # Parquet and CSV for 2016-10-04..09
     assert len(package["resources"]) == 4 * 2 * 6  # and the hourly, daily and council aggregates
 
+    # An hourly staging run with nothing new skips: no Asset event, so no publish run follows.
+    events = asset_events(home)
+    assert events > 0  # the runs above announced their staged and published datasets
+    idle = run_batch(settings, dag_ids=("civicflow_stage",), airflow_home=home)
+    assert [(r.dag_id, r.state) for r in idle.runs] == [("civicflow_stage", "success")]
+    assert task_states(home, "civicflow_stage", "stage_segments")[0][2] == "skipped"
+    assert asset_events(home) == events
+
+
+def task_states(home: Path, dag_id: str, task_id: str) -> list[tuple]:
+    """(map index, its name, state) of a task's instances, newest run first."""
+    db = sqlite3.connect(home / "airflow.db")
+    try:
+        return db.execute(
+            """SELECT ti.map_index, ti.rendered_map_index, ti.state FROM task_instance ti
+               JOIN dag_run r ON r.run_id = ti.run_id AND r.dag_id = ti.dag_id
+               WHERE ti.dag_id = ? AND ti.task_id = ? ORDER BY r.id DESC, ti.map_index""",
+            [dag_id, task_id],
+        ).fetchall()
+    finally:
+        db.close()
+
+
+def asset_events(home: Path) -> int:
+    db = sqlite3.connect(home / "airflow.db")
+    try:
+        return db.execute("SELECT count(*) FROM asset_event").fetchone()[0]
+    finally:
+        db.close()
+
 
 @pytest.mark.integration
-def test_a_failing_task_fails_the_batch_and_says_where_to_look(tmp_path):
+def test_a_failing_task_fails_the_batch_and_says_where_to_look(tmp_path, airflow_home_for):
     settings = Settings(data_root=tmp_path / "data")
     layout = Layout(settings.data_root)
     layout.warehouse.parent.mkdir(parents=True)
     layout.warehouse.write_bytes(b"this is not a DuckDB file")
     land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 1)])
+    airflow_home_for(settings.data_root / "airflow")
     outcome = run_batch(settings, dag_ids=("civicflow_stage",))  # the default home, under the data root
     assert not outcome.ok
     [run] = outcome.runs
@@ -174,12 +226,12 @@ def test_a_failing_task_fails_the_batch_and_says_where_to_look(tmp_path):
 
 
 @pytest.mark.integration
-def test_backfill_dag_replays_a_range_and_publish_follows(tmp_path):
+def test_backfill_dag_replays_a_range_and_publish_follows(tmp_path, airflow_home):
     settings = Settings(data_root=tmp_path / "data")
     layout = Layout(settings.data_root)
     land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 10)], received_at_ns=1_000)
     land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 12), car_park("p2", "2016-10-05T08:00:00Z", 3)])
-    home = tmp_path / "airflow-home"
+    home = airflow_home
     assert run_batch(settings, airflow_home=home).ok
     con = connect(layout.warehouse)  # a row goes missing from the warehouse; raw still has it
     con.execute("DELETE FROM staged.parking WHERE device_id = 'p2'")
