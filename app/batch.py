@@ -1,15 +1,22 @@
-"""Running Airflow for Civicflow: `civicflow batch`, `civicflow replay` and `civicflow airflow`.
+"""Running Airflow for Civicflow: `civicflow batch`, `replay`, `demo` and `airflow`.
 
-`civicflow batch` (and `replay`) run the project's DAGs once, without a scheduler. Airflow reads its
-configuration when it is first imported, so the DAG runs happen in a child process with its own
-environment: `AIRFLOW_HOME` (default `<data_root>/airflow`, with a SQLite metadata database), the
-project's `dags/` as the DAGs folder, and no example DAGs. The child migrates the metadata
-database, registers the DAGs (`dag.test()` only runs serialized DAGs) and runs each with
-`dag.test()`, in order, with its run configuration (the backfill's `from` and `to`); Airflow's own
-log goes to a file, not the terminal.
+All of them share one Airflow home, `<data_root>/airflow` (config, logs and, by default, the SQLite
+metadata database), so the UI of `civicflow airflow` shows the runs the other commands made.
 
-`civicflow airflow` runs `airflow standalone` (scheduler, DAG processor, triggerer and API server)
-on the same DAGs, with its own home under the data root (docs/airflow.md).
+`civicflow batch` (and `replay` and `demo`) run the project's DAGs once, without a scheduler.
+Airflow reads its configuration when it is first imported, so the DAG runs happen in a child
+process with its own environment: `AIRFLOW_HOME`, the project's `dags/` as the DAGs folder, and no
+example DAGs. The child migrates the metadata database, registers the DAGs (`dag.test()` only runs
+serialized DAGs) and runs each with `dag.test()`, in order, with its run configuration (the
+backfill's `from` and `to`); Airflow's own log goes to a file, not the terminal. Nothing listens on
+a port.
+
+`civicflow airflow` runs Airflow's components on the same DAGs until Ctrl-C: API server (UI, REST
+API, Task Execution API), scheduler, DAG processor and triggerer, as `airflow standalone` would, but
+with the API server on 127.0.0.1 unless told otherwise and without the log servers that the scheduler
+and triggerer start by default. Those serve task logs to an API server on another machine and listen
+on every interface, with no setting for their address in Airflow 3.3; here the API server reads the
+same log files from the shared home (docs/airflow.md).
 
 This module and `dags/` are the only places that import Airflow.
 """
@@ -18,8 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +38,9 @@ from pathlib import Path
 from civicflow.settings import Settings
 
 DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
+AIRFLOW_HOME_DIR = "airflow"
+"""The Airflow home under the data root, shared by every command that runs Airflow."""
+LOCAL_HOST = "127.0.0.1"
 BATCH_DAGS = ("civicflow_stage", "civicflow_publish")
 REPLAY_DAGS = ("civicflow_backfill", "civicflow_publish")
 
@@ -49,6 +61,11 @@ class BatchOutcome:
     @property
     def ok(self) -> bool:
         return bool(self.runs) and all(r.state == "success" for r in self.runs)
+
+
+def default_airflow_home(settings: Settings) -> Path:
+    """`<data_root>/airflow`: the home of `civicflow batch`, `replay`, `demo` and `airflow` alike."""
+    return (settings.data_root / AIRFLOW_HOME_DIR).resolve()
 
 
 def airflow_env(settings: Settings, airflow_home: Path) -> dict[str, str]:
@@ -78,7 +95,7 @@ def run_batch(
     `on_progress(dag_id, seconds)` is called about twice a second with the DAG being run and how
     long it has run so far, for a progress display.
     """
-    airflow_home = (airflow_home or settings.data_root / "airflow").resolve()
+    airflow_home = (airflow_home or default_airflow_home(settings)).resolve()
     airflow_home.mkdir(parents=True, exist_ok=True)
     log_path = airflow_home / "logs" / f"batch-{datetime.now(tz=UTC):%Y%m%dT%H%M%SZ}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,38 +150,98 @@ def _current_dag(progress_path: Path) -> tuple[str, float] | None:
     return lines[-2], time.time() - float(lines[-1])
 
 
-def standalone_env(settings: Settings, airflow_home: Path, port: int | None = None) -> dict[str, str]:
-    """The environment `airflow standalone` needs to schedule the project's DAGs.
+COMPONENTS = (
+    ("api-server",),
+    ("scheduler", "--skip-serve-logs"),
+    ("dag-processor",),
+    ("triggerer", "--skip-serve-logs"),
+)
+"""What `civicflow airflow` runs: `airflow standalone`'s components, without the log servers."""
 
-    The metadata database is whatever `AIRFLOW__DATABASE__SQL_ALCHEMY_CONN` says, by default SQLite
-    in `airflow_home`; standalone starts its components as `airflow ...`, so the virtualenv's
-    `bin/` goes first on PATH.
+
+def client_host(host: str) -> str:
+    """How a client on this machine reaches a server listening on `host`."""
+    if host in ("", "0.0.0.0"):
+        return LOCAL_HOST
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def standalone_env(
+    settings: Settings, airflow_home: Path, port: int | None = None, host: str = LOCAL_HOST
+) -> dict[str, str]:
+    """The environment Airflow's components need to schedule the project's DAGs on one machine.
+
+    The API server listens on `host` (`AIRFLOW__API__HOST`), and so would the scheduler's health
+    check if it were turned on; task processes reach the API server at that address. The metadata
+    database is whatever `AIRFLOW__DATABASE__SQL_ALCHEMY_CONN` says, by default SQLite in
+    `airflow_home`; the components run as `airflow ...`, so the virtualenv's `bin/` goes first on
+    PATH.
     """
-    env = os.environ | {
+    port = port or int(os.environ.get("AIRFLOW__API__PORT", "8080"))
+    return os.environ | {
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__API__HOST": host,
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{client_host(host)}:{port}/execution/",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": host,
         "CIVICFLOW_DATA_ROOT": str(settings.data_root.resolve()),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
-    if port is not None:
-        env["AIRFLOW__API__PORT"] = str(port)
-        env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://localhost:{port}/execution/"
-    return env
 
 
-def run_standalone(settings: Settings, *, airflow_home: Path | None = None, port: int | None = None) -> int:
-    """Run `airflow standalone` in the foreground until it is interrupted; return its exit code."""
-    airflow_home = (airflow_home or settings.data_root / "airflow-standalone").resolve()
+def run_standalone(
+    settings: Settings,
+    *,
+    airflow_home: Path | None = None,
+    port: int | None = None,
+    host: str = LOCAL_HOST,
+) -> int:
+    """Run Airflow's components in the foreground until Ctrl-C or SIGTERM (exit code 0) or until one
+    of them exits (its exit code, and the others are stopped).
+
+    The metadata database is migrated first (`airflow db migrate`). The API server generates the
+    admin password on its first start, into `<airflow_home>/simple_auth_manager_passwords.json.generated`.
+    """
+    airflow_home = (airflow_home or default_airflow_home(settings)).resolve()
     airflow_home.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "airflow"), "standalone"],
-        env=standalone_env(settings, airflow_home, port),
-    )
+    env = standalone_env(settings, airflow_home, port, host)
+    airflow = str(Path(sys.executable).parent / "airflow")
     try:
-        return proc.wait()
-    except KeyboardInterrupt:  # standalone got the same SIGINT and shuts its components down
-        return proc.wait()
+        migrated = subprocess.run([airflow, "db", "migrate"], env=env, check=False)
+    except KeyboardInterrupt:
+        return 130
+    if migrated.returncode != 0:
+        return migrated.returncode
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    procs = {command[0]: subprocess.Popen([airflow, *command], env=env) for command in COMPONENTS}
+    exited: tuple[str, int] | None = None
+    try:
+        while not stop.wait(0.5):
+            exited = next(((n, p.returncode) for n, p in procs.items() if p.poll() is not None), None)
+            if exited:
+                print(
+                    f"airflow {exited[0]} exited with code {exited[1]}; stopping the others", file=sys.stderr
+                )
+                break
+    except KeyboardInterrupt:  # Ctrl-C: the components got the same SIGINT and are shutting down
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return (exited[1] or 1) if exited else 0
 
 
 def _run_in_airflow(result_path: Path, dag_ids: list[str], conf: dict[str, dict] | None = None) -> int:

@@ -95,7 +95,8 @@ def batch(verbose: Verbose = False, log_json: LogJson = False) -> None:
     """Run the batch DAGs once through Airflow on whatever has landed, then summarise.
 
     Stages every closed raw segment (civicflow_stage), then validates and publishes what changed
-    (civicflow_publish), with dag.test() in a throwaway Airflow home under the data root.
+    (civicflow_publish), with dag.test() in the Airflow home <data root>/airflow, which
+    `civicflow airflow` shares: its UI shows these runs.
 
     Example: CIVICFLOW_DATA_ROOT=/srv/civicflow civicflow batch
     """
@@ -160,24 +161,34 @@ def airflow(
     airflow_home: Annotated[
         Path | None,
         typer.Option(
-            help="Airflow's home (config, SQLite database, logs); default <data root>/airflow-standalone."
+            help="Airflow's home (config, SQLite database, logs); default <data root>/airflow, "
+            "the home `civicflow batch`, `replay` and `demo` run in."
         ),
     ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address the UI and API server listen on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Port of the Airflow UI and API server (8080).")] = None,
 ) -> None:
-    """Run Airflow (`airflow standalone`) with Civicflow's DAGs until Ctrl-C.
+    """Run Airflow with Civicflow's DAGs until Ctrl-C: UI, scheduler, DAG processor, triggerer.
+
+    Listens on 127.0.0.1 only unless --host says otherwise; shares its home with `civicflow batch`,
+    so the UI shows the runs of `batch`, `replay` and `demo` too.
 
     Example: civicflow airflow --port 8081
     """
-    from app.batch import run_standalone
+    import os
+
+    from app.batch import client_host, default_airflow_home, run_standalone
 
     settings = Settings()
-    home = (airflow_home or settings.data_root / "airflow-standalone").resolve()
+    port = port or int(os.environ.get("AIRFLOW__API__PORT", "8080"))
+    home = (airflow_home or default_airflow_home(settings)).resolve()
     console.print(
-        f"Airflow home {home}; UI on http://localhost:{port or 8080}/ as user admin, password "
+        f"Airflow home {home}; UI on http://{client_host(host)}:{port}/ as user admin, password "
         f"in {home / 'simple_auth_manager_passwords.json.generated'} (docs/airflow.md)"
     )
-    raise typer.Exit(run_standalone(settings, airflow_home=home, port=port))
+    raise typer.Exit(run_standalone(settings, airflow_home=home, port=port, host=host))
 
 
 @app.command()

@@ -302,3 +302,4 @@ def print_next_steps(console: Console, data_root: Path) -> None:
         f"API at /api/datasets, described at /docs; DCAT-AP at /catalog.jsonld)."
     )
     console.print(f"Pipeline on one screen: CIVICFLOW_DATA_ROOT={root} {cli} status --no-probe")
+    console.print(f"These DAG runs in Airflow's UI: CIVICFLOW_DATA_ROOT={root} {cli} airflow")

@@ -7,8 +7,8 @@ of its own and never takes the warehouse's write lock:
 - **listeners**: each listener's `/health`, or the `status.json` beside its segments, with the
   closed-segment backlog staging has not recorded yet (`civicflow.health`);
 - **DAG runs**: the last run of each Civicflow DAG, read from Airflow's metadata database
-  (`AIRFLOW__DATABASE__SQL_ALCHEMY_CONN` when set, else the homes `civicflow batch` and
-  `civicflow airflow` keep under the data root);
+  (`AIRFLOW__DATABASE__SQL_ALCHEMY_CONN` when set, else the SQLite database in the Airflow home
+  `civicflow batch`, `replay`, `demo` and `airflow` share under the data root);
 - **datasets**: the quality gate's state per dataset and council, from the quality summary the gate
   rewrites after every run (`published/<domain>/quality.json`) and the current release
   (`published/latest.json`).
@@ -25,8 +25,6 @@ from civicflow.contract import DATASETS
 from civicflow.health import listener_health
 from civicflow.settings import Settings
 
-AIRFLOW_HOMES = ("airflow", "airflow-standalone")
-"""Airflow homes Civicflow itself creates under the data root: `civicflow batch`, `civicflow airflow`."""
 DAG_PREFIX = "civicflow_"
 RUNS_SQL = """
     SELECT dag_id, run_id, run_type, state, start_date, end_date
@@ -80,8 +78,10 @@ def airflow_databases(settings: Settings) -> list[str]:
     configured = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
     if configured:
         return [configured]
-    homes = [settings.data_root / home for home in AIRFLOW_HOMES]
-    return [f"sqlite:///{(h / 'airflow.db').resolve()}" for h in homes if (h / "airflow.db").is_file()]
+    from app.batch import default_airflow_home
+
+    database = default_airflow_home(settings) / "airflow.db"
+    return [f"sqlite:///{database}"] if database.is_file() else []
 
 
 def dag_runs(url: str) -> list[dict]:
