@@ -2,11 +2,12 @@
 
 1. the release: a year (2025) of readings from 200 car parks (4 councils of 50) reporting every
    30 minutes, 3.5 million readings, published with the project's own publish code
-   (`publish.files.publish_partition` per council and day, then `refresh_aggregates`,
-   `write_quality_summary`, `write_datapackage` and `cut_release`, as `gate_and_publish` runs
-   them). Staging and the Great Expectations gate are left out: at 1,460 partitions the gate
-   alone would take most of an hour, and what the portal reads is only the release. It is kept
-   under the work directory and reused while its parameters are the same;
+   (`publish.partition.publish_partition` per council and day, which writes the readings and
+   their aggregates and records the publication, then `publish.release.release` with the
+   quality summary, which writes the data package and cuts the release, as `gate_and_publish`
+   runs them). Staging and the Great Expectations gate are left out: at 1,460 partitions the
+   gate alone would take most of an hour, and what the portal reads is only the release. It is
+   kept under the work directory and reused while its parameters are the same;
 2. `civicflow serve` in its own process (real uvicorn on a free loopback port), as a consumer
    would run it;
 3. (a) one-device, one-month readings queries through the API, one after another (median and
@@ -51,7 +52,7 @@ SPEC = {
     "devices_per_council": DEVICES_PER_COUNCIL,
     "interval_s": INTERVAL_S,
     "year": YEAR,
-    "version": 1,
+    "version": 2,  # 2: aggregates published with each partition, Table Schema files, a manifest
 }
 CLIENTS = 50
 TARGET_MEDIAN_S = 0.25
@@ -106,18 +107,15 @@ def _day_rows(council: str, day: date, rng: np.random.Generator, state: dict[str
 def build_release(data_root: Path) -> dict[str, Any]:
     """Publish the year of readings under `data_root` with the publisher's own functions."""
     from civicflow.contract import DATASETS, Domain
-    from expectations.release import prepare_warehouse
-    from expectations.summary import write_quality_summary
-    from warehouse.aggregates import refresh_aggregates
+    from expectations.summary import quality_summary
+    from publish.partition import publish_partition
+    from publish.release import release
     from warehouse.db import connect
     from warehouse.layout import Layout
-    from publish.files import publish_partition, write_datapackage
-    from publish.release import cut_release
 
     shutil.rmtree(data_root, ignore_errors=True)
     layout = Layout(data_root)
-    con = connect(layout.warehouse)
-    prepare_warehouse(con)
+    con = connect(layout.warehouse)  # a writable connect creates every table the publisher uses
     dataset = DATASETS[Domain.PARKING]
     rng = np.random.default_rng(YEAR)
     states = {
@@ -127,38 +125,38 @@ def build_release(data_root: Path) -> dict[str, Any]:
         }
         for c in COUNCILS
     }
-    timings = {"publish_partitions_s": 0.0, "aggregates_s": 0.0}
-    readings = 0
+    # Aggregates are written with each partition's publication, so publishing includes them.
+    timings = {"publish_partitions_s": 0.0}
+    readings = partitions = 0
     for day in days():
         t0 = time.perf_counter()
         for council in COUNCILS:
             rows = _day_rows(council, day, rng, states[council])
             publish_partition(con, layout, dataset, council, day, 1, rows, PUBLISHED_AT)
             readings += rows.num_rows
+            partitions += 1
         timings["publish_partitions_s"] += time.perf_counter() - t0
-        if (day + timedelta(days=1)).day == 1:  # aggregates once a month, as a publish run would
-            t0 = time.perf_counter()
-            refresh_aggregates(con, layout)
-            timings["aggregates_s"] += time.perf_counter() - t0
+        if (day + timedelta(days=1)).day == 1:
             print(f"  published {day:%Y-%m}: {readings:,} readings so far", flush=True)
     t0 = time.perf_counter()
-    write_quality_summary(con, layout, Domain.PARKING, PUBLISHED_AT)
-    write_datapackage(con, layout, dataset)
-    release = cut_release(layout, {Domain.PARKING}, now=PUBLISHED_AT)
+    quality = {Domain.PARKING.value: quality_summary(con, Domain.PARKING, PUBLISHED_AT)}
+    outcome = release(con, layout, now=PUBLISHED_AT, quality=quality)
     timings["package_and_release_s"] = time.perf_counter() - t0
     con.close()
-    assert release is not None
-    files = [p for p in release.path.rglob("*") if p.is_file()]
+    if not outcome.cut or outcome.marked != partitions:
+        raise RuntimeError(f"the release holds {outcome.marked} of {partitions} partitions ({outcome})")
+    path = layout.releases / outcome.release
+    files = [p for p in path.rglob("*") if p.is_file()]
     return {
         "readings": readings,
-        "partitions": len(days()) * len(COUNCILS),
-        "release": release.id,
+        "partitions": partitions,
+        "release": outcome.release,
         "files": len(files),
         "bytes": sum(p.stat().st_size for p in files),
         "parquet_readings_bytes": sum(
-            p.stat().st_size for p in (release.path / "parking").glob("council=*/date=*/*.parquet")
+            p.stat().st_size for p in (path / "parking").glob("council=*/date=*/*.parquet")
         ),
-        "datapackage_bytes": (release.path / "parking" / "datapackage.json").stat().st_size,
+        "datapackage_bytes": (path / "parking" / "datapackage.json").stat().st_size,
         "timings": timings,
     }
 
@@ -630,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
         "machine": machine(**versions()),
-        "code": code_version("portal", "warehouse", "civicflow"),
+        "code": code_version("portal", "publish", "warehouse", "civicflow"),
         "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
         "config": {
             "repeats": args.repeats,

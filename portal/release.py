@@ -23,8 +23,8 @@ from pathlib import Path
 import orjson
 
 from civicflow.contract import DATASETS, LICENCE, Domain
-from warehouse.layout import Layout
 from publish.release import latest_release
+from warehouse.layout import Layout
 
 KINDS = ("readings", "hourly", "daily", "council_daily")
 """What the API and downloads serve: the readings and the three aggregates (docs/queries.md)."""
@@ -146,7 +146,17 @@ def _kind(path: str) -> str:
     return parts[1] if parts[0] == "aggregates" else "readings"
 
 
-def _dataset(domain: Domain, directory: Path) -> DatasetRelease:
+def _described(manifest: dict[str, dict] | None, path: str) -> tuple[str, date, str] | None:
+    """A file's council, day and kind: from the release's manifest, or, for a release cut before
+    manifests existed, from its `council=`/`date=` folders."""
+    if manifest is not None:
+        entry = manifest.get(path)
+        return None if entry is None else (entry["council"], date.fromisoformat(entry["date"]), entry["kind"])
+    match = PARTITION_RE.search(path)
+    return None if match is None else (match.group(1), date.fromisoformat(match.group(2)), _kind(path))
+
+
+def _dataset(domain: Domain, directory: Path, manifest: dict[str, dict] | None = None) -> DatasetRelease:
     package = orjson.loads((directory / "datapackage.json").read_bytes())
     quality_file = directory / "quality.json"
     quality = orjson.loads(quality_file.read_bytes()) if quality_file.is_file() else {}
@@ -155,9 +165,10 @@ def _dataset(domain: Domain, directory: Path) -> DatasetRelease:
     files: dict[str, dict] = {}
     schemas: dict[bytes, dict] = {}  # thousands of resources share a few Table Schemas: keep one of each
     for res in package["resources"]:
-        match = PARTITION_RE.search(res["path"])
-        if match is None:
+        described = _described(manifest, res["path"])
+        if described is None:
             continue
+        council, day, kind = described
         sources = res.get("sources") or [{}]
         schema = res.get("schema", {"fields": []})
         if isinstance(schema, str):  # a Table Schema file beside the package, shared by a kind's files
@@ -168,9 +179,9 @@ def _dataset(domain: Domain, directory: Path) -> DatasetRelease:
         result.resources.append(
             Resource(
                 path=res["path"],
-                kind=_kind(res["path"]),
-                council=match.group(1),
-                day=date.fromisoformat(match.group(2)),
+                kind=kind,
+                council=council,
+                day=day,
                 format=res["format"],
                 bytes=res["bytes"],
                 hash=res["hash"],
@@ -217,8 +228,17 @@ def load_release(layout: Layout) -> ReleaseView:
 
 def _read_release(path: Path) -> ReleaseView:
     meta = orjson.loads((path / "release.json").read_bytes())
+    manifest_file = path / "manifest.json"
+    by_dataset: dict[str, dict[str, dict]] = {}
+    if manifest_file.is_file():  # what each file is, as the publisher recorded it
+        for f in orjson.loads(manifest_file.read_bytes())["files"]:
+            by_dataset.setdefault(f["dataset"], {})[f["path"].split("/", 1)[1]] = f
     datasets = {
-        name: _dataset(DATASETS[Domain(name)].domain, path / name)
+        name: _dataset(
+            DATASETS[Domain(name)].domain,
+            path / name,
+            by_dataset.get(name, {}) if manifest_file.is_file() else None,
+        )
         for name in meta["datasets"]
         if name in {d.value for d in Domain} and (path / name / "datapackage.json").is_file()
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import rdflib
@@ -100,29 +101,50 @@ def _distribution(resource: dict, url: str, licence: dict) -> dict:
     }
 
 
+def _manifest_files(release_dir: Path) -> dict[str, dict] | None:
+    """The release's files by path, from its `manifest.json` (None for a release cut without one)."""
+    path = release_dir / "manifest.json"
+    if not path.is_file():
+        return None
+    return {f["path"]: f for f in json.loads(path.read_text(encoding="utf-8"))["files"]}
+
+
+def _described(files: dict[str, dict] | None, domain: str, path: str) -> tuple[str, str, str]:
+    """A file's council, date and kind, as the manifest records them.
+
+    Releases cut before manifests existed are read from the path's `council=`/`date=` folders.
+    """
+    if files is not None:
+        entry = files[f"{domain}/{path}"]
+        return entry["council"], entry["date"], entry["kind"]
+    match = PARTITION_RE.search(path)
+    assert match is not None, path
+    kind = path.split("/")[1] if path.startswith("aggregates/") else "readings"
+    return match.group(1), match.group(2), kind
+
+
 def build_catalog(layout: Layout, release: Release, base_url: str | None = None) -> dict:
     """The JSON-LD catalogue of a release, from the data packages in its directory."""
     root = base_url or ""
     release_url = f"{root}releases/{release.id}/"
     published_at = release.published_at.isoformat().replace("+00:00", "Z")
     datasets, agents = [], {}
+    files = _manifest_files(release.path)
     for domain in release.datasets:
         dataset = DATASETS[Domain(domain)]
         package = json.loads((release.path / domain / "datapackage.json").read_text(encoding="utf-8"))
         by_council: dict[str, list[dict]] = defaultdict(list)
+        day_of: dict[str, str] = {}
         for resource in package["resources"]:
-            match = PARTITION_RE.search(resource["path"])
-            assert match is not None, resource["path"]
-            by_council[match.group(1)].append(resource)
+            council, day, kind = _described(files, domain, resource["path"])
+            by_council[council].append(resource)
+            if kind == "readings":
+                day_of[resource["path"]] = day
         for council, resources in sorted(by_council.items()):
             licences = {json.dumps(r.get("licenses", [LICENCE])[0], sort_keys=True) for r in resources}
             assert len(licences) == 1, f"{domain} {council} has resources under several licences"
             licence = json.loads(licences.pop())
-            days = sorted(
-                PARTITION_RE.search(r["path"]).group(2)
-                for r in resources
-                if not r["path"].startswith("aggregates/")
-            )
+            days = sorted(day_of[r["path"]] for r in resources if r["path"] in day_of)
             agent = f"{root}catalog.jsonld#council-{council}"
             agents[council] = {
                 "@id": agent,

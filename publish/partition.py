@@ -187,10 +187,9 @@ def publish_partition(
     Raises:
         PublicationError: If what would be written breaks a publication rule.
     """
-    from warehouse.partitions import PartitionRef, publications
+    from warehouse.partitions import PartitionRef, publication
 
     ref = PartitionRef(dataset.domain.value, council, day, version)
     report = {"dataset": ref.domain, "now": now.isoformat(), "success": True, "failed": [], "warnings": []}
     _publish(con, layout, Decision(ref, True, report, [], rows), now, registry, row_group_rows)
-    (pub,) = [p for p in publications(con, ref.domain) if p.ref == ref]
-    return pub.files["files"]
+    return publication(con, ref).files["files"]

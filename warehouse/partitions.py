@@ -331,22 +331,25 @@ def record_decision(
         "INSERT INTO published.validations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [ref.domain, ref.council, ref.event_date, ref.version, now, success, published, json.dumps(report)],
     )
-    con.execute(
-        "DELETE FROM published.holds WHERE domain = ? AND council = ? AND event_date = ? "
-        "AND partition_version = ?",
-        [ref.domain, ref.council, ref.event_date, ref.version],
-    )
+    key = [ref.domain, ref.council, ref.event_date, ref.version]
+    where = "domain = ? AND council = ? AND event_date = ? AND partition_version = ?"
+    # A hold judged again unchanged keeps the time it began: what consumers see (the quality
+    # summary) then does not change, and no release is cut for nothing.
+    since = {
+        (device, tuple(json.loads(rules))): at
+        for device, rules, at in con.execute(
+            f"SELECT device_id, rules, held_at FROM published.holds WHERE {where}", key
+        ).fetchall()
+    }
+    con.execute(f"DELETE FROM published.holds WHERE {where}", key)
     rows = [
         [
-            ref.domain,
-            ref.council,
-            ref.event_date,
-            ref.version,
+            *key,
             h.device_id,
             json.dumps(list(h.rules)),
             h.detail,
             h.rows,
-            now,
+            since.get((h.device_id, tuple(h.rules)), now),
             report.get("data_docs"),
         ]
         for h in holds
@@ -446,6 +449,16 @@ def publications(con: duckdb.DuckDBPyConnection, domain: str | None = None) -> l
         Publication(PartitionRef(d, c, day, v), n, at, json.loads(files), rid)
         for d, c, day, v, n, at, files, rid in rows
     ]
+
+
+def publication(con: duckdb.DuckDBPyConnection, ref: PartitionRef) -> Publication | None:
+    """The ledger row of one partition version, if it is published."""
+    row = con.execute(
+        """SELECT rows, published_at, files, release_id FROM published.releases
+           WHERE domain = ? AND council = ? AND event_date = ? AND partition_version = ?""",
+        [ref.domain, ref.council, ref.event_date, ref.version],
+    ).fetchone()
+    return None if row is None else Publication(ref, row[0], row[1], json.loads(row[2]), row[3])
 
 
 def pending(con: duckdb.DuckDBPyConnection) -> list[PartitionRef]:

@@ -50,8 +50,10 @@ def released(tmp_path_factory) -> Layout:
         ],
     )
     stage_segments(layout, con, LIMITS)
-    gate_and_publish(layout, con, now=NOW, licences={"citizens": ODBL})
+    result = gate_and_publish(layout, con, now=NOW, licences={"citizens": ODBL})
     con.close()
+    # Three partitions, every device of every day published (no day or device held back), one release.
+    assert (result.published, result.held_back, result.devices_held, result.released) == (3, [], [], 3)
     return layout
 
 

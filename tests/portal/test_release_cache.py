@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from civicflow.contract import Zone
 from portal.app import create_app
 from portal.release import load_release
-from warehouse.layout import Layout
 from publish.release import latest_release, switch_latest
+from warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 

@@ -6,6 +6,7 @@ out independently of the SQL in warehouse/aggregates.py (docs/queries.md#coverag
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import defaultdict
@@ -18,12 +19,23 @@ import pytest
 from factories import LIMITS, land, tree_digest
 from typer.testing import CliRunner
 
-from civicflow.contract import DATASETS, Domain, Zone
+from civicflow.contract import DATASETS, Domain
 from jobs.publication import gate_and_publish
+from publish.files import write_files
+from publish.partition import publish_partition
+from publish.release import latest_release
 from transforms.stage import export_partitions, stage_segments
-from warehouse.aggregates import DEFAULT_INTERVAL_S, aggregate_partitions, aggregate_tables
+from warehouse.aggregates import (
+    DEFAULT_INTERVAL_S,
+    KINDS,
+    aggregate_rows,
+    aggregate_tables,
+    columns,
+    replace_aggregates,
+)
 from warehouse.db import connect
 from warehouse.layout import Layout
+from warehouse.partitions import publications, transaction
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +131,20 @@ def build(root: Path) -> Layout:
         land(layout, messages())
         stage_segments(layout, con, LIMITS, now=NOW)
         result = gate_and_publish(layout, con, now=NOW)
-        assert (result.published, result.failed, result.aggregated) == (4, 1, 4)
+        assert (result.published, result.failed, result.released) == (4, 1, 4)
+        # The held day's only device read the future: nothing of that day is published.
+        assert [(h["dataset"], h["date"], h["failed"]) for h in result.held_back] == [
+            ("parking", HELD_DAY.isoformat(), ["no_future"])
+        ]
+        # Each publication lists its readings and its three aggregates, in Parquet and CSV.
+        ledger = publications(con)
+        assert [(p.ref.domain, p.ref.event_date) for p in ledger] == [
+            (d.value, DAY) for d in sorted(DATASETS, key=lambda d: d.value)
+        ]
+        for pub in ledger:
+            assert [(f["kind"], f["format"]) for f in pub.files["files"]] == [
+                (kind, fmt) for kind in ("readings", *KINDS) for fmt in ("parquet", "csv")
+            ]
     finally:
         con.close()
     return layout
@@ -303,25 +328,90 @@ def test_held_back_partition_contributes_nothing(built, ro):
     assert not [r for r in package["resources"] if HELD_DAY.isoformat() in r["path"]]
 
 
-def test_failing_new_version_leaves_the_released_aggregates_as_they_were(tmp_path):
+def test_a_day_held_back_whole_leaves_its_released_aggregates_as_they_were(tmp_path):
     layout = build(tmp_path / "data")
     before = snapshot(layout)
     con = connect(layout.warehouse)
     try:
-        # A defect upstream of the gate lets an impossible value into a new partition version.
-        con.execute("UPDATE staged.parking SET occupied_spots = 250 WHERE device_id = 'p2'")
+        # A defect upstream of the gate stages one reading twice in a new version: key uniqueness
+        # is a rule about the partition, so the whole day is held back (not one device).
+        con.execute(
+            "INSERT INTO staged.parking SELECT * FROM staged.parking "
+            "WHERE device_id = 'p2' AND observed_at = ?",
+            [at(8, 10)],
+        )
         con.execute("UPDATE staged.partitions SET version = version + 1 WHERE domain = 'parking'")
         export_partitions(con, layout)
         result = gate_and_publish(layout, con, now=NOW)
-        assert (result.failed, result.published, result.aggregated) == (2, 0, 0)
-        # Only the quality summaries change: they now list the held-back days.
+        assert (result.failed, result.published, result.released) == (2, 0, 0)
+        assert [(h["date"], h["failed"]) for h in result.held_back] == [
+            (DAY.isoformat(), ["unique_key"]),
+            (HELD_DAY.isoformat(), ["no_future"]),
+        ]
+        # Only the quality summaries change: they now list the held-back days (and a release
+        # carries them); tables, ledger and every data file are as they were.
+        after = snapshot_of(con, layout)
+        assert without_quality(after) == without_quality(before)
+        assert after[2]["latest/parking/quality.json"] != before[2]["latest/parking/quality.json"]
+        assert released_manifest(layout) == released_manifest(layout, before[3])
+        # Rebuilding the released partition reads its published rows, never the staged ones (which
+        # now hold p2's 08:10 reading twice).
+        with transaction(con):
+            replace_aggregates(con, DATASETS[Domain.PARKING], [("testtown", DAY)])
         assert without_quality(snapshot_of(con, layout)) == without_quality(before)
-        # Rebuilding the released partition reads its published rows, never the staged ones.
-        released = con.execute(
-            "SELECT council, event_date, partition_version FROM published.releases WHERE domain = 'parking'"
-        ).fetchall()
-        assert aggregate_partitions(con, layout, DATASETS[Domain.PARKING], released) == 1
-        assert without_quality(snapshot_of(con, layout)) == without_quality(before)
+    finally:
+        con.close()
+
+
+def test_a_held_device_leaves_its_readings_out_of_the_days_aggregates(tmp_path):
+    layout = build(tmp_path / "data")
+    con = connect(layout.warehouse)
+    try:
+        # An impossible value of one car park in a new version: a rule about single readings, so
+        # only p2's day is held back and the rest of the day is published with its aggregates.
+        con.execute("UPDATE staged.parking SET occupied_spots = 250 WHERE device_id = 'p2'")
+        con.execute(
+            "UPDATE staged.partitions SET version = version + 1 WHERE domain = 'parking' AND event_date = ?",
+            [DAY],
+        )
+        export_partitions(con, layout)
+        result = gate_and_publish(layout, con, now=NOW)
+        assert (result.validated, result.failed, result.published, result.released) == (2, 2, 1, 1)
+        assert [(h["date"], h["device_id"], h["failed"], h["rows"]) for h in result.devices_held] == [
+            (DAY.isoformat(), "p2", ["order:occupied_spots<=total_spots"], 2),
+            (HELD_DAY.isoformat(), "p1", ["no_future"], 2),
+        ]
+        daily = rows(con, "SELECT device_id, readings FROM published.parking_daily ORDER BY 1")
+        assert daily == [{"device_id": "bay-7", "readings": 1}, {"device_id": "p1", "readings": 6}]
+        assert rows(con, "SELECT DISTINCT device_id FROM published.parking_hourly ORDER BY 1") == [
+            {"device_id": "bay-7"},
+            {"device_id": "p1"},
+        ]
+        occupancy = rows(
+            con,
+            "SELECT devices, readings, measuring_devices, pooled_mean FROM published.council_daily "
+            "WHERE domain = 'parking' AND measurement = 'occupancy' AND event_date = ?",
+            [DAY],
+        )
+        p1 = [occ / 200 for dev, _, occ in PARKING if dev == "p1"]
+        assert occupancy == [
+            {"devices": 2, "readings": 7, "measuring_devices": 1, "pooled_mean": pytest.approx(fmean(p1))}
+        ]
+        # The new version's ledger row, released, lists the aggregate files written with it; the
+        # released files have the rows of the tables and the bytes the ledger lists.
+        [pub] = [p for p in publications(con, "parking") if p.ref.event_date == DAY]
+        assert (pub.ref.version, pub.rows, pub.release_id) == (2, 7, result.release)
+        release = latest_release(layout)
+        assert release.name == result.release
+        dataset = DATASETS[Domain.PARKING]
+        for entry in pub.files["files"]:
+            path = release / "parking" / entry["path"]
+            assert (path.stat().st_size, sha256(path)) == (entry["bytes"], entry["sha256"]), entry["path"]
+            if entry["kind"] != "readings":
+                assert entry["rows"] == aggregate_rows(con, dataset, entry["kind"], "testtown", DAY).num_rows
+        daily_csv = next(e for e in pub.files["files"] if (e["kind"], e["format"]) == ("daily", "csv"))
+        lines = (release / "parking" / daily_csv["path"]).read_text().splitlines()
+        assert [line.split(",")[1] for line in lines[1:]] == ["bay-7", "p1"]
     finally:
         con.close()
 
@@ -332,7 +422,7 @@ def test_aggregate_files_are_listed_with_schema_units_and_checksums(built):
     aggregates = [r for r in package["resources"] if r["path"].startswith("aggregates/")]
     assert [r["name"] for r in aggregates] == [
         f"air-quality-{kind}-testtown-2026-03-02{fmt}"
-        for kind in ("council-daily", "daily", "hourly")
+        for kind in ("hourly", "daily", "council-daily")
         for fmt in ("", "-csv")
     ]
     digests = tree_digest(base, "aggregates/**/*.*")
@@ -340,28 +430,68 @@ def test_aggregate_files_are_listed_with_schema_units_and_checksums(built):
     for r in aggregates:
         assert r["bytes"] == (base / r["path"]).stat().st_size
         assert r["hash"] == f"sha256:{digests[r['path']]}"
+    # Every resource of a kind shares one Table Schema file beside the package.
+    assert {r["schema"] for r in aggregates} == {f"schema-{k}.json" for k in KINDS}
     hourly = next(r for r in aggregates if r["name"] == "air-quality-hourly-testtown-2026-03-02-csv")
-    fields = {f["name"]: f for f in hourly["schema"]["fields"]}
+    assert hourly["schema"] == "schema-hourly.json"
+    schema = json.loads((base / hourly["schema"]).read_text())
+    fields = {f["name"]: f for f in schema["fields"]}
     assert fields["no2_mean"]["unit"] == "ug/m3" and fields["co_max"]["unit"] == "mg/m3"
     assert fields["coverage"]["constraints"] == {"required": True, "minimum": 0, "maximum": 1}
-    assert hourly["rows"] == 3 and hourly["schema"]["primaryKey"] == ["council", "device_id", "hour"]
+    assert hourly["rows"] == 3 and schema["primaryKey"] == ["council", "device_id", "hour"]
     csv_only = {**package, "resources": [r for r in package["resources"] if r["format"] == "csv"]}
     report = frictionless.validate(csv_only, basepath=str(base))
     assert report.valid, report.flatten(["rowNumber", "fieldName", "type", "note"])
+    assert report.stats["tasks"] == len(csv_only["resources"]) == 4
     lines = (base / hourly["path"]).read_text().splitlines()
     assert lines[1].startswith("testtown,a1,2026-03-02T10:00:00Z,4,900.0,4.0,1.0,4,220.0,190.0,250.0,")
+    # The check can fail: a row breaking the shared schema's constraint makes the package invalid.
+    bad = {**csv_only, "resources": [{**hourly, "path": "bad.csv"}]}
+    (base / "bad.csv").write_text(
+        (base / hourly["path"]).read_text().replace(",4,900.0,4.0,1.0,", ",4,900.0,4.0,1.5,", 1)
+    )
+    try:
+        bad["resources"][0].pop("bytes"), bad["resources"][0].pop("hash")
+        report = frictionless.validate(bad, basepath=str(base))
+        assert not report.valid
+        assert {e.type for e in report.tasks[0].errors} == {"constraint-error"}
+    finally:
+        (base / "bad.csv").unlink()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def snapshot_of(con, layout: Layout) -> tuple:
-    """Every aggregate table, the aggregate ledger, and the sha256 of every published file."""
+    """Every aggregate table, the publication ledger, and the sha256 of every published file.
+
+    Files are those of each dataset's working tree (`work/...`) and of the latest release
+    (`latest/...`); the fourth item is the latest release's directory.
+    """
     tables = {name: con.execute(f"FROM {name} ORDER BY ALL").fetchall() for name, _ in aggregate_tables()}
-    releases = con.execute("FROM published.aggregate_releases ORDER BY ALL").fetchall()
-    return tables, releases, tree_digest(layout.zone(Zone.PUBLISHED))
+    ledger = con.execute("FROM published.releases ORDER BY ALL").fetchall()
+    release = latest_release(layout)
+    files = {
+        f"work/{d}/{k}": v for d in DATASETS for k, v in tree_digest(layout.published_dataset(d)).items()
+    } | {f"latest/{k}": v for k, v in tree_digest(release).items()}
+    return tables, ledger, files, release
+
+
+RELEASE_METADATA = ("quality.json", "latest/release.json", "latest/manifest.json")
 
 
 def without_quality(snap: tuple) -> tuple:
-    tables, releases, files = snap
-    return tables, releases, {k: v for k, v in files.items() if not k.endswith("/quality.json")}
+    """A snapshot but for the quality summaries and what names the release (its id)."""
+    tables, ledger, files, _ = snap
+    return tables, ledger, {k: v for k, v in files.items() if not k.endswith(RELEASE_METADATA)}
+
+
+def released_manifest(layout: Layout, release: Path | None = None) -> dict:
+    """The latest (or a given) release's manifest, without the release's id."""
+    manifest = json.loads(((release or latest_release(layout)) / "manifest.json").read_text())
+    assert manifest.pop("release") == (release or latest_release(layout)).name
+    return manifest
 
 
 def snapshot(layout: Layout) -> tuple:
@@ -378,16 +508,43 @@ def test_rebuilding_gives_identical_tables_and_files(tmp_path):
     assert sum(len(t) for t in before[0].values()) > 0
     con = connect(layout.warehouse)
     try:
-        for domain, dataset in DATASETS.items():
-            parts = con.execute(
-                "SELECT council, event_date, partition_version FROM published.releases WHERE domain = ?",
-                [domain.value],
-            ).fetchall()
-            assert aggregate_partitions(con, layout, dataset, parts) == 1
-        # A warehouse whose aggregates are missing is caught up by the next gate run.
-        con.execute("DELETE FROM published.aggregate_releases WHERE domain = 'parking'")
+        ledger = publications(con)
+        # Recomputed from the published rows, every aggregate table is the same ...
+        with transaction(con):
+            for domain, dataset in DATASETS.items():
+                parts = [(p.ref.council, p.ref.event_date) for p in ledger if p.ref.domain == domain.value]
+                assert len(parts) == 1
+                replace_aggregates(con, dataset, parts)
+        assert snapshot_of(con, layout) == before
+        # ... and each aggregate file written again from it has the bytes and rows the ledger lists.
+        scratch = tmp_path / "scratch"
+        for pub in ledger:
+            dataset = DATASETS[Domain(pub.ref.domain)]
+            for kind in KINDS:
+                table = aggregate_rows(con, dataset, kind, pub.ref.council, pub.ref.event_date)
+                written = write_files(con, table, columns(dataset, kind), scratch, kind, scratch)
+                listed = {e["format"]: e for e in pub.files["files"] if e["kind"] == kind}
+                assert {f: (w["bytes"], w["sha256"]) for f, w in written.items()} == {
+                    f: (e["bytes"], e["sha256"]) for f, e in listed.items()
+                }, (pub.ref.label, kind)
+                assert [e["rows"] for e in listed.values()] == [table.num_rows] * 2
+        # A partition published again from the same rows, its aggregates lost meanwhile, gets
+        # them back with the same files; the next run finds them already in the latest release,
+        # so it only marks the ledger and cuts no new release.
         con.execute("DELETE FROM published.parking_hourly")
-        assert gate_and_publish(layout, con, now=NOW).aggregated == 1
+        [parking] = [p for p in ledger if p.ref.domain == "parking"]
+        published = con.sql(
+            "FROM published.parking WHERE council = $c AND CAST(observed_at AS DATE) = $d",
+            params={"c": "testtown", "d": DAY},
+        ).to_arrow_table()
+        files = publish_partition(
+            con, layout, DATASETS[Domain.PARKING], "testtown", DAY, parking.ref.version, published, NOW
+        )
+        assert files == parking.files["files"]
+        [pending] = [p for p in publications(con, "parking") if p.release_id is None]
+        assert pending.ref == parking.ref
+        again = gate_and_publish(layout, con, now=NOW)
+        assert (again.published, again.released, again.release) == (0, 1, before[3].name)
     finally:
         con.close()
     assert snapshot(layout) == before

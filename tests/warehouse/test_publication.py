@@ -25,12 +25,13 @@ from civicflow.contract import DATASETS, Domain, Zone
 from civicflow.registry import CouncilRegistry, build_registry
 from civicflow.settings import PublishSettings
 from jobs.publication import gate_and_publish
-from transforms.stage import stage_segments
-from warehouse import publish as publish_module
+from publish import files as publish_module
 from publish.catalog import to_graph
+from publish.files import PublicationError, allowlist
+from publish.partition import publish_partition
+from transforms.stage import stage_segments
 from warehouse.db import connect
 from warehouse.layout import Layout
-from publish.files import PublicationError, allowlist, publish_partition
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 3, 3, 12, 0, tzinfo=UTC)
@@ -115,20 +116,28 @@ def test_every_domains_data_package_passes_frictionless_validate_as_a_whole(wh, 
         assert package["profile"] == "data-package"
         formats = {(r["format"], r["profile"]) for r in package["resources"]}
         assert formats == {("csv", "tabular-data-resource"), ("parquet", "data-resource")}
+        # Every resource names its kind's Table Schema file, one beside the package per kind.
+        schemas = {
+            name: json.loads((package_path.parent / name).read_text())
+            for name in ("schema.json", *(f"schema-{k}.json" for k in ("hourly", "daily", "council_daily")))
+        }
+        for r in package["resources"]:
+            kind = "readings" if r["path"].startswith("council=") else r["path"].split("/")[1]
+            assert r["schema"] == ("schema.json" if kind == "readings" else f"schema-{kind}.json"), r["path"]
         readings = next(r for r in package["resources"] if r["path"].startswith("council="))
-        schema = readings["schema"]
+        schema = schemas[readings["schema"]]
         assert schema["primaryKey"] == list(DATASETS[domain].natural_key)
         assert schema["missingValues"] == [""]
         assert [f["name"] for f in schema["fields"]] == list(allowlist(DATASETS[domain]))
         assert all("unit" in f for f in schema["fields"] if f["name"] in ("lat", "lon"))
-        assert json.loads((layout.latest / str(domain) / "schema.json").read_text()) == schema
+        assert schemas["schema-hourly.json"]["primaryKey"][-1] == "hour"
         # Frictionless checks Parquet's bytes and hash but not its rows (it reads nulls as NaN):
         # its columns and types must be the schema's, and its rows those of its CSV twin.
         by_name = {r["name"]: r for r in package["resources"]}
         for r in package["resources"]:
             if r["format"] == "parquet":
                 parquet = pq.read_table(package_path.parent / r["path"])
-                assert parquet.schema == arrow_schema_of(r["schema"]), r["path"]
+                assert parquet.schema == arrow_schema_of(schemas[r["schema"]]), r["path"]
                 assert parquet.num_rows == by_name[r["name"] + "-csv"]["rows"] > 0
 
     # The check can fail: one changed byte in a released file and the package is invalid.
@@ -138,6 +147,22 @@ def test_every_domains_data_package_passes_frictionless_validate_as_a_whole(wh, 
     victim.write_bytes(victim.read_bytes().replace(b"testtown", b"testtowm", 1))
     run = subprocess.run([FRICTIONLESS, "validate", str(copy / "datapackage.json")], capture_output=True)
     assert run.returncode != 0
+    # Rows are checked against the schema file the resource names: a value below the schema's
+    # minimum fails even with the package's bytes and hash updated to match.
+    copy = tmp_path / "off-schema"
+    subprocess.run(["cp", "-rL", str(layout.latest / "parking"), str(copy)], check=True)
+    package = json.loads((copy / "datapackage.json").read_text())
+    resource = next(r for r in package["resources"] if r["format"] == "csv" and r["schema"] == "schema.json")
+    victim = copy / resource["path"]
+    data = victim.read_bytes()
+    assert b",10,100," in data
+    victim.write_bytes(data.replace(b",10,100,", b",-5,100,", 1))
+    resource["bytes"], resource["hash"] = victim.stat().st_size, f"sha256:{sha256(victim)}"
+    (copy / "datapackage.json").write_text(json.dumps(package))
+    run = subprocess.run(
+        [FRICTIONLESS, "validate", str(copy / "datapackage.json")], capture_output=True, text=True
+    )
+    assert run.returncode != 0 and "constraint-error" in run.stdout, run.stdout[-3000:]
 
 
 def test_parquet_is_sorted_by_device_and_a_device_filter_skips_row_groups(wh):
@@ -166,7 +191,10 @@ def test_parquet_is_sorted_by_device_and_a_device_filter_skips_row_groups(wh):
     files = publish_partition(
         con, layout, dataset, "testtown", date(2026, 3, 2), 1, rows, NOW, row_group_rows=500
     )
-    path = layout.published_dataset("parking") / files["parquet"]["path"]
+    [entry] = [f for f in files if (f["kind"], f["format"]) == ("readings", "parquet")]
+    assert entry["rows"] == n
+    path = layout.published_dataset("parking") / entry["path"]
+    assert (entry["bytes"], entry["sha256"]) == (path.stat().st_size, sha256(path))
     meta = pq.ParquetFile(path).metadata
     assert meta.num_row_groups == 6
     col = meta.schema.names.index("device_id")

@@ -14,10 +14,10 @@ from factories import LIMITS, car_park, land, tree_digest
 from civicflow.contract import Zone
 from civicflow.settings import PublishSettings
 from jobs.publication import gate_and_publish
+from publish.release import latest_release, releases
 from transforms.stage import export_partitions, stage_segments
 from warehouse.db import connect
 from warehouse.layout import Layout
-from publish.release import latest_release, releases
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -115,19 +115,48 @@ def test_old_releases_are_pruned_after_the_switch_and_released_files_never_chang
     assert days == [f"date=2026-03-0{d}" for d in (1, 2, 3, 4)]
 
 
-def test_a_held_back_partition_changes_nothing_under_published(wh):
+def test_a_held_back_partition_changes_no_released_data(wh):
     layout, con = wh
     publish_day(layout, con, 1, keep=5)
     before = tree_digest(layout.zone(Zone.PUBLISHED), "**/*")
-    latest_before = os.readlink(layout.latest)
-    con.execute("UPDATE staged.parking SET occupied_spots = 250 WHERE device_id = 'p2'")
+    work_before = tree_digest(layout.published_dataset("parking"))
+    first = latest_release(layout)
+    ledger = con.execute("FROM published.releases ORDER BY ALL").fetchall()
+    # The same reading twice under one key: a rule about the whole partition, so all of it is held.
+    con.execute("INSERT INTO staged.parking SELECT * FROM staged.parking WHERE device_id = 'p2' LIMIT 1")
     con.execute("UPDATE staged.partitions SET version = version + 1")
     export_partitions(con, layout)
     result = gate_and_publish(layout, con, now=NOW, publication=PublishSettings(keep_releases=5))
-    assert (result.failed, result.published) == (1, 0)
-    assert os.readlink(layout.latest) == latest_before
-    assert [p.name for p in releases(layout)] == [latest_before.removeprefix("releases/")]
-    after = tree_digest(layout.zone(Zone.PUBLISHED), "**/*")
-    assert {k: v for k, v in after.items() if not k.endswith("quality.json")} == {
-        k: v for k, v in before.items() if not k.endswith("quality.json")
+    assert (result.failed, result.published, result.released) == (1, 0, 0)
+    assert [(h["date"], h["failed"]) for h in result.held_back] == [("2026-03-01", ["unique_key"])]
+    assert con.execute("FROM published.releases ORDER BY ALL").fetchall() == ledger  # nothing pending
+
+    # The quality summary now lists the held day, and a changed quality.json is released; every
+    # other file of the new release is the previous release's, byte for byte.
+    second = latest_release(layout)
+    assert [p.name for p in releases(layout)] == [first.name, second.name]
+    prefix = f"releases/{first.name}/"
+    assert tree_digest(first) == {
+        k.removeprefix(prefix): v for k, v in before.items() if k.startswith(prefix)
     }
+    metadata = ("parking/quality.json", "release.json", "manifest.json")
+    old, new = tree_digest(first), tree_digest(second)
+    assert {k: v for k, v in new.items() if k not in metadata} == {
+        k: v for k, v in old.items() if k not in metadata
+    }
+    assert new["parking/quality.json"] != old["parking/quality.json"]
+    quality = json.loads((second / "parking" / "quality.json").read_text())
+    [held] = quality["councils"]["testtown"]["held_back"]
+    assert (held["date"], held["grain"], held["failed"]) == ("2026-03-01", "partition", ["unique_key"])
+    manifests = [json.loads((r / "manifest.json").read_text()) for r in (first, second)]
+    assert [m.pop("release") for m in manifests] == [first.name, second.name]
+    assert manifests[0] == manifests[1]
+    # The working tree's files are as they were, but for the quality summary.
+    work_after = tree_digest(layout.published_dataset("parking"))
+    assert {k: v for k, v in work_after.items() if k != "quality.json"} == {
+        k: v for k, v in work_before.items() if k != "quality.json"
+    }
+    # Judged again with nothing changed, it is held again and nothing new is released.
+    again = gate_and_publish(layout, con, now=NOW, publication=PublishSettings(keep_releases=5))
+    assert (again.validated, again.failed, again.published) == (1, 1, 0)
+    assert latest_release(layout) == second and len(releases(layout)) == 2
