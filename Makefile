@@ -29,11 +29,12 @@ test: $(STAMP) ## run the whole test suite (starts its own Mosquitto and Airflow
 test-unit: $(STAMP) ## run only the fast unit tests
 	$(BIN)/python -m pytest -m unit
 
-.PHONY: bench bench-stage bench-portal
-bench: $(STAMP) ## the benchmarks: backlog drain (BENCH_ARGS), staging (BENCH_STAGE_ARGS), portal API (BENCH_PORTAL_ARGS)
+.PHONY: bench bench-stage bench-portal bench-publish
+bench: $(STAMP) ## the benchmarks: backlog drain (BENCH_ARGS), staging (BENCH_STAGE_ARGS), portal API (BENCH_PORTAL_ARGS), publication (BENCH_PUBLISH_ARGS)
 	$(BIN)/python -m bench.drain $(BENCH_ARGS)
 	$(BIN)/python -m bench.stage $(BENCH_STAGE_ARGS)
 	$(BIN)/python -m bench.portal $(BENCH_PORTAL_ARGS)
+	$(BIN)/python -m bench.publish $(BENCH_PUBLISH_ARGS)
 
 bench-stage: $(STAMP) ## stage 0.5-5 million raw readings vs DuckDB read_json -> Parquet
 	$(BIN)/python -m bench.stage $(BENCH_STAGE_ARGS)
@@ -44,6 +45,9 @@ screenshot: $(STAMP) ## publish the Birmingham car parks and screenshot their da
 
 bench-portal: $(STAMP) ## civicflow serve over a year of 200 car parks: query latency vs DuckDB, 50 clients
 	$(BIN)/python -m bench.portal $(BENCH_PORTAL_ARGS)
+
+bench-publish: $(STAMP) ## gate and publish for 1, 10, 50 councils (7 days each): first publication, then one hour more
+	$(BIN)/python -m bench.publish $(BENCH_PUBLISH_ARGS)
 
 lint: $(STAMP) ## ruff format check and lint; import contracts (package layers, framework homes)
 	$(BIN)/ruff format --check .
