@@ -9,8 +9,9 @@ of its own and never takes the warehouse's write lock:
 - **DAG runs**: the last run of each Civicflow DAG, read from Airflow's metadata database
   (`AIRFLOW__DATABASE__SQL_ALCHEMY_CONN` when set, else the SQLite database in the Airflow home
   `civicflow batch`, `replay`, `demo` and `airflow` share under the data root);
-- **datasets**: the quality gate's state per dataset and council, from the quality summary the gate
-  rewrites after every run (`published/<domain>/quality.json`) and the current release
+- **datasets**: the quality gate's state per dataset and council, with the days and devices' days it
+  holds back, from the quality summary every publish run's release step rewrites
+  (`published/<domain>/quality.json`) and the current release
   (`published/latest.json`).
 """
 
@@ -117,8 +118,18 @@ def dag_runs(url: str) -> list[dict]:
         engine.dispose()
 
 
+def _held(hold: dict) -> str:
+    """`2026-11-23 (volume)` for a whole day, `2026-11-23 p1 (no_future)` for one device's day."""
+    device = f" {hold['device_id']}" if hold.get("device_id") else ""
+    return f"{hold['date']}{device} ({', '.join(hold['failed'])})"
+
+
 def dataset_states(settings: Settings) -> tuple[list[dict], dict | None]:
-    """Per dataset and council: what the gate published, warned about and held back."""
+    """Per dataset and council: what the gate published, warned about and held back.
+
+    `gate` is `held back` when a whole day is, `devices held` when only devices' days are (the
+    rest of those days is published), else `warnings` or `passed`.
+    """
     from warehouse.layout import Layout
 
     layout = Layout(settings.data_root)
@@ -133,11 +144,14 @@ def dataset_states(settings: Settings) -> tuple[list[dict], dict | None]:
         summary = json.loads(path.read_text(encoding="utf-8"))
         for council, q in summary.get("councils", {}).items():
             held = q.get("held_back", [])
+            whole = any(h.get("device_id") is None for h in held)
             states.append(
                 {
                     "dataset": domain.value,
                     "council": council,
                     "gate": "held back"
+                    if whole
+                    else "devices held"
                     if held
                     else ("warnings" if q["partitions_with_warnings"] else "passed"),
                     "partitions_published": q["partitions_published"],
@@ -145,7 +159,7 @@ def dataset_states(settings: Settings) -> tuple[list[dict], dict | None]:
                     "rows_published": q["rows_published"],
                     "completeness_pct": q["completeness_pct"],
                     "flagged_pct": q["flagged_pct"],
-                    "held_back": [f"{h['date']} ({', '.join(h['failed'])})" for h in held],
+                    "held_back": [_held(h) for h in held],
                 }
             )
     return states, release
@@ -187,7 +201,7 @@ def pipeline_status(settings: Settings, *, probe: bool = True) -> PipelineStatus
     datasets, release = dataset_states(settings)
     review = [
         f"{d['dataset']} {d['council']}: held back {'; '.join(d['held_back'])}: "
-        "civicflow release list shows why, civicflow release approve publishes it anyway"
+        "civicflow release list shows why, civicflow release approve [--device ID] publishes it anyway"
         for d in datasets
         if d["held_back"]
     ]

@@ -7,16 +7,21 @@ raw segment, which is cheap for a demo and wasteful for a production raw zone.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from civicflow.contract import DATASETS
 from civicflow.settings import Settings
+
+if TYPE_CHECKING:
+    from warehouse.partitions import HeldBack
 
 DOMAINS: tuple[str, ...] = tuple(d.value for d in DATASETS)
 
@@ -35,6 +40,8 @@ class DomainSummary:
     published_rows: int = 0
     warned_partitions: int = 0
     flagged_rows: int = 0
+    days_held: int = 0
+    device_days_held: int = 0
     published_path: str = ""
     quality_path: str = ""
 
@@ -58,11 +65,13 @@ class WarehouseSummary:
     failed: int = 0
     published_partitions: int = 0
     published_rows: int = 0
-    held_back: list[tuple[str, str, str]] = field(default_factory=list)
-    held_back_reasons: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)
-    """(domain, council, date) -> (failed blocking rules, Data Docs page) of each held-back partition."""
+    held_back: list[HeldBack] = field(default_factory=list)
+    """What the gate holds back and nobody approved: whole days (`device_id` None) and devices' days,
+    by domain, council and date (`warehouse.partitions.held_back`)."""
     data_docs: str = ""
     catalog: str = ""
+    data_root: Path = Path()
+    """What a Data Docs page's path in `held_back` is relative to."""
     domains: dict[str, DomainSummary] = field(default_factory=lambda: {d: DomainSummary() for d in DOMAINS})
 
 
@@ -89,7 +98,7 @@ def warehouse_summary(settings: Settings, *, count_topics: bool = False) -> Ware
     from warehouse.layout import Layout
 
     layout = Layout(settings.data_root)
-    s = WarehouseSummary()
+    s = WarehouseSummary(data_root=layout.root)
     if not layout.warehouse.exists():
         return s
     con = connect(layout.warehouse, read_only=True)
@@ -135,22 +144,18 @@ def warehouse_summary(settings: Settings, *, count_topics: bool = False) -> Ware
         ).fetchall():
             if domain in s.domains:
                 s.domains[domain].warned_partitions = n
-        # Held back: the current staged version was validated, failed, and is not published (the
-        # gate validates it again on every run; `civicflow release approve` can override it).
-        for d, c, day, report in con.execute(
-            "SELECT p.domain, p.council, p.event_date, any_value(v.report ORDER BY v.validated_at DESC) "
-            "FROM staged.partitions p JOIN published.validations v ON v.domain = p.domain "
-            "AND v.council = p.council AND v.event_date = p.event_date AND v.partition_version = p.version "
-            "WHERE NOT EXISTS (SELECT 1 FROM published.releases r WHERE r.domain = p.domain "
-            "AND r.council = p.council AND r.event_date = p.event_date AND r.partition_version = p.version) "
-            "GROUP BY ALL HAVING NOT bool_or(v.published) ORDER BY ALL"
-        ).fetchall():
-            key = (d, c, day.isoformat())
-            doc = json.loads(report)
-            s.held_back.append(key)
-            failed = ", ".join(f.get("rule", f.get("expectation", "?")) for f in doc.get("failed", []))
-            docs = str(layout.root / doc["data_docs"]) if doc.get("data_docs") else ""
-            s.held_back_reasons[key] = (failed, docs)
+        # Held back: holds on current staged versions that no approval lifted, whole days and
+        # devices' days (`civicflow release approve [--device]` overrides them).
+        from warehouse.partitions import held_back
+
+        s.held_back = held_back(con)
+        for h in s.held_back:
+            if h.domain in s.domains:
+                d = s.domains[h.domain]
+                if h.device_id is None:
+                    d.days_held += 1
+                else:
+                    d.device_days_held += 1
     finally:
         con.close()
     for domain, d in s.domains.items():
@@ -167,6 +172,56 @@ def warehouse_summary(settings: Settings, *, count_topics: bool = False) -> Ware
         for domain, n in count_messages_by_domain(layout.raw, settings.mqtt.topic_prefix).items():
             s.domains[domain].received = n
     return s
+
+
+MAX_HELD_DAYS = 10
+"""Held-back days `print_summary` lists one by one; `civicflow release list` shows them all."""
+MAX_HELD_DEVICES = 5
+"""Devices named on a held-back day's line; the rest are counted."""
+
+
+def _rows(n: int) -> str:
+    return f"{n:,} row" + ("" if n == 1 else "s")
+
+
+def print_held_back(console: Console, held: list[HeldBack], *, data_root: Path) -> None:
+    """One line per held-back day: the whole day, or each held device, with the rules it failed.
+
+    Then the Data Docs pages of those decisions (a page covers every partition of its GX run, so
+    usually one) and how to override a hold.
+    """
+    from warehouse.partitions import GATE_ERROR
+
+    days = [
+        (key, list(holds))
+        for key, holds in groupby(held, key=lambda h: (h.domain, h.council, h.event_date, h.version))
+    ]
+    pages: dict[str, None] = {}
+    for (domain, council, day, version), holds in days[:MAX_HELD_DAYS]:
+        whole = next((h for h in holds if h.device_id is None), None)
+        if whole is not None:
+            what = f"whole day ({', '.join(whole.rules)}, {_rows(whole.rows)})"
+            if GATE_ERROR in whole.rules:
+                what += f": {whole.detail[:120]}"
+        else:
+            shown = [f"{h.device_id} ({', '.join(h.rules)}, {_rows(h.rows)})" for h in holds]
+            more = len(shown) - MAX_HELD_DEVICES
+            what = "devices " + "; ".join(shown[:MAX_HELD_DEVICES]) + (f"; {more} more" if more > 0 else "")
+        console.print(
+            f"[yellow]held back[/] {escape(f'{domain} {council} {day.isoformat()} v{version}: {what}')}"
+        )
+        pages.update((str(data_root / h.data_docs), None) for h in holds if h.data_docs)
+    if len(days) > MAX_HELD_DAYS:
+        console.print(f"[yellow]held back[/] {len(days) - MAX_HELD_DAYS} more days: civicflow release list")
+    for page in pages:
+        console.print(f"  Data Docs: {escape(page)}")
+    if days:
+        console.print(
+            escape(
+                "  override with: civicflow release approve <dataset> <council> <date> [--device ID] "
+                '--reason "..."'
+            )
+        )
 
 
 def print_summary(
@@ -205,7 +260,10 @@ def print_summary(
     table.rows[-1].end_section = True
     row("partitions validated", [d.validated for d in domains], s.validated)
     row("  passed", [d.passed for d in domains], s.passed)
-    row("  failed (held back)", [d.failed for d in domains], s.failed)
+    row("  failed a blocking rule", [d.failed for d in domains], s.failed)
+    days_held, device_days_held = [d.days_held for d in domains], [d.device_days_held for d in domains]
+    row("  days held back", days_held, sum(days_held))
+    row("  devices' days held back", device_days_held, sum(device_days_held))
     row("partitions published", [d.published_partitions for d in domains], s.published_partitions)
     warned = [d.warned_partitions for d in domains]
     row("  with warnings", warned, sum(warned))
@@ -220,13 +278,7 @@ def print_summary(
             console.print(
                 f"Airflow DAG [bold]{run.dag_id}[/]: {run.state} in {run.seconds:.1f}s (log: {run.log_path})"
             )
-    for key in s.held_back:
-        failed, docs = s.held_back_reasons.get(key, ("", ""))
-        domain, council, day = key
-        console.print(f"[yellow]held back[/] {domain} {council} {day}: failed {failed or '?'}")
-        if docs:
-            console.print(f"  Data Docs: {docs}")
-        console.print(f'  override with: civicflow release approve {domain} {council} {day} --reason "..."')
+    print_held_back(console, s.held_back, data_root=s.data_root)
     if s.catalog:
         console.print(f"DCAT-AP catalogue of the current release: [bold]{s.catalog}[/] (and .ttl)")
     if s.data_docs:

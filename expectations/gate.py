@@ -428,7 +428,7 @@ def _metrics(frame: pd.DataFrame, inputs: QualityInputs | None, flags: pd.Series
     return {
         "rows": len(frame),
         "quarantined": None if inputs is None else inputs.quarantined,
-        "quarantine_share": first("qc_quarantine_share"),
+        "quarantine_share": _partition_quarantine_share(len(frame), inputs),
         "trailing_rows": [] if inputs is None else list(inputs.trailing_rows),
         "volume_ratio": first("qc_volume_ratio"),
         "freshness_minutes": first("qc_freshness_minutes"),
@@ -436,6 +436,17 @@ def _metrics(frame: pd.DataFrame, inputs: QualityInputs | None, flags: pd.Series
         "completeness_mean": _plain(float(per_hour.mean())) if len(per_hour) else None,
         "flagged_rows": int(flags.notna().sum()),
     }
+
+
+def _partition_quarantine_share(rows: int, inputs: QualityInputs | None) -> float | None:
+    """The day's quarantined readings / (those + its staged rows), readings without a device included.
+
+    The rule judges each device's share (`qc_quarantine_share`); the report keeps the partition's,
+    which does not depend on which device's row comes first.
+    """
+    if inputs is None or inputs.quarantined is None or rows + inputs.quarantined == 0:
+        return None
+    return inputs.quarantined / (inputs.quarantined + rows)
 
 
 @cache

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 from civicflow.contract import PARKING, Column
-from expectations.gate import ValidationReport, validate_partition
+from expectations.gate import Part, ValidationReport, evaluate_batch, evaluate_partition, validate_partition
+from expectations.quality import QualityInputs
 from expectations.suites import OBSERVED_AT_MAX, build_suite, suite_parameters
 
 pytestmark = pytest.mark.integration
@@ -130,6 +131,11 @@ def test_duplicate_natural_key_fails() -> None:
         "observed_at": "2025-03-14T09:00:00+00:00",
     }
     assert len(report.failed) == 1
+    # A rule about the partition holds the whole day, names no device and flags no row.
+    assert failure["grain"] == "partition" and "devices" not in failure
+    evaluation = evaluate_partition(_frame(rows), PARKING, now=NOW)
+    assert (evaluation.partition_failures, evaluation.held_devices) == (["unique_key"], {})
+    assert evaluation.flags.tolist() == [None, None, None]
 
 
 @pytest.mark.parametrize("mapper", sorted(_TYPE_MAPPERS))
@@ -164,6 +170,8 @@ def test_status_outside_enum_fails() -> None:
             "unexpected_count": 1,
             "sample": ["reserved"],
             "detail": "1 of 3 rows unexpected, e.g. ['reserved']",
+            "grain": "device",
+            "devices": ["carpark-1"],
         }
     ]
 
@@ -292,3 +300,80 @@ def test_suite_is_built_from_the_contract() -> None:
         "volume_ratio_max": 4.0,
         "volume_ratio_min": 0.25,
     }
+
+
+# --- grain: a rule about readings holds back their devices, a rule about the day the whole day ------
+
+
+def test_rules_about_readings_hold_back_only_the_devices_whose_rows_failed() -> None:
+    rows = _rows(4)
+    rows[0]["occupied_spots"], rows[0]["occupancy"] = -3, None
+    rows[2]["observed_at"] = NOW + timedelta(hours=1)
+    rows[3]["device_id"] = "carpark-0"  # a clean reading of the device that sent the bad one
+
+    evaluation = evaluate_partition(_frame(rows), PARKING, now=NOW)
+
+    assert evaluation.partition_failures == []
+    assert evaluation.held_devices == {"carpark-0": ["range:occupied_spots"], "carpark-2": ["no_future"]}
+    assert [
+        (f["rule"], f["grain"], f["devices"], f["unexpected_count"]) for f in evaluation.report.failed
+    ] == [
+        ("range:occupied_spots", "device", ["carpark-0"], 1),
+        ("no_future", "device", ["carpark-2"], 1),
+    ]
+    # The failing rows, and only they, carry their rules (what an approval publishes flagged).
+    assert evaluation.flags.tolist() == ["range:occupied_spots", None, "no_future", None]
+    assert evaluation.report.success is False
+
+
+def test_quarantine_share_is_judged_per_device_and_unattributed_readings_count_in_the_metrics_only() -> None:
+    rows = _rows(4)
+    rows[3]["device_id"] = "carpark-1"  # carpark-1 has 2 staged readings, the others 1 each
+    # 4 readings of the day were quarantined: 1 of carpark-1's (1 / 3 > 5 %), 3 with no device id.
+    inputs = QualityInputs(quarantined=4, quarantined_by_device={"carpark-1": 1})
+
+    evaluation = evaluate_partition(_frame(rows), PARKING, now=NOW, inputs=inputs)
+
+    assert evaluation.held_devices == {"carpark-1": ["quarantine_share"]}
+    assert evaluation.partition_failures == []
+    (failure,) = evaluation.report.failed
+    assert (failure["rule"], failure["grain"], failure["devices"]) == (
+        "quarantine_share",
+        "device",
+        ["carpark-1"],
+    )
+    assert failure["unexpected_count"] == 2  # both of carpark-1's rows
+    assert failure["sample"] == [pytest.approx(1 / 3)] * 2
+    assert evaluation.flags.tolist() == [None, "quarantine_share", None, "quarantine_share"]
+    assert evaluation.report.metrics["quarantined"] == 4
+    assert evaluation.report.metrics["quarantine_share"] == pytest.approx(4 / 8)
+    # Without a device to blame, the same 4 readings hold nothing back.
+    alone = evaluate_partition(_frame(rows), PARKING, now=NOW, inputs=QualityInputs(quarantined=4))
+    assert (alone.report.success, alone.held_devices, alone.report.metrics["quarantine_share"]) == (
+        True,
+        {},
+        pytest.approx(4 / 8),
+    )
+
+
+def test_a_batch_gives_each_partition_the_decision_it_would_get_alone() -> None:
+    clean = _frame(_rows())
+    bad_rows = _rows()
+    for row in bad_rows:
+        row["council"] = "york"
+    bad_rows[1]["status"] = "reserved"
+    bad_rows[2]["device_id"] = bad_rows[0]["device_id"]
+    bad_rows[2]["observed_at"] = bad_rows[0]["observed_at"]
+    bad = _frame(bad_rows)
+
+    together = evaluate_batch([Part(clean), Part(bad)], PARKING, now=NOW)
+    alone = [evaluate_partition(clean, PARKING, now=NOW), evaluate_partition(bad, PARKING, now=NOW)]
+
+    assert [e.report for e in together] == [e.report for e in alone]
+    assert [e.flags.tolist() for e in together] == [e.flags.tolist() for e in alone]
+    assert [(e.held_devices, e.partition_failures) for e in together] == [
+        ({}, []),
+        ({"carpark-1": ["enum:status"]}, ["unique_key"]),
+    ]
+    assert together[1].flags.tolist() == [None, "enum:status", None]
+    assert together[0].report.success is True and together[1].report.metrics["rows"] == 3

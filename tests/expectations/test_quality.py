@@ -11,13 +11,12 @@ from factories import LIMITS, car_park, land
 
 from civicflow.registry import CouncilRegistry, RegistryError, build_registry, load_council
 from civicflow.settings import QualitySettings
-from jobs.publication import ApprovalError
+from jobs.publication import ApprovalError, gate_and_publish
 from jobs.publication import approve as approve_partition
-from jobs.publication import gate_and_publish
-from expectations.summary import held_back_partitions
 from transforms.stage import stage_segments
 from warehouse.db import connect
 from warehouse.layout import Layout
+from warehouse.partitions import held_back
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -66,7 +65,7 @@ def test_incomplete_device_hours_are_published_with_qc_flag_on_exactly_their_row
     assert (result.passed, result.failed, result.published) == (1, 0, 1)
     assert result.warned == [
         {
-            "dataset": "staged.parking",
+            "dataset": "parking",
             "council": "testtown",
             "date": DAY,
             "warnings": ["completeness"],
@@ -119,42 +118,93 @@ def test_registry_reporting_interval_replaces_the_inferred_one(wh):
 # --- quarantine share: blocking ----------------------------------------------------------------------
 
 
-def burst(n: int, day: str = DAY) -> list[tuple[str, dict]]:
-    """Readings refused at staging: occupied_spots above the car park's capacity."""
-    return [car_park("p9", f"{day}T09:{i % 60:02d}:{i // 60:02d}Z", 500, total=100) for i in range(n)]
+def burst(n: int, day: str = DAY, device: str = "p9") -> list[tuple[str, dict]]:
+    """Readings refused at staging: occupied_spots above capacity (at 07:00, off the half-hours)."""
+    return [car_park(device, f"{day}T07:{i % 60:02d}:{i // 60 + 1:02d}Z", 500, total=100) for i in range(n)]
 
 
-def test_a_high_quarantine_share_holds_the_partition_back(wh):
+def flaky_day() -> list[tuple[str, dict]]:
+    """p1 clean; p9 staged 10 readings and had 2 refused: 2 of its 12 readings, 17 % (> 5 %)."""
+    return half_hourly("p1", DAY, range(8, 13)) + half_hourly("p9", DAY, range(8, 13)) + burst(2)
+
+
+def devices_published(con) -> list[tuple]:
+    """(device, published rows, rows with a qc_flag), by device."""
+    return con.execute(
+        "SELECT device_id, count(*), count(qc_flag) FROM published.parking GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+
+
+def test_a_high_quarantine_share_holds_back_that_device_and_publishes_the_others(wh):
     layout, con = wh
-    land(layout, half_hourly("p1", DAY, range(8, 13)) + burst(2))  # 2 of 12 readings: 17 %
+    land(layout, flaky_day())
     stage_segments(layout, con, LIMITS)
 
     result = gate_and_publish(layout, con, now=NOW)
 
-    assert (result.failed, result.published) == (1, 0)
-    assert result.held_back[0]["failed"] == ["quarantine_share"]
-    [held] = held_back_partitions(con)
-    assert (held.council, held.event_date, held.version) == ("testtown", date(2016, 10, 4), 1)
-    assert "quarantine_share" in held.reasons()
-    assert published(con, "count(*)") == [(0,)]
+    # The day is published (it failed a blocking rule, so it counts as failed) without p9.
+    assert (result.failed, result.published, result.held_back) == (1, 1, [])
+    assert result.devices_held == [
+        {
+            "dataset": "parking",
+            "council": "testtown",
+            "date": DAY,
+            "device_id": "p9",
+            "failed": ["quarantine_share"],
+            "rows": 10,
+        }
+    ]
+    [held] = held_back(con)
+    assert (held.council, held.event_date, held.version, held.device_id, held.grain, held.rows) == (
+        "testtown",
+        date(2016, 10, 4),
+        1,
+        "p9",
+        "device",
+        10,
+    )
+    assert held.rules == ["quarantine_share"] and "quarantine_share" in held.reasons()
+    assert devices_published(con) == [("p1", 10, 0)]  # p9's readings are not published, p1's all are
+    assert con.execute("SELECT DISTINCT device_id FROM published.parking_hourly").fetchall() == [("p1",)]
     docs = layout.root / held.data_docs
     assert docs == layout.validations / "parking" / "council=testtown" / f"date={DAY}" / "v1" / "index.html"
     assert "quarantine_share" in docs.read_text() or "qc_quarantine_share" in docs.read_text()
+    report = json.loads(con.execute("SELECT report FROM published.validations").fetchone()[0])
+    assert [(f["rule"], f["grain"], f["devices"], f["unexpected_count"]) for f in report["failed"]] == [
+        ("quarantine_share", "device", ["p9"], 10)
+    ]
+    assert report["metrics"]["quarantined"] == 2
+    assert report["metrics"]["quarantine_share"] == pytest.approx(2 / 22)  # the day's, all devices
+
+
+def test_a_device_whose_every_reading_was_refused_holds_nothing_back(wh):
+    layout, con = wh
+    land(layout, half_hourly("p1", DAY, range(8, 13)) + burst(2))  # p9 has no staged reading at all
+    stage_segments(layout, con, LIMITS)
+
+    result = gate_and_publish(layout, con, now=NOW)
+
+    assert (result.passed, result.failed, result.published, result.devices_held) == (1, 0, 1, [])
+    assert devices_published(con) == [("p1", 10, 0)]
+    report = json.loads(con.execute("SELECT report FROM published.validations").fetchone()[0])
+    assert report["metrics"]["quarantined"] == 2
+    assert report["metrics"]["quarantine_share"] == pytest.approx(2 / 12)
 
 
 def test_quarantine_share_threshold_is_overridden_per_council(wh):
     layout, con = wh
-    land(layout, half_hourly("p1", DAY, range(8, 13)) + burst(2))
+    land(layout, flaky_day())
     stage_segments(layout, con, LIMITS)
     registry = registry_with({"quarantine_share_max": 0.25})
 
     result = gate_and_publish(layout, con, now=NOW, registry=registry)
 
-    assert (result.failed, result.published) == (0, 1)
+    assert (result.failed, result.published, result.devices_held) == (0, 1, [])
+    assert devices_published(con) == [("p1", 10, 0), ("p9", 10, 0)]
     report = json.loads(con.execute("SELECT report FROM published.validations").fetchone()[0])
     assert report["thresholds"]["quarantine_share_max"] == 0.25
     assert report["metrics"]["quarantined"] == 2
-    assert report["metrics"]["quarantine_share"] == pytest.approx(2 / 12)
+    assert report["metrics"]["quarantine_share"] == pytest.approx(2 / 22)
 
 
 # --- volume: blocking, against the trailing 7 days -----------------------------------------------------
@@ -172,6 +222,18 @@ def test_a_collapse_in_volume_holds_the_day_back_and_an_approval_publishes_it(wh
 
     assert result.published == 3
     assert [(h["date"], h["failed"]) for h in result.held_back] == [(DAY, ["volume"])]
+    assert result.devices_held == []  # a rule about the day holds the whole day
+    [held] = held_back(con)
+    assert (held.event_date, held.device_id, held.grain, held.rules, held.rows) == (
+        date(2016, 10, 4),
+        None,
+        "partition",
+        ["volume"],
+        2,
+    )
+    assert con.execute(
+        "SELECT count(*) FROM published.parking WHERE observed_at::DATE = DATE '2016-10-04'"
+    ).fetchone() == (0,)
     report = json.loads(
         con.execute(
             "SELECT report FROM published.validations WHERE event_date = ?", [date(2016, 10, 4)]
@@ -215,12 +277,13 @@ def test_a_collapse_in_volume_holds_the_day_back_and_an_approval_publishes_it(wh
             "ana",
             "car park closed at 09:00 for resurfacing",
             '["volume"]',
+            None,  # the whole day, not one device
         )
     ]
     assert con.execute(
         "SELECT count(*) FROM published.parking WHERE observed_at::DATE = DATE '2016-10-04'"
     ).fetchone() == (2,)
-    assert held_back_partitions(con) == []
+    assert held_back(con) == []
     assert gate_and_publish(layout, con, now=NOW).validated == 0  # published: not validated again
     quality = json.loads((layout.published_dataset("parking") / "quality.json").read_text())
     council = quality["councils"]["testtown"]
@@ -248,9 +311,14 @@ def test_volume_is_not_judged_without_enough_history(wh):
 
 def test_held_back_partition_is_published_on_a_later_run_once_it_passes(wh):
     layout, con = wh
-    land(layout, half_hourly("p1", DAY, range(8, 13)) + burst(2))
+    # p9 is the day's only device: holding it back publishes nothing, so the day is judged again.
+    land(layout, half_hourly("p9", DAY, range(8, 13)) + burst(2))
     stage_segments(layout, con, LIMITS)
-    assert gate_and_publish(layout, con, now=NOW).failed == 1
+    first = gate_and_publish(layout, con, now=NOW)
+    assert (first.failed, first.published) == (1, 0)
+    assert [(h["date"], h["failed"]) for h in first.held_back] == [(DAY, ["quarantine_share"])]
+    assert [(h["device_id"], h["rows"]) for h in first.devices_held] == [("p9", 10)]
+    assert published(con, "count(*)") == [(0,)]
 
     # The council raises its threshold: the same version passes on the next run.
     result = gate_and_publish(layout, con, now=NOW, registry=registry_with({"quarantine_share_max": 0.5}))
@@ -259,8 +327,50 @@ def test_held_back_partition_is_published_on_a_later_run_once_it_passes(wh):
     assert con.execute(
         "SELECT partition_version, success, published FROM published.validations ORDER BY validated_at, rowid"
     ).fetchall() == [(1, False, False), (1, True, True)]
-    assert held_back_partitions(con) == []
-    assert published(con, "count(*)") == [(10,)]
+    assert held_back(con) == []
+    assert devices_published(con) == [("p9", 10, 0)]
+
+
+def test_a_partly_published_day_keeps_its_device_hold_until_an_approval(wh):
+    layout, con = wh
+    land(layout, flaky_day())
+    stage_segments(layout, con, LIMITS)
+    assert [h["device_id"] for h in gate_and_publish(layout, con, now=NOW).devices_held] == ["p9"]
+
+    # The rest of the day is published: a raised threshold does not judge that version again.
+    lenient = registry_with({"quarantine_share_max": 0.5})
+    assert gate_and_publish(layout, con, now=NOW, registry=lenient).validated == 0
+    assert [h.device_id for h in held_back(con)] == ["p9"]
+    with pytest.raises(ApprovalError, match="device p1 is not held back"):
+        approve_partition(
+            layout, con, "parking", "testtown", date(2016, 10, 4), reason="x", who="ana", now=NOW, device="p1"
+        )
+
+    done = approve_partition(
+        layout,
+        con,
+        "parking",
+        "testtown",
+        date(2016, 10, 4),
+        reason="p9's gateway sent its test frames",
+        who="ana",
+        now=NOW + timedelta(minutes=5),
+        device="p9",
+    )
+
+    assert (done["device_id"], done["version"], done["failed"], done["published"]) == (
+        "p9",
+        1,
+        ["quarantine_share"],
+        True,
+    )
+    assert held_back(con) == []
+    # p9's readings are published now, each flagged with the rule the approval lifted.
+    assert devices_published(con) == [("p1", 10, 0), ("p9", 10, 10)]
+    assert con.execute(
+        "SELECT DISTINCT qc_flag FROM published.parking WHERE device_id = 'p9'"
+    ).fetchall() == [("quarantine_share",)]
+    assert con.execute("SELECT rows FROM published.releases").fetchall() == [(20,)]
 
 
 # --- freshness: a warning for today's partition only ------------------------------------------------
@@ -328,9 +438,9 @@ def test_release_commands_list_and_approve_a_held_back_partition(tmp_path, monke
 
     layout = Layout(tmp_path / "data")
     con = connect(layout.warehouse)
-    land(layout, half_hourly("p1", DAY, range(8, 13)) + burst(2))
+    land(layout, flaky_day())
     stage_segments(layout, con, LIMITS)
-    assert gate_and_publish(layout, con, now=NOW).failed == 1
+    assert [h["device_id"] for h in gate_and_publish(layout, con, now=NOW).devices_held] == ["p9"]
     con.close()
     registry_dir = tmp_path / "registry"
     registry_dir.mkdir()
@@ -342,22 +452,31 @@ def test_release_commands_list_and_approve_a_held_back_partition(tmp_path, monke
 
     listed = runner.invoke(release_app, ["list"])
     assert listed.exit_code == 0, listed.output
-    assert "testtown" in listed.output and DAY in listed.output and "quarantine_share" in listed.output
+    [row] = [line for line in listed.output.splitlines() if "testtown" in line]
+    for shown in (DAY, "p9", "quarantine_share"):
+        assert shown in row, (shown, listed.output)
 
     refused = runner.invoke(release_app, ["approve", "parking", "testtown", "2016-10-05", "--reason", "x"])
     assert refused.exit_code == 2 and "not held back" in refused.output
+    not_held = runner.invoke(
+        release_app, ["approve", "parking", "testtown", DAY, "--device", "p1", "--reason", "x"]
+    )
+    assert not_held.exit_code == 2 and "device p1 is not held back" in not_held.output
 
     approved = runner.invoke(
-        release_app, ["approve", "parking", "testtown", DAY, "--reason", "gateway p9 was misconfigured"]
+        release_app,
+        ["approve", "parking", "testtown", DAY, "--device", "p9", "--reason", "gateway p9 was misconfigured"],
     )
     assert approved.exit_code == 0, approved.output
-    assert "overridden: quarantine_share" in approved.output
+    assert "device p9" in approved.output and "overridden: quarantine_share" in approved.output
     con = connect(layout.warehouse, read_only=True)
     try:
-        assert con.execute("SELECT approved_by, reason, failed FROM published.approvals").fetchall() == [
-            ("ana", "gateway p9 was misconfigured", '["quarantine_share"]')
-        ]
-        assert con.execute("SELECT count(*) FROM published.parking").fetchone() == (10,)
+        assert con.execute(
+            "SELECT approved_by, reason, failed, device_id FROM published.approvals"
+        ).fetchall() == [("ana", "gateway p9 was misconfigured", '["quarantine_share"]', "p9")]
+        assert con.execute(
+            "SELECT device_id, count(*) FROM published.parking GROUP BY ALL ORDER BY ALL"
+        ).fetchall() == [("p1", 10), ("p9", 10)]
     finally:
         con.close()
     assert "No partition is held back" in runner.invoke(release_app, ["list"]).output

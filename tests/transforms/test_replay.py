@@ -18,8 +18,8 @@ from factories import LIMITS, car_park, tree_digest
 
 from civicflow.contract import DATASETS
 from civicflow.errors import TerminalError
-from jobs.publication import gate_and_publish
 from ingest.samples import birmingham_parking_messages
+from jobs.publication import gate_and_publish
 from transforms.decode import Limits
 from transforms.replay import parse_bound, replay_segments, segment_opened_at
 from transforms.stage import stage_segments
@@ -265,8 +265,16 @@ def test_replay_after_a_limit_change_stages_what_was_quarantined_and_only_that_i
     )
     strict = Limits(max_payload_bytes=len(orjson.dumps(small[1])))
     stage_segments(layout, con, strict, now=NOW)
-    assert con.execute("SELECT reason FROM quarantine.readings").fetchall() == [("payload_too_large",)]
-    gate_and_publish(layout, con, now=NOW)
+    assert con.execute("SELECT reason, device_id FROM quarantine.readings").fetchall() == [
+        ("payload_too_large", "p2")
+    ]
+    first = gate_and_publish(layout, con, now=NOW)
+    # p2's only reading of 2 March was refused: p2 has nothing staged to hold back, so the day is
+    # published with p1's reading (the quarantine share is judged per device).
+    assert (first.published, first.held_back, first.devices_held) == (2, [], [])
+    assert con.execute(
+        "SELECT observed_at::DATE::VARCHAR, device_id FROM published.parking ORDER BY ALL"
+    ).fetchall() == [("2026-03-01", "p1"), ("2026-03-02", "p1")]
     first_day = tree_digest(layout.root / "published", "parking/council=testtown/date=2026-03-01/*")
     qfile = layout.quarantine_file(f"l1/{big.stem}")
     assert qfile.exists()
@@ -289,6 +297,9 @@ def test_replay_after_a_limit_change_stages_what_was_quarantined_and_only_that_i
     assert con.execute(
         "SELECT event_date::VARCHAR, partition_version, rows FROM published.releases ORDER BY 1"
     ).fetchall() == [("2026-03-01", 1, 1), ("2026-03-02", 2, 2)]
+    assert con.execute(
+        "SELECT observed_at::DATE::VARCHAR, device_id FROM published.parking ORDER BY ALL"
+    ).fetchall() == [("2026-03-01", "p1"), ("2026-03-02", "p1"), ("2026-03-02", "p2")]
     assert tree_digest(layout.root / "published", "parking/council=testtown/date=2026-03-01/*") == first_day
 
 
