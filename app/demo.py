@@ -12,9 +12,12 @@
 The quality gate shows both of its outcomes. Real Birmingham car-park days with gaps are published
 with warnings (rows of incomplete device-hours carry `qc_flag = 'completeness'`), as they come. No
 shipped recording breaks a blocking rule, so the demo adds a small, clearly labelled FAULT INJECTION
-to the synthetic traffic council: one extra counter whose gateway bursts 120 readings of a
-physically impossible 900 km/h on 2026-03-07. Staging quarantines them (`out_of_range`), the
-day's quarantine share exceeds the gate's 5 %, and that partition is held back.
+to the synthetic traffic council: one extra counter reporting every minute on 2026-03-07 whose
+gateway, for the first hour, bursts a physically impossible 900 km/h. Staging quarantines those
+readings (`out_of_range`), that counter's quarantine share that day exceeds the gate's 5 %, and its
+day is held back, while the council's other counters that day are published. Real Birmingham car
+parks whose counters over-read (more cars than spaces) are held back the same way, device by device:
+`civicflow release list` shows them, `civicflow release approve ... --device ...` publishes one.
 """
 
 from __future__ import annotations
@@ -106,13 +109,14 @@ def _replay(
 FAULT_DAY = "2026-03-07"
 FAULT_DEVICE = "radial-9-fault-injection"
 FAULT_READINGS = 120
+FAULT_BURST = 60
 
 
 def fault_injection_messages(prefix: str) -> list[tuple[str, bytes]]:
     """FAULT INJECTION, not data: a traffic gateway bursting physically impossible speeds.
 
-    One reading a minute from 10:00 to 12:00 UTC on the synthetic council's second day, each with
-    an average speed of 900 km/h (the contract allows at most 400).
+    One reading a minute from 10:00 to 12:00 UTC on the synthetic council's second day; the first
+    hour's have an average speed of 900 km/h (the contract allows at most 400), the second's 48.
     """
     messages = []
     for minute in range(FAULT_READINGS):
@@ -121,7 +125,7 @@ def fault_injection_messages(prefix: str) -> list[tuple[str, bytes]]:
             "interval_s": 60,
             "lane_id": 1,
             "intensity": 30,
-            "average_vehicle_speed": 900.0,
+            "average_vehicle_speed": 900.0 if minute < FAULT_BURST else 48.0,
         }
         topic = f"{prefix}/synthetic/traffic/{FAULT_DEVICE}"
         messages.append((topic, json.dumps(reading, separators=(",", ":")).encode()))
@@ -148,8 +152,8 @@ def demo_replays(prefix: str) -> list[Replay]:
             "synthetic + fault injection",
             "generated counters, council 'synthetic', 3 devices x 2 lanes every 5 min, "
             f"{', '.join(d.isoformat() for d in samples.SYNTHETIC_TRAFFIC_DAYS)}; plus FAULT "
-            f"INJECTION: counter {FAULT_DEVICE!r} bursts {FAULT_READINGS} readings of an impossible "
-            f"900 km/h on {FAULT_DAY}, to show the gate holding a partition back",
+            f"INJECTION: counter {FAULT_DEVICE!r} bursts {FAULT_BURST} of its {FAULT_READINGS} readings "
+            f"on {FAULT_DAY} at an impossible 900 km/h, to show the gate holding that counter's day back",
             [*samples.synthetic_traffic_messages(prefix=prefix), *fault_injection_messages(prefix)],
         ),
         Replay(

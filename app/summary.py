@@ -213,8 +213,9 @@ def print_held_back(console: Console, held: list[HeldBack], *, data_root: Path) 
         pages.update((str(data_root / h.data_docs), None) for h in holds if h.data_docs)
     if len(days) > MAX_HELD_DAYS:
         console.print(f"[yellow]held back[/] {len(days) - MAX_HELD_DAYS} more days: civicflow release list")
-    for page in pages:
-        console.print(f"  Data Docs: {escape(page)}")
+    for page in list(pages)[:1]:  # one to open; `civicflow release list` names every day's page
+        more = f" (and {len(pages) - 1} more: civicflow release list)" if len(pages) > 1 else ""
+        console.print(f"  Data Docs: {escape(page)}{more}")
     if days:
         console.print(
             escape(

@@ -42,7 +42,7 @@ from great_expectations.datasource.fluent import PandasDatasource
 
 from civicflow.contract import Dataset
 from civicflow.settings import QualitySettings
-from expectations.quality import QualityInputs, add_quality_columns
+from expectations.quality import QualityInputs, add_quality_columns, device_hour_coverage
 from expectations.suites import (
     DEVICE_RULE_PREFIXES,
     QUALITY_RULES,
@@ -210,11 +210,28 @@ def evaluate_batch(
     suite = build_suite(dataset)
     frames = [
         add_quality_columns(
-            p.rows, dataset, now=now, inputs=p.inputs, volume_min_days=thresholds.volume_min_days
+            p.rows,
+            dataset,
+            now=now,
+            inputs=p.inputs,
+            volume_min_days=thresholds.volume_min_days,
+            coverage=False,
         )
         for p in parts
     ]
     frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    bounds = np.cumsum([0, *(len(f) for f in frames)])
+    # Device-hour coverage of every partition in one query, with each partition's intervals.
+    intervals = {
+        (str(f["council"].iloc[0]), device): seconds
+        for p, f in zip(parts, frames, strict=True)
+        if p.inputs is not None and len(f) and "council" in f
+        for device, seconds in p.inputs.reporting_interval_s.items()
+    }
+    coverage = device_hour_coverage(frame, dataset, intervals).to_numpy()
+    frame["qc_device_hour_coverage"] = coverage
+    for i, f in enumerate(frames):
+        f["qc_device_hour_coverage"] = coverage[bounds[i] : bounds[i + 1]]
     started = time.perf_counter()
     with _lock:
         batch = _batch_definition(dataset).get_batch(batch_parameters={"dataframe": frame})
@@ -226,7 +243,6 @@ def evaluate_batch(
             "a failure names no rows: judging %d %s partitions one by one", len(parts), dataset.domain
         )
         return [e for p in parts for e in evaluate_batch([p], dataset, now=now, thresholds=thresholds)]
-    bounds = np.cumsum([0, *(len(f) for f in frames)])
     indices = {id(r): _row_indices(r) for r in result.results if not r.success}
     evaluations = []
     for i, (part, part_frame) in enumerate(zip(parts, frames, strict=True)):
@@ -287,7 +303,8 @@ def _evaluation(
         if r.success:
             continue
         found = indices.get(id(r))
-        rule = _rule_name(r)
+        described = _described(r)
+        rule = described["rule"]
         if found is None:  # names no rows: only ever for a batch of one, so it is this partition's
             failure = _failure(r)
             rows = np.arange(0)
@@ -295,14 +312,14 @@ def _evaluation(
             rows = found[(found >= lo) & (found < hi)] - lo
             if len(rows) == 0:
                 continue
-            failure = _part_failure(r, frame, rows, n)
+            failure = _part_failure(described, frame, rows, n)
         if failure["rule"] in _PARTITION_RULES:
             failure["detail"] = _partition_detail(_PARTITION_RULES[failure["rule"]], failure, parameters)
         grain = rule_grain(rule) if found is not None else Grain.PARTITION
         if _flags_rows(rule):
             for row in rows:
                 per_row[int(row)].add(rule)
-        if _severity(r) == Severity.WARNING:
+        if described["severity"] == Severity.WARNING.name.lower():
             warnings.append(failure)
             continue
         failure["grain"] = grain.value
@@ -335,23 +352,43 @@ def _evaluation(
     )
 
 
-def _part_failure(result: ExpectationValidationResult, frame: pd.DataFrame, rows: np.ndarray, n: int) -> dict:
+def _described(result: ExpectationValidationResult) -> dict[str, Any]:
+    """What a failed expectation is (rule, severity, type, columns), read once per GX run.
+
+    GX rebuilds an expectation's configuration on every access, which costs more than the rest
+    of splitting a batch's result into its partitions.
+    """
+    cached = getattr(result, "_civicflow_described", None)
+    if cached is None:
+        config = result.expectation_config
+        kwargs = config.kwargs if config is not None else {}
+        cached = {
+            "rule": _rule_name(result),
+            "severity": _severity(result).name.lower(),
+            "expectation": config.type if config is not None else "unknown",
+            "columns": _columns(kwargs),
+            "compound": "column_list" in kwargs,
+        }
+        object.__setattr__(result, "_civicflow_described", cached)
+    return cached
+
+
+def _part_failure(described: dict[str, Any], frame: pd.DataFrame, rows: np.ndarray, n: int) -> dict:
     """A failed expectation as one partition of a batch sees it: its rows, count and sample."""
-    config = result.expectation_config
-    columns = _columns(config.kwargs if config is not None else {})
+    columns = described["columns"]
     present = [c for c in columns if c in frame]
     picked = frame.iloc[rows[:SAMPLE_SIZE]]
     if len(present) == 1:
         sample = _plain(picked[present[0]].tolist())
-    elif "column_list" in (config.kwargs if config is not None else {}):  # as GX samples a compound key
+    elif described["compound"]:  # as GX samples a compound key
         sample = _plain(picked[present].to_dict(orient="records"))
     else:  # a column pair, as GX samples it
         sample = _plain([list(row) for row in picked[present].itertuples(index=False)])
     return {
-        "rule": _rule_name(result),
-        "severity": _severity(result).name.lower(),
-        "expectation": config.type if config is not None else "unknown",
-        "columns": columns,
+        "rule": described["rule"],
+        "severity": described["severity"],
+        "expectation": described["expectation"],
+        "columns": list(columns),
         "unexpected_count": len(rows),
         "sample": sample,
         "detail": f"{len(rows)} of {n} rows unexpected, e.g. {sample}"[:_DETAIL_MAX_CHARS],
@@ -506,14 +543,29 @@ def _in_suite_order(failures: list[dict[str, Any]], suite: gx.ExpectationSuite) 
     than an accident of GX internals. The sort is stable, so failures sharing a position keep
     GX's relative order.
     """
-    position: dict[tuple[str, tuple[str, ...]], int] = {}
-    for index, expectation in enumerate(suite.expectations):
-        config = expectation.configuration
-        position.setdefault((config.type, tuple(_columns(config.kwargs))), index)
+    position = _positions(suite)
     return sorted(
         failures,
         key=lambda f: position.get((f["expectation"], tuple(f["columns"])), len(position)),
     )
+
+
+def _positions(suite: gx.ExpectationSuite) -> dict[tuple[str, tuple[str, ...]], int]:
+    """Each expectation's place in the suite, by type and columns (built once per suite object:
+    GX rebuilds an expectation's configuration on every access)."""
+    key = id(suite)
+    cached = _POSITIONS.get(key)
+    if cached is None or cached[0] is not suite:
+        position: dict[tuple[str, tuple[str, ...]], int] = {}
+        for index, expectation in enumerate(suite.expectations):
+            config = expectation.configuration
+            position.setdefault((config.type, tuple(_columns(config.kwargs))), index)
+        _POSITIONS.clear()
+        _POSITIONS[key] = cached = (suite, position)
+    return cached[1]
+
+
+_POSITIONS: dict[int, tuple[gx.ExpectationSuite, dict[tuple[str, tuple[str, ...]], int]]] = {}
 
 
 def _columns(kwargs: Mapping[str, Any]) -> list[str]:

@@ -22,6 +22,7 @@ from datetime import date, datetime, timedelta
 from statistics import median
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from civicflow.contract import Dataset, Domain
@@ -103,6 +104,7 @@ def add_quality_columns(
     now: datetime,
     inputs: QualityInputs | None = None,
     volume_min_days: int = 3,
+    coverage: bool = True,
 ) -> pd.DataFrame:
     """Return a copy of a staged partition with the `qc_*` columns its quality rules judge.
 
@@ -112,11 +114,18 @@ def add_quality_columns(
         now: The gate's time: today's partition is judged on freshness against it.
         inputs: From `load_inputs`; without them only completeness and freshness are computed.
         volume_min_days: Trailing days that must have a partition before volume is judged.
+        coverage: Compute `qc_device_hour_coverage` here; False leaves it null for a caller that
+            computes it for many partitions at once (`device_hour_coverage`).
     """
     inputs = inputs or QualityInputs()
     out = df.reset_index(drop=True).copy()
     n = len(out)
-    out["qc_device_hour_coverage"] = _device_hour_coverage(out, dataset, inputs.reporting_interval_s)
+    if coverage:
+        council = str(out["council"].iloc[0]) if n and "council" in out else ""
+        intervals = {(council, d): s for d, s in inputs.reporting_interval_s.items()}
+        out["qc_device_hour_coverage"] = device_hour_coverage(out, dataset, intervals)
+    else:
+        out["qc_device_hour_coverage"] = pd.Series([None] * n, dtype="float64")
     out["qc_quarantine_share"] = _device_quarantine_share(out, inputs)
     ratio = None
     history = [r for r in inputs.trailing_rows if r > 0]
@@ -141,13 +150,19 @@ def _device_quarantine_share(df: pd.DataFrame, inputs: QualityInputs) -> pd.Seri
     return (refused / (refused + staged)).astype("float64").reset_index(drop=True)
 
 
-def _device_hour_coverage(df: pd.DataFrame, dataset: Dataset, intervals: Mapping[str, int]) -> pd.Series:
-    """Coverage of each row's device-hour, by the published aggregates' rule (see module doc)."""
+def device_hour_coverage(
+    df: pd.DataFrame, dataset: Dataset, intervals: Mapping[tuple[str, str], int] | None = None
+) -> pd.Series:
+    """Coverage of each row's device-hour, by the published aggregates' rule (see module doc).
+
+    `df` may hold many partitions (councils and days): one query computes them all.
+    `intervals` maps (council, device id) to the interval its registry says it reports at.
+    """
     names = [c.name for c in dataset.reading_columns]
     if df.empty or not set(names) <= set(df.columns):
         return pd.Series([None] * len(df), dtype="float64")
-    frame = df[names].copy()
-    frame[ROW_ID] = range(len(frame))
+    frame = df[names].reset_index(drop=True)
+    frame[ROW_ID] = np.arange(len(frame), dtype=np.int64)
     series = [c.name for c in series_columns(dataset)]
     join = " AND ".join(f"r.{c} IS NOT DISTINCT FROM h.{c}" for c in ["council", *series])
     mem = duckdb.connect()
@@ -155,29 +170,29 @@ def _device_hour_coverage(df: pd.DataFrame, dataset: Dataset, intervals: Mapping
         mem.execute("SET TimeZone = 'UTC'")
         mem.execute("CREATE SCHEMA published")
         mem.register("frame", frame)
-        mem.execute(f"CREATE TABLE published.{dataset.domain} AS SELECT * FROM frame")
+        mem.execute(f"CREATE VIEW published.{dataset.domain} AS SELECT * FROM frame")
         mem.execute(
             "CREATE TEMP TABLE agg_partitions AS SELECT DISTINCT council, "
             f"CAST(observed_at AS DATE) AS event_date FROM published.{dataset.domain}"
         )
         mem.execute(f"CREATE TEMP TABLE agg_rows AS {_rows_sql(dataset)}")
         if intervals:
-            mem.execute("CREATE TEMP TABLE intervals (device_id VARCHAR, interval_s DOUBLE)")
+            mem.execute("CREATE TEMP TABLE intervals (council VARCHAR, device_id VARCHAR, interval_s DOUBLE)")
             mem.executemany(
-                "INSERT INTO intervals VALUES (?, ?)", [[d, float(s)] for d, s in intervals.items()]
+                "INSERT INTO intervals VALUES (?, ?, ?)",
+                [[c, d, float(s)] for (c, d), s in intervals.items()],
             )
             mem.execute(
                 "UPDATE agg_rows SET expected_interval_s = i.interval_s FROM intervals i "
-                "WHERE agg_rows.device_id = i.device_id"
+                "WHERE agg_rows.council = i.council AND agg_rows.device_id = i.device_id"
             )
-        coverage = mem.execute(
-            f"""SELECT r.{ROW_ID}, h.coverage FROM agg_rows r
+        found = mem.execute(
+            f"""SELECT r.{ROW_ID} AS row_id, h.coverage FROM agg_rows r
                 JOIN ({_device_sql(dataset, HOURLY)}) h
                   ON {join} AND date_trunc('hour', r.observed_at) = h.hour"""
-        ).fetchall()
+        ).fetchnumpy()
     finally:
         mem.close()
-    values = pd.Series([None] * len(df), dtype="float64")
-    for row, value in coverage:
-        values.iat[row] = value
-    return values
+    values = np.full(len(df), np.nan)
+    values[np.asarray(found["row_id"], dtype=np.int64)] = np.asarray(found["coverage"], dtype=np.float64)
+    return pd.Series(values, dtype="float64")
