@@ -109,14 +109,14 @@ def judge_and_publish(
 ) -> GateResult:
     """Judge partition versions and carry out each decision; never raises for one partition."""
     from expectations.judge import judge_partitions
-    from publish.partition import publish_decision
+    from publish.partition import publish_decisions
 
     result = GateResult()
-    for decision in judge_partitions(con, layout, refs, now=now, quality=quality, registry=registry):
+    decisions = judge_partitions(con, layout, refs, now=now, quality=quality, registry=registry)
+    for decision in publish_decisions(con, layout, decisions, now=now, registry=registry):
         ref = decision.ref
         where = {"dataset": ref.domain, "council": ref.council, "date": ref.event_date.isoformat()}
         result.validated += 1
-        decision = publish_decision(con, layout, decision, now=now, registry=registry)
         published, report = decision.publishes, decision.report
         result.published += int(published)
         if decision.success:

@@ -15,7 +15,7 @@ rounded to 3 decimals (about 100 m).
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from civicflow.contract import DATASETS, Dataset, Domain, Zone
 from civicflow.registry import Registry
 from publish.files import ROW_GROUP_ROWS, allowlist, coarsen_locations, sort_keys, write_files
-from warehouse.aggregates import KINDS, aggregate_rows, columns, replace_aggregates
+from warehouse.aggregates import KINDS, aggregate_rows_of, columns, replace_aggregates
 from warehouse.layout import Layout
 from warehouse.partitions import (
     GATE_ERROR,
@@ -42,6 +42,51 @@ log = logging.getLogger(__name__)
 READINGS = "readings"
 
 
+MAX_BATCH_ROWS = 250_000
+"""Rows published in one transaction at most: many partitions share one pass over the aggregate
+tables, and memory stays bounded."""
+
+
+def publish_decisions(
+    con: duckdb.DuckDBPyConnection,
+    layout: Layout,
+    decisions: list[Decision],
+    *,
+    now: datetime,
+    registry: Registry | None = None,
+    row_group_rows: int = ROW_GROUP_ROWS,
+) -> list[Decision]:
+    """Carry out many decisions: record the holds, publish what they let through in batches.
+
+    Partitions of one dataset are published together, in one transaction and one pass over the
+    aggregate tables. If a batch raises, its partitions are published one by one, so whatever
+    raised holds back only its own partition (`gate_error`). Returns the decisions as recorded.
+    """
+    recorded: dict[Any, Decision] = {}
+    held = [d for d in decisions if not d.publishes]
+    if held:
+        with transaction(con):
+            for d in held:
+                _record_hold(con, d, now)
+                recorded[d.ref] = d
+    by_domain: dict[str, list[Decision]] = {}
+    for d in decisions:
+        if d.publishes:
+            by_domain.setdefault(d.ref.domain, []).append(d)
+    for batch in (b for group in by_domain.values() for b in _batches(group)):
+        try:
+            _publish(con, layout, batch, now, registry, row_group_rows)
+            recorded.update((d.ref, d) for d in batch)
+        except Exception as exc:  # noqa: BLE001 - one by one, so the error stays with its partition
+            if len(batch) == 1:
+                recorded[batch[0].ref] = _held_for_error(con, batch[0], exc, now)
+                continue
+            log.warning("publishing %d partitions together raised (%s): one by one", len(batch), exc)
+            for d in batch:
+                recorded[d.ref] = publish_decision(con, layout, d, now=now, registry=registry)
+    return [recorded[d.ref] for d in decisions]
+
+
 def publish_decision(
     con: duckdb.DuckDBPyConnection,
     layout: Layout,
@@ -51,106 +96,141 @@ def publish_decision(
     registry: Registry | None = None,
     row_group_rows: int = ROW_GROUP_ROWS,
 ) -> Decision:
-    """Carry out a decision: publish what it lets through, record what it holds back.
+    """Carry out one decision: publish what it lets through, record what it holds back.
 
     Returns the decision as recorded: the one given, or, if publishing it raised, a `gate_error`
     hold of the whole partition (`publishes` is then False). Raises only if the warehouse itself
     cannot be written.
     """
-    if decision.publishes:
-        try:
-            _publish(con, layout, decision, now, registry, row_group_rows)
-            return decision
-        except Exception as exc:  # noqa: BLE001 - held back with the error; the others go on
-            detail = f"publishing raised {type(exc).__name__}: {exc}"[:500]
-            log.exception("held back %s: %s", decision.ref.label, detail)
-            hold = Hold(None, (GATE_ERROR,), detail, decision.rows.num_rows)
-            failed = {"rule": GATE_ERROR, "severity": "blocking", "grain": "partition", "detail": detail}
-            report = decision.report | {
-                "failed": [*decision.report.get("failed", []), failed],
-                "holds": [{"device_id": None, "rules": [GATE_ERROR], "detail": detail, "rows": hold.rows}],
-            }
-            decision = Decision(decision.ref, False, report, [hold], None)
+    if not decision.publishes:
+        with transaction(con):
+            _record_hold(con, decision, now)
+        return decision
+    try:
+        _publish(con, layout, [decision], now, registry, row_group_rows)
+        return decision
+    except Exception as exc:  # noqa: BLE001 - held back with the error; the others go on
+        return _held_for_error(con, decision, exc, now)
+
+
+def _record_hold(con: duckdb.DuckDBPyConnection, decision: Decision, now: datetime) -> None:
+    record_decision(
+        con,
+        decision.ref,
+        now=now,
+        success=decision.success,
+        published=False,
+        report=decision.report,
+        holds=decision.holds,
+    )
+
+
+def _held_for_error(
+    con: duckdb.DuckDBPyConnection, decision: Decision, exc: Exception, now: datetime
+) -> Decision:
+    detail = f"publishing raised {type(exc).__name__}: {exc}"[:500]
+    log.exception("held back %s: %s", decision.ref.label, detail)
+    hold = Hold(None, (GATE_ERROR,), detail, decision.rows.num_rows)
+    failed = {"rule": GATE_ERROR, "severity": "blocking", "grain": "partition", "detail": detail}
+    report = decision.report | {
+        "failed": [*decision.report.get("failed", []), failed],
+        "holds": [{"device_id": None, "rules": [GATE_ERROR], "detail": detail, "rows": hold.rows}],
+    }
+    held = Decision(decision.ref, False, report, [hold], None)
     with transaction(con):
-        record_decision(
-            con,
-            decision.ref,
-            now=now,
-            success=decision.success,
-            published=False,
-            report=decision.report,
-            holds=decision.holds,
-        )
-    return decision
+        _record_hold(con, held, now)
+    return held
+
+
+def _batches(decisions: list[Decision]) -> list[list[Decision]]:
+    batches: list[list[Decision]] = [[]]
+    rows = 0
+    for d in decisions:
+        if batches[-1] and rows + d.rows.num_rows > MAX_BATCH_ROWS:
+            batches.append([])
+            rows = 0
+        batches[-1].append(d)
+        rows += d.rows.num_rows
+    return [b for b in batches if b]
 
 
 def _publish(
     con: duckdb.DuckDBPyConnection,
     layout: Layout,
-    decision: Decision,
+    decisions: list[Decision],
     now: datetime,
     registry: Registry | None,
     row_group_rows: int,
 ) -> None:
-    ref = decision.ref
-    dataset = DATASETS[Domain(ref.domain)]
-    table = published_rows(dataset, ref.council, decision.rows, registry)
+    """Publish partitions of one dataset: their files first, then one transaction records them."""
+    dataset = DATASETS[Domain(decisions[0].ref.domain)]
     base = layout.published_dataset(dataset.domain)
-    day = ref.event_date.isoformat()
-    files = _file_entries(
-        READINGS,
-        table.num_rows,
-        write_files(
+    tables, files = [], {}
+    for d in decisions:
+        ref = d.ref
+        table = published_rows(dataset, ref.council, d.rows, registry)
+        written = write_files(
             con,
             table,
             dataset.published_columns,
             layout.partition_dir(Zone.PUBLISHED, dataset.domain, ref.council, ref.event_date),
-            f"{dataset.domain}-{ref.council}-{day}",
+            f"{dataset.domain}-{ref.council}-{ref.event_date.isoformat()}",
             base,
             allowed=dataset,
             row_group_rows=row_group_rows,
-        ),
-    )
+        )
+        files[ref] = _file_entries(READINGS, table.num_rows, written)
+        tables.append(table)
+    parts = [(d.ref.council, d.ref.event_date) for d in decisions]
+    days = sorted({day for _, day in parts})
     names = ", ".join(c.name for c in dataset.published_columns)
-    con.register("release_rows", table)
+    con.register("release_rows", pa.concat_tables(tables))
     try:
         with transaction(con):
+            con.execute("CREATE OR REPLACE TEMP TABLE release_parts (council VARCHAR, event_date DATE)")
+            con.executemany("INSERT INTO release_parts VALUES (?, ?)", [list(p) for p in parts])
             con.execute(
-                f"DELETE FROM published.{dataset.domain} WHERE council = ? AND CAST(observed_at AS DATE) = ?",
-                [ref.council, ref.event_date],
+                f"""DELETE FROM published.{dataset.domain}
+                    WHERE observed_at >= ? AND observed_at < ?
+                      AND (council, CAST(observed_at AS DATE)) IN
+                          (SELECT (council, event_date) FROM release_parts)""",
+                [_midnight(days[0]), _midnight(days[-1] + timedelta(days=1))],
             )
             con.execute(f"INSERT INTO published.{dataset.domain} ({names}) SELECT {names} FROM release_rows")
-            replace_aggregates(con, dataset, [(ref.council, ref.event_date)])
+            replace_aggregates(con, dataset, parts)
             for kind in KINDS:
-                rows = aggregate_rows(con, dataset, kind, ref.council, ref.event_date)
-                target = base / "aggregates" / kind / f"council={ref.council}" / f"date={day}"
-                written = write_files(
+                for (council, day), rows in sorted(aggregate_rows_of(con, dataset, kind, parts).items()):
+                    target = base / "aggregates" / kind / f"council={council}" / f"date={day.isoformat()}"
+                    stem = f"{dataset.domain}-{kind}-{council}-{day.isoformat()}"
+                    written = write_files(con, rows, columns(dataset, kind), target, stem, base)
+                    ref = next(
+                        d.ref for d in decisions if (d.ref.council, d.ref.event_date) == (council, day)
+                    )
+                    files[ref] += _file_entries(kind, rows.num_rows, written)
+            for d, table in zip(decisions, tables, strict=True):
+                record_publication(con, d.ref, rows=table.num_rows, now=now, files={"files": files[d.ref]})
+                record_decision(
                     con,
-                    rows,
-                    columns(dataset, kind),
-                    target,
-                    f"{dataset.domain}-{kind}-{ref.council}-{day}",
-                    base,
+                    d.ref,
+                    now=now,
+                    success=d.success,
+                    published=True,
+                    report=d.report,
+                    holds=d.holds,
                 )
-                files += _file_entries(kind, rows.num_rows, written)
-            record_publication(con, ref, rows=table.num_rows, now=now, files={"files": files})
-            record_decision(
-                con,
-                ref,
-                now=now,
-                success=decision.success,
-                published=True,
-                report=decision.report,
-                holds=decision.holds,
-            )
     finally:
         con.unregister("release_rows")
-    log.info(
-        "published %s: %d rows%s",
-        ref.label,
-        table.num_rows,
-        f", {len(decision.holds)} devices held back" if decision.holds else "",
-    )
+    for d in decisions:
+        log.info(
+            "published %s: %d rows%s",
+            d.ref.label,
+            d.rows.num_rows,
+            f", {len(d.holds)} devices held back" if d.holds else "",
+        )
+
+
+def _midnight(day) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def published_rows(dataset: Dataset, council: str, rows: pa.Table, registry: Registry | None) -> pa.Table:
@@ -191,5 +271,5 @@ def publish_partition(
 
     ref = PartitionRef(dataset.domain.value, council, day, version)
     report = {"dataset": ref.domain, "now": now.isoformat(), "success": True, "failed": [], "warnings": []}
-    _publish(con, layout, Decision(ref, True, report, [], rows), now, registry, row_group_rows)
+    _publish(con, layout, [Decision(ref, True, report, [], rows)], now, registry, row_group_rows)
     return publication(con, ref).files["files"]

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import date
+from datetime import date, timedelta
+from typing import Any
 
 import duckdb
 
@@ -135,8 +136,23 @@ def aggregate_tables() -> list[tuple[str, tuple[Column, ...]]]:
     return [*tables, (table_name("", COUNCIL_DAILY), COUNCIL_DAILY_COLUMNS)]
 
 
-def _rows_sql(dataset: Dataset) -> str:
-    """Published rows of the partitions in `agg_partitions`, each with its series' expected interval."""
+def _day_range(days: list[date] | None, column: str) -> str:
+    """A literal range on a timestamp column covering `days`: lets DuckDB skip row groups by their
+    min/max, which a join on the partitions' dates cannot."""
+    if not days:
+        return "TRUE"
+    first, last = min(days), max(days) + timedelta(days=1)
+    return (
+        f"{column} >= TIMESTAMPTZ '{first.isoformat()} 00:00:00+00' "
+        f"AND {column} < TIMESTAMPTZ '{last.isoformat()} 00:00:00+00'"
+    )
+
+
+def _rows_sql(dataset: Dataset, days: list[date] | None = None) -> str:
+    """Published rows of the partitions in `agg_partitions`, each with its series' expected interval.
+
+    `days`: the partitions' dates, to prune the scan (all of them: a narrower list loses rows).
+    """
     series = ", ".join(c.name for c in series_columns(dataset))
     if dataset.domain == Domain.TRAFFIC:
         interval = "quantile_disc(interval_s, 0.5) OVER s"
@@ -150,6 +166,7 @@ def _rows_sql(dataset: Dataset) -> str:
             SELECT p.*, CAST(p.observed_at AS DATE) AS event_date
             FROM published.{dataset.domain} p
             JOIN agg_partitions a ON p.council = a.council AND CAST(p.observed_at AS DATE) = a.event_date
+            WHERE {_day_range(days, "p.observed_at")}
         ), g AS (
             SELECT *, (epoch_us(observed_at) - epoch_us(lag(observed_at) OVER (
                 PARTITION BY council, event_date, {series} ORDER BY observed_at))) / 1e6 AS gap_s
@@ -210,14 +227,16 @@ def _council_sql(dataset: Dataset) -> str:
         {" UNION ALL ".join(selects)}"""
 
 
-def _window_filter(dataset: Dataset, kind: str) -> str:
-    """Rows of a table that belong to the partitions in `agg_partitions`."""
+def _window_filter(dataset: Dataset, kind: str, days: list[date]) -> str:
+    """Rows of a table that belong to the partitions in `agg_partitions` (whose dates are `days`)."""
     in_partitions = "IN (SELECT (council, event_date) FROM agg_partitions)"
+    first, last = min(days), max(days)
+    dated = f"event_date BETWEEN DATE '{first.isoformat()}' AND DATE '{last.isoformat()}'"
     if kind == COUNCIL_DAILY:
-        return f"domain = '{dataset.domain}' AND (council, event_date) {in_partitions}"
+        return f"domain = '{dataset.domain}' AND {dated} AND (council, event_date) {in_partitions}"
     if kind == DAILY:
-        return f"(council, event_date) {in_partitions}"
-    return f"(council, CAST(hour AS DATE)) {in_partitions}"
+        return f"{dated} AND (council, event_date) {in_partitions}"
+    return f"{_day_range(days, 'hour')} AND (council, CAST(hour AS DATE)) {in_partitions}"
 
 
 def replace_aggregates(
@@ -238,12 +257,13 @@ def replace_aggregates(
     try:
         con.execute("CREATE OR REPLACE TEMP TABLE agg_partitions (council VARCHAR, event_date DATE)")
         con.executemany("INSERT INTO agg_partitions VALUES (?, ?)", [list(p) for p in partitions])
-        con.execute(f"CREATE OR REPLACE TEMP TABLE agg_rows AS {_rows_sql(dataset)}")
+        days = sorted({d for _, d in partitions})
+        con.execute(f"CREATE OR REPLACE TEMP TABLE agg_rows AS {_rows_sql(dataset, days)}")
         for kind in KINDS:
             names = ", ".join(c.name for c in columns(dataset, kind))
             sql = _council_sql(dataset) if kind == COUNCIL_DAILY else _device_sql(dataset, kind)
             con.execute(
-                f"DELETE FROM {table_name(dataset.domain, kind)} WHERE {_window_filter(dataset, kind)}"
+                f"DELETE FROM {table_name(dataset.domain, kind)} WHERE {_window_filter(dataset, kind, days)}"
             )
             con.execute(
                 f"INSERT INTO {table_name(dataset.domain, kind)} ({names}) SELECT {names} FROM ({sql})"
@@ -252,6 +272,42 @@ def replace_aggregates(
         con.execute("DROP TABLE agg_partitions")
     finally:
         con.execute(f"SET threads = {int(threads)}")
+
+
+def aggregate_rows_of(
+    con: duckdb.DuckDBPyConnection, dataset: Dataset, kind: str, partitions: list[tuple[str, date]]
+) -> dict[tuple[str, date], Any]:
+    """Each partition's rows of an aggregate table, in its primary key's order (Arrow tables), in one
+    query for all of them."""
+    cols = columns(dataset, kind)
+    key = primary_key(dataset, kind)
+    window = "CAST(hour AS DATE)" if kind == HOURLY else "event_date"
+    days = sorted({d for _, d in partitions})
+    dated = (
+        _day_range(days, "hour")
+        if kind == HOURLY
+        else f"event_date BETWEEN DATE '{days[0]}' AND DATE '{days[-1]}'"
+    )
+    domain_filter = f"AND domain = '{dataset.domain}'" if kind == COUNCIL_DAILY else ""
+    wanted = {(c, d) for c, d in partitions}
+    table = con.sql(
+        f"SELECT {', '.join(c.name for c in cols)}, {window} AS _day FROM {table_name(dataset.domain, kind)} "
+        f"WHERE {dated} {domain_filter} AND list_contains($councils, council) "
+        f"ORDER BY council, _day, {', '.join(f'{k} NULLS FIRST' for k in key)}",
+        params={"councils": sorted({c for c, _ in partitions})},
+    ).to_arrow_table()
+    out: dict[tuple[str, date], Any] = {}
+    councils = table.column("council").to_pylist()
+    dates = table.column("_day").to_pylist()
+    table = table.drop_columns(["_day"])
+    start = 0
+    for i in range(1, len(councils) + 1):
+        if i == len(councils) or (councils[i], dates[i]) != (councils[start], dates[start]):
+            if (councils[start], dates[start]) in wanted:
+                out[(councils[start], dates[start])] = table.slice(start, i - start)
+            start = i
+    empty = table.slice(0, 0)
+    return {p: out.get(p, empty) for p in wanted}
 
 
 def aggregate_rows(con: duckdb.DuckDBPyConnection, dataset: Dataset, kind: str, council: str, day: date):

@@ -113,7 +113,11 @@ def test_a_bad_device_is_held_back_and_the_rest_of_its_day_is_published(wh):
         "SELECT partition_version, success, published FROM published.validations ORDER BY partition_version"
     ).fetchall() == [(1, True, True), (2, False, True)]
     [listed] = held_back(con)
-    assert (listed.device_id, listed.version, listed.rules) == ("p2", 2, ["order:occupied_spots<=total_spots"])
+    assert (listed.device_id, listed.version, listed.rules) == (
+        "p2",
+        2,
+        ["order:occupied_spots<=total_spots"],
+    )
     # The held device's day stays held: the next run judges nothing and releases nothing new.
     again = gate_and_publish(layout, con, now=NOW)
     assert (again.validated, again.published) == (0, 0)
