@@ -8,8 +8,8 @@ a new, immutable directory `data/published/releases/<id>/` (hard links: files ar
 replaced by rename, so a released file never changes), then switches `data/published/latest` to
 it by renaming a new symlink over the old one - one atomic step - and writes `latest.json`, the
 same pointer for consumers that cannot follow symlinks (HTTP mirrors, object stores). The DCAT-AP
-catalogue of the new release replaces `catalog.jsonld` and `catalog.ttl`, and releases beyond the retention are
-removed last. Each release carries `manifest.json`: every file it holds with its dataset, council,
+catalogue of the new release replaces `catalog.jsonld` and `catalog.ttl`, and releases beyond the
+retention are removed last. Each release carries `manifest.json`: every file it holds with its dataset, council,
 date, kind, format, bytes, sha256 and the partition version it came from. Only once `latest` points
 at the new release are the ledger's pending publications marked as in it, so the ledger never
 claims a publication no release holds; after a crash in between, the next run finds the pending
