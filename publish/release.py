@@ -1,21 +1,21 @@
 """Atomic, versioned releases of the published zone.
 
-The publisher writes into its working tree, `data/published/<domain>/` (publish/partition.py),
-which changes file by file during a publish. Consumers never read it. `release` is the last step of
-every publish run: if the ledger has publications no release holds yet (`warehouse.partitions`),
-or a dataset's metadata changed, it rebuilds the data packages and snapshots what they list into
-a new, immutable directory `data/published/releases/<id>/` (hard links: files are only ever
-replaced by rename, so a released file never changes), then switches `data/published/latest` to
-it by renaming a new symlink over the old one - one atomic step - and writes `latest.json`, the
-same pointer for consumers that cannot follow symlinks (HTTP mirrors, object stores). The DCAT-AP
-catalogue of the new release replaces `catalog.jsonld` and `catalog.ttl`, and releases beyond the
-retention are removed last. Each release carries `manifest.json`: every file it holds with its dataset, council,
+The publisher writes into its working tree, `data/published/<domain>/` (publish/partition.py), which
+changes file by file during a publish. Consumers never read it. `release` is the last step of every
+publish run: if the ledger has publications no release holds yet (`warehouse.partitions`), or a
+dataset's metadata changed, it rebuilds the data packages and snapshots what they list into a new,
+immutable directory `data/published/releases/<id>/` (hard links: files are only ever replaced by
+rename, so a released file never changes), then switches `data/published/latest` to it by renaming a
+new symlink over the old one - one atomic step - and writes `latest.json`, the same pointer for
+consumers that cannot follow symlinks (HTTP mirrors, object stores). The DCAT-AP catalogue of the
+new release replaces `catalog.jsonld` and `catalog.ttl`, and releases beyond the retention are
+removed last. Each release carries `manifest.json`: every file it holds with its dataset, council,
 date, kind, format, bytes, sha256 and the partition version it came from. Only once `latest` points
-at the new release are the ledger's pending publications marked as in it, so the ledger never
-claims a publication no release holds; after a crash in between, the next run finds the pending
-publications already in `latest`'s manifest and marks them, or cuts the release they need.
-A consumer that resolves `latest` once and reads everything under what it resolved sees one
-release, whole (docs/publication.md).
+at the new release are the ledger's pending publications marked as in it, so the ledger never claims
+a publication no release holds; after a crash in between, the next run finds the pending
+publications already in `latest`'s manifest and marks them, or cuts the release they need. A
+consumer that resolves `latest` once and reads everything under what it resolved sees one release,
+whole (docs/publication.md).
 """
 
 from __future__ import annotations
