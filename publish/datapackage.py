@@ -98,28 +98,63 @@ def write_datapackage(
     """
     licences = licences or {}
     ledger = publications(con, dataset.domain.value)
-    resources: list[dict] = []
-    used = {LICENCE["name"]: LICENCE} if any(p.ref.council not in licences for p in ledger) else {}
+    by_council: dict[str, list[dict]] = {}
     for kind in (READINGS, *KINDS):
         for pub in ledger:
             licence = licences.get(pub.ref.council)
             for entry in pub.files["files"]:
                 if entry["kind"] == kind:
-                    resources.append(
-                        _licensed(
-                            file_resource(
-                                dataset.domain.value, pub.ref.council, pub.ref.event_date.isoformat(), entry
-                            ),
-                            licence,
-                        )
+                    resource = file_resource(
+                        dataset.domain.value, pub.ref.council, pub.ref.event_date.isoformat(), entry
                     )
-            if licence is not None:
-                used[licence["name"]] = {k: licence[k] for k in ("name", "path", "title")}
-    package = {
+                    by_council.setdefault(pub.ref.council, []).append(_licensed(resource, licence))
+    folder = layout.published_dataset(dataset.domain)
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind in (READINGS, *KINDS):
+        _write_json(folder / schema_file(kind), kind_schema(dataset, kind), indent=2)
+    # One package per council, beside the dataset's: a consumer of one council's data reads only
+    # that council's metadata (a few hundred bytes per file), and all of them share the schemas.
+    for council, resources in by_council.items():
+        _write_json(
+            folder / council_package_file(council),
+            _package(dataset, resources, [council], licences, name=f"civicflow-{dataset.domain}-{council}"),
+        )
+    everything = [r for council in sorted(by_council) for r in by_council[council]]
+    everything.sort(key=lambda r: _KIND_ORDER[_kind_of(r)])
+    path = folder / "datapackage.json"
+    _write_json(path, _package(dataset, everything, sorted(by_council), licences), indent=2)
+    return path
+
+
+def council_package_file(council: str) -> str:
+    """A council's data package of a dataset, beside the dataset's `datapackage.json`."""
+    return f"{council}.package.json"
+
+
+_KIND_ORDER = {k: i for i, k in enumerate((READINGS, *KINDS))}
+
+
+def _kind_of(resource: dict) -> str:
+    schema = resource["schema"]
+    return READINGS if schema == "schema.json" else schema.removeprefix("schema-").removesuffix(".json")
+
+
+def _package(
+    dataset: Dataset,
+    resources: list[dict],
+    councils: list[str],
+    licences: Mapping[str, dict],
+    name: str | None = None,
+) -> dict:
+    used = {LICENCE["name"]: LICENCE} if any(c not in licences for c in councils) else {}
+    for council in councils:
+        if (licence := licences.get(council)) is not None:
+            used[licence["name"]] = {k: licence[k] for k in ("name", "path", "title")}
+    return {
         # Not `tabular-data-package`: that profile requires every resource to be tabular, and the
         # Parquet files are declared as files (see _profiled).
         "profile": "data-package",
-        "name": f"civicflow-{dataset.domain}",
+        "name": name or f"civicflow-{dataset.domain}",
         "title": dataset.title,
         "description": dataset.description,
         "version": f"contract-{CONTRACT_VERSION}",
@@ -129,12 +164,6 @@ def write_datapackage(
         "civicflow": {"version": __version__, "fiware_types": list(dataset.fiware_types)},
         "resources": resources,
     }
-    path = layout.published_dataset(dataset.domain) / "datapackage.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for kind in (READINGS, *KINDS):
-        _write_json(path.with_name(schema_file(kind)), kind_schema(dataset, kind), indent=2)
-    _write_json(path, package, indent=2)
-    return path
 
 
 def _write_json(path: Path, doc: dict, indent: int | None = None) -> None:

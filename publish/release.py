@@ -36,7 +36,7 @@ from civicflow.contract import DATASETS, Domain, Zone
 from civicflow.errors import TerminalError
 from civicflow.settings import CkanSettings
 from publish.catalog import build_catalog, to_turtle
-from publish.datapackage import write_datapackage
+from publish.datapackage import council_package_file, write_datapackage
 from warehouse.layout import Layout
 from warehouse.partitions import PartitionRef, domains_published, mark_released, pending, publications
 
@@ -104,7 +104,8 @@ def _snapshot_dataset(work: Path, target: Path) -> None:
                 f"{'has ' + str(src.stat().st_size) if src.is_file() else 'is missing'}; re-run the publish"
             )
         _link_or_copy(src, target / resource["path"])
-    for extra in sorted(p.name for p in work.glob("schema*.json")) + ["quality.json", "datapackage.json"]:
+    metadata = sorted(p.name for p in (*work.glob("schema*.json"), *work.glob("*.package.json")))
+    for extra in [*metadata, "quality.json", "datapackage.json"]:
         if (work / extra).is_file():
             _link_or_copy(work / extra, target / extra)
 
@@ -207,9 +208,11 @@ def release(
 def _manifest(con: duckdb.DuckDBPyConnection) -> dict:
     """Every file the ledger lists, with what it is: the release's manifest (paths in the release)."""
     files, partitions = [], []
+    packages: dict[str, dict[str, str]] = {}
     for pub in publications(con):
         ref = pub.ref
         partitions.append(ref.to_json() | {"rows": pub.rows})
+        packages.setdefault(ref.domain, {})[ref.council] = f"{ref.domain}/{council_package_file(ref.council)}"
         for entry in pub.files["files"]:
             files.append(
                 {
@@ -225,7 +228,7 @@ def _manifest(con: duckdb.DuckDBPyConnection) -> dict:
                     "partition_version": ref.version,
                 }
             )
-    return {"partitions": partitions, "files": files}
+    return {"packages": packages, "partitions": partitions, "files": files}
 
 
 def read_manifest(release_dir: Path) -> dict:

@@ -264,3 +264,28 @@ def test_a_held_device_day_can_be_approved_alone(wh):
     assert published == [("p1", 4, 0), ("p3", 5, 1)]  # the approved row carries the rule it failed
     assert_ledger_is_latest(layout, con)
     assert held_back(con) == []
+
+
+def test_each_council_has_its_own_valid_data_package_in_the_release(wh):
+    import frictionless
+
+    layout, con = wh
+    land(layout, [*day_of("p1", "northtown"), *day_of("p2", "southtown")])
+    stage_segments(layout, con, LIMITS)
+    gate_and_publish(layout, con, now=NOW)
+    release = latest_release(layout)
+    manifest = read_manifest(release)
+    assert manifest["packages"] == {
+        "parking": {c: f"parking/{c}.package.json" for c in ("northtown", "southtown")}
+    }
+    whole = json.loads((release / "parking" / "datapackage.json").read_text())
+    for council, path in manifest["packages"]["parking"].items():
+        package = json.loads((release / path).read_text())
+        assert package["name"] == f"civicflow-parking-{council}"
+        # only that council's files: readings and aggregates, Parquet and CSV
+        assert {r["path"].split("council=")[1].split("/")[0] for r in package["resources"]} == {council}
+        assert len(package["resources"]) == 8
+        assert all(r in whole["resources"] for r in package["resources"])
+        report = frictionless.validate(str(release / path))
+        assert report.valid, report.flatten(["rowNumber", "fieldName", "type", "note"])
+        assert len(report.tasks) == 8  # validated as a package: every resource checked
