@@ -175,13 +175,21 @@ def create_app(layout: Layout) -> FastAPI:
         if day not in ds.days(council):
             raise HTTPException(404, f"{dataset} has no published partition for {council} on {day}")
         folder = layout.validations / dataset / f"council={council}" / f"date={day.isoformat()}"
-        passed = sorted(
-            (int(p.stem[1:]), p)
+        reports = sorted(
+            (int(p.stem[1:]), orjson.loads(p.read_bytes()))
             for p in folder.glob("v*.json")
-            if p.stem[1:].isdigit() and orjson.loads(p.read_bytes()).get("success")
+            if p.stem[1:].isdigit()
         )
-        page = passed[-1][1].with_suffix("") / "index.html" if passed else None
-        if page is None or not page.is_file():
+        # The newest report of a version that was published names its Data Docs page (the page of
+        # the Great Expectations run that judged it, which may have judged other days too).
+        published = [
+            r
+            for _, r in reports
+            if ("holds" in r and all(h["device_id"] is not None for h in r["holds"])) or r.get("success")
+        ]
+        named = published[-1].get("data_docs") if published else None
+        page = (layout.root / named).resolve() if named else None
+        if page is None or not page.is_relative_to(layout.validations.resolve()) or not page.is_file():
             raise HTTPException(404, f"no Data Docs for {dataset} {council} {day}")
         return FileResponse(page, media_type="text/html")
 
