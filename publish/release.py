@@ -38,7 +38,14 @@ from civicflow.settings import CkanSettings
 from publish.catalog import build_catalog, to_turtle
 from publish.datapackage import council_package_file, write_datapackage
 from warehouse.layout import Layout
-from warehouse.partitions import PartitionRef, domains_published, mark_released, pending, publications
+from warehouse.partitions import (
+    PartitionRef,
+    domains_published,
+    mark_released,
+    pending,
+    publication,
+    publications,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +186,7 @@ def release(
     """
     waiting = pending(con)
     current = latest_release(layout)
-    if waiting and current is not None and _holds_all(current, waiting):
+    if waiting and current is not None and _holds_all(con, current, waiting):
         marked = mark_released(con, current.name, waiting)
         log.info("release %s already holds %d pending publications: marked them", current.name, marked)
         return ReleaseOutcome(current.name, False, marked)
@@ -236,12 +243,21 @@ def read_manifest(release_dir: Path) -> dict:
     return json.loads((release_dir / MANIFEST).read_text(encoding="utf-8"))
 
 
-def _holds_all(release_dir: Path, refs: list[PartitionRef]) -> bool:
+def _holds_all(con: duckdb.DuckDBPyConnection, release_dir: Path, refs: list[PartitionRef]) -> bool:
+    """Whether a release already holds these pending publications, file for file.
+
+    The version alone does not say so: an approval publishes the same version again, with more rows.
+    """
     try:
-        held = {PartitionRef.from_json(p) for p in read_manifest(release_dir)["partitions"]}
+        files = {(f["path"], f["sha256"]) for f in read_manifest(release_dir)["files"]}
     except (OSError, ValueError, KeyError):
         return False
-    return all(r in held for r in refs)
+    for ref in refs:
+        pub = publication(con, ref)
+        wanted = {(f"{ref.domain}/{f['path']}", f["sha256"]) for f in pub.files["files"]} if pub else set()
+        if not wanted or not wanted <= files:
+            return False
+    return True
 
 
 def cut_release(

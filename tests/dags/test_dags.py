@@ -102,7 +102,7 @@ def test_dag_policy(parsed):
 
 
 @pytest.mark.integration
-def test_each_dag_runs_through_dag_test_on_real_data(tmp_path, airflow_home):
+def test_each_dag_runs_through_dag_test_on_real_data(tmp_path, airflow_home, monkeypatch):
     settings = Settings(data_root=tmp_path / "data")
     layout = Layout(settings.data_root)
     sample = [m for m in birmingham_parking_messages() if '"2016-10-0' in m[1].decode()]
@@ -162,6 +162,37 @@ def test_each_dag_runs_through_dag_test_on_real_data(tmp_path, airflow_home):
     readings = [r for r in package["resources"] if not r["path"].startswith("aggregates/")]
     assert len(readings) == 2 * 6  # Parquet and CSV for 2016-10-04..09
     assert len(package["resources"]) == 4 * 2 * 6  # and the hourly, daily and council aggregates
+
+    # A data engineer approves one held device's day: it is in `latest` when the command returns.
+    from typer.testing import CliRunner
+
+    from app.release_cli import release_app
+
+    assert devices, "the real sample has car parks whose counters over-read"
+    target = devices[0]
+    monkeypatch.setenv("CIVICFLOW_DATA_ROOT", str(settings.data_root))
+    args = ["approve", "parking", "birmingham", target.event_date.isoformat(), "--device", target.device_id]
+    done = CliRunner().invoke(release_app, [*args, "--reason", "counter recalibrated"])
+    assert done.exit_code == 0, done.output
+    assert "in release" in done.output
+    con = connect(layout.warehouse, read_only=True)
+    (after,) = con.execute("SELECT coalesce(sum(rows), 0) FROM published.releases").fetchone()
+    still_held = held_back(con)
+    assert pending(con) == []
+    con.close()
+    assert after == rows + target.rows
+    assert target not in still_held and len(still_held) == len(held) - 1
+    released = read_manifest(latest_release(layout))["partitions"]
+    [day] = [
+        p
+        for p in released
+        if p["council"] == "birmingham" and p["event_date"] == target.event_date.isoformat()
+    ]
+    assert (
+        day["rows"]
+        == next(p for p in manifest["partitions"] if p["event_date"] == target.event_date.isoformat())["rows"]
+        + target.rows
+    )
 
     # An hourly staging run with nothing new skips: no Asset event, so no publish run follows.
     events = asset_events(home)

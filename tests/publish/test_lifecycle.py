@@ -54,6 +54,11 @@ def assert_ledger_is_latest(layout: Layout, con) -> dict:
     }
     released = {(p["domain"], p["council"], p["event_date"], p["version"]) for p in manifest["partitions"]}
     assert ledger == released
+    # ... file for file: what the ledger says each publication wrote is what the release holds
+    ledger_files = {
+        (f"{p.ref.domain}/{f['path']}", f["sha256"]) for p in publications(con) for f in p.files["files"]
+    }
+    assert ledger_files == {(f["path"], f["sha256"]) for f in manifest["files"]}
     assert {p.release_id for p in publications(con)} <= {r.name for r in (latest.parent).iterdir()}
     for f in manifest["files"]:
         assert (latest / f["path"]).stat().st_size == f["bytes"], f["path"]
@@ -263,6 +268,8 @@ def test_a_held_device_day_can_be_approved_alone(wh):
     ).fetchall()
     assert published == [("p1", 4, 0), ("p3", 5, 1)]  # the approved row carries the rule it failed
     assert_ledger_is_latest(layout, con)
+    csv = next((latest_release(layout) / "parking").glob("council=northtown/date=*/*.csv")).read_text()
+    assert sorted({line.split(",")[1] for line in csv.splitlines()[1:]}) == ["p1", "p3"]
     assert held_back(con) == []
 
 
