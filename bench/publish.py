@@ -14,7 +14,7 @@ interpreter (so each peak resident set is that step's alone):
 5. **publish (increment)**: `gate_and_publish` at today 13:30: the hourly publish run.
 
 Inside each publish run, `expectations.judge.judge_partitions` (the gate), `publish.partition.
-publish_decision` (publish) and `jobs.publication.release_step` (the release) are wrapped with
+publish_decisions` (publish) and `jobs.publication.release_step` (the release) are wrapped with
 timers, so one run gives the split. Importing Great Expectations (about 10 s, once per process) is
 measured on its own before the clock starts and is not in any timed figure. Peak memory is the
 child's `ru_maxrss` (VmHWM), which includes DuckDB's allocations.
@@ -170,7 +170,7 @@ def child_publish(data_root: Path, now: datetime) -> dict[str, Any]:
         return wrapper
 
     expectations.judge.judge_partitions = timed("gate_s", expectations.judge.judge_partitions)
-    publish.partition.publish_decision = timed("publish_s", publish.partition.publish_decision)
+    publish.partition.publish_decisions = timed("publish_s", publish.partition.publish_decisions)
     jobs.publication.release_step = timed("release_s", jobs.publication.release_step)
 
     layout = Layout(data_root)

@@ -374,3 +374,47 @@ def test_the_catalogue_describes_every_file_of_the_release_exactly(wh):
             assert str(graph.value(checksum, SPDX.checksumValue)) == sha256(path)
             assert str(graph.value(dist, DCAT.mediaType)).startswith("https://www.iana.org/assignments/")
     assert themes == {"traffic": "TRAN", "parking": "TRAN", "air_quality": "ENVI", "waste": "ENVI"}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("base_url", [None, "https://data.example.org/published/"])
+def test_the_turtle_catalogue_is_the_json_ld_graph_whatever_the_strings(base_url):
+    from publish.catalog import CONTEXT, PLACEHOLDER_BASE, to_turtle
+
+    root = base_url or ""
+    catalog = {
+        "@context": CONTEXT,
+        "@graph": [
+            {
+                "@id": f"{root}catalog.jsonld#parking-x",
+                "@type": "dcat:Dataset",
+                "dct:title": 'Car parks: "quoted", back\\slash, new\nline, tab\t, café ✓',
+                "dcat:keyword": ["smart city", "x"],
+                "dct:license": {
+                    "@id": "https://www.nationalarchives.gov.uk/doc/open-government-licence/version/3/"
+                },
+                "dct:modified": {"@value": "2026-11-23T12:00:00Z", "@type": "xsd:dateTime"},
+                "dct:temporal": {
+                    "@type": "dct:PeriodOfTime",
+                    "dcat:startDate": {"@value": "2016-10-04", "@type": "xsd:date"},
+                },
+                "dcat:distribution": [
+                    {
+                        "@id": f"{root}releases/000001-x/parking/council=x/date=2016-10-04/p.parquet",
+                        "@type": "dcat:Distribution",
+                        "dcat:byteSize": {"@value": "1234", "@type": "xsd:nonNegativeInteger"},
+                        "spdx:checksum": {
+                            "@type": "spdx:Checksum",
+                            "spdx:checksumValue": {"@value": "ab" * 32, "@type": "xsd:hexBinary"},
+                        },
+                    }
+                ],
+            },
+        ],
+    }
+    expected = to_graph(catalog, base_url)
+    written = rdflib.Graph().parse(
+        data=to_turtle(catalog, base_url), format="turtle", publicID=PLACEHOLDER_BASE
+    )
+    assert len(expected) == 15
+    assert rdflib.compare.isomorphic(expected, written)
