@@ -107,7 +107,19 @@ def test_each_dag_runs_through_dag_test_on_real_data(tmp_path, airflow_home, mon
     layout = Layout(settings.data_root)
     sample = [m for m in birmingham_parking_messages() if '"2016-10-0' in m[1].decode()]
     poisoned = car_park("p8", "0001-01-01T00:00:00Z", 5, council="southtown")  # Go's zero time
-    land(layout, [*sample, car_park("p9", "2016-10-05T08:00:00Z", 101), poisoned])
+    counts = [  # a traffic counter whose gateway sends 2^63-1 vehicles twice, and a sound one
+        (
+            f"city/northtown/traffic/{device}",
+            {"observed_at": f"2016-10-04T{h:02d}:{m:02d}:00Z", "intensity": n},
+        )
+        for device, h, m, n in [
+            ("a64", 8, 0, 2**63 - 1),
+            ("a64", 8, 5, 2**63 - 1),
+            *(("a64", 9, m, 20) for m in range(0, 60, 5)),
+            *(("a65", 9, m, 30) for m in range(0, 60, 5)),
+        ]
+    ]
+    land(layout, [*sample, car_park("p9", "2016-10-05T08:00:00Z", 101), poisoned, *counts])
     home = airflow_home
 
     told: list[tuple[str, float]] = []
@@ -120,11 +132,13 @@ def test_each_dag_runs_through_dag_test_on_real_data(tmp_path, airflow_home, mon
     assert {dag for dag, _ in told} == {"civicflow_stage"}
     assert [s for _, s in told] == sorted(s for _, s in told) and told[0][1] >= 0
     con = connect(layout.warehouse, read_only=True)
-    (staged_rows,) = con.execute("SELECT count(*) FROM staged.parking").fetchone()
+    (staged_rows,) = con.execute(
+        "SELECT (SELECT count(*) FROM staged.parking) + (SELECT count(*) FROM staged.traffic)"
+    ).fetchone()
     (quarantined,) = con.execute("SELECT count(*) FROM quarantine.readings").fetchone()
     (published_before,) = con.execute("SELECT count(*) FROM published.releases").fetchone()
     con.close()
-    assert staged_rows > 2000 and quarantined >= 1 and published_before == 0
+    assert staged_rows > 2000 and quarantined >= 3 and published_before == 0
 
     published = run_batch(settings, dag_ids=("civicflow_publish",), airflow_home=home)
     assert [(r.dag_id, r.state) for r in published.runs] == [("civicflow_publish", "success")]
@@ -136,11 +150,10 @@ def test_each_dag_runs_through_dag_test_on_real_data(tmp_path, airflow_home, mon
     assert runs["civicflow_stage"]["started"] < runs["civicflow_publish"]["started"]
     assert runs["civicflow_publish"]["last_success"] >= runs["civicflow_publish"]["started"]
     # One judging task per partition, named after it; the poisoned one did not fail its task.
-    judged = task_states(home, "civicflow_publish", "judge")
+    judged = [t for t in task_states(home, "civicflow_publish", "judge") if t[0] >= 0]
     days = [f"parking birmingham 2016-10-{d:02d} v1" for d in range(4, 10)]
-    assert judged == [
-        (i, name, "success") for i, name in enumerate([*days, "parking southtown 0001-01-01 v1"])
-    ]
+    names = [*days, "parking southtown 0001-01-01 v1", "traffic northtown 2016-10-04 v1"]
+    assert judged == [(i, name, "success") for i, name in enumerate(names)]
     assert [state for *_, state in task_states(home, "civicflow_publish", "release")] == ["success"]
     con = connect(layout.warehouse, read_only=True)
     (rows,) = con.execute("SELECT coalesce(sum(rows), 0) FROM published.releases").fetchone()
@@ -152,12 +165,21 @@ def test_each_dag_runs_through_dag_test_on_real_data(tmp_path, airflow_home, mon
     whole = [(h.council, h.event_date.isoformat(), h.rules) for h in held if h.device_id is None]
     assert whole == [("southtown", "0001-01-01", ["gate_error"])]
     devices = [h for h in held if h.device_id is not None]
-    assert {(h.council, tuple(h.rules)) for h in devices} <= {("birmingham", ("quarantine_share",))}
+    assert {(h.council, tuple(h.rules)) for h in devices} <= {
+        ("birmingham", ("quarantine_share",)),
+        ("northtown", ("quarantine_share",)),
+    }
+    assert ("northtown", "a64") in {(h.council, h.device_id) for h in devices}  # 2 of its 14 refused
     assert rows == staged_rows - 1 - sum(h.rows for h in devices)
     manifest = read_manifest(latest_release(layout))
-    assert sorted(p["event_date"] for p in manifest["partitions"]) == [
-        f"2016-10-{d:02d}" for d in range(4, 10)
+    assert sorted((p["domain"], p["event_date"]) for p in manifest["partitions"]) == [
+        *(("parking", f"2016-10-{d:02d}") for d in range(4, 10)),
+        ("traffic", "2016-10-04"),  # a65's readings: a64's day is held back
     ]
+    con = connect(layout.warehouse, read_only=True)
+    vehicles = con.execute("SELECT device_id, sum(intensity_sum) FROM published.traffic_daily GROUP BY 1")
+    assert vehicles.fetchall() == [("a65", 360)]
+    con.close()
     package = json.loads((layout.published_dataset("parking") / "datapackage.json").read_text())
     readings = [r for r in package["resources"] if not r["path"].startswith("aggregates/")]
     assert len(readings) == 2 * 6  # Parquet and CSV for 2016-10-04..09
