@@ -23,18 +23,13 @@ def stage_job(settings: Settings | None = None, registry_dir: Path | None = None
     (civicflow.registry.DEFAULT_REGISTRY_DIR); a malformed registry fails the task (terminal).
     """
     from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
-    from transforms.decode import Limits
     from transforms.stage import stage_segments
     from warehouse.db import connect
     from warehouse.layout import Layout
 
     settings = settings or Settings()
     layout = Layout(settings.data_root)
-    limits = Limits(
-        topic_prefix=settings.mqtt.topic_prefix,
-        max_payload_bytes=settings.max_payload_bytes,
-        max_batch_readings=settings.max_batch_readings,
-    )
+    limits = _limits(settings)
     registry = load_registry(registry_dir or settings.registry_dir or DEFAULT_REGISTRY_DIR)
     con = connect(layout.warehouse)
     try:
@@ -137,18 +132,13 @@ def replay_job(
     `civicflow_publish` run re-validates exactly those. A bad bound fails the task (terminal).
     """
     from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
-    from transforms.decode import Limits
     from transforms.replay import parse_bound, replay_segments
     from warehouse.db import connect
     from warehouse.layout import Layout
 
     settings = settings or Settings()
     layout = Layout(settings.data_root)
-    limits = Limits(
-        topic_prefix=settings.mqtt.topic_prefix,
-        max_payload_bytes=settings.max_payload_bytes,
-        max_batch_readings=settings.max_batch_readings,
-    )
+    limits = _limits(settings)
     lower, upper = parse_bound(start, upper=False), parse_bound(end, upper=True)
     registry = load_registry(registry_dir or settings.registry_dir or DEFAULT_REGISTRY_DIR)
     con = connect(layout.warehouse)
@@ -158,3 +148,14 @@ def replay_job(
         ).to_dict()
     finally:
         con.close()
+
+
+def _limits(settings: Settings):
+    """The decoder's limits, from the settings (staging and replay decode alike)."""
+    from transforms.decode import Limits
+
+    return Limits(
+        topic_prefix=settings.mqtt.topic_prefix,
+        max_payload_bytes=settings.max_payload_bytes,
+        max_batch_readings=settings.max_batch_readings,
+    )

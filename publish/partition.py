@@ -67,7 +67,7 @@ def publish_decisions(
     if held:
         with transaction(con):
             for d in held:
-                _record_hold(con, d, now)
+                _record_decision(con, d, now)
                 recorded[d.ref] = d
     by_domain: dict[str, list[Decision]] = {}
     for d in decisions:
@@ -104,7 +104,7 @@ def publish_decision(
     """
     if not decision.publishes:
         with transaction(con):
-            _record_hold(con, decision, now)
+            _record_decision(con, decision, now)
         return decision
     try:
         _publish(con, layout, [decision], now, registry, row_group_rows)
@@ -113,13 +113,15 @@ def publish_decision(
         return _held_for_error(con, decision, exc, now)
 
 
-def _record_hold(con: duckdb.DuckDBPyConnection, decision: Decision, now: datetime) -> None:
+def _record_decision(
+    con: duckdb.DuckDBPyConnection, decision: Decision, now: datetime, published: bool = False
+) -> None:
     record_decision(
         con,
         decision.ref,
         now=now,
         success=decision.success,
-        published=False,
+        published=published,
         report=decision.report,
         holds=decision.holds,
     )
@@ -138,7 +140,7 @@ def _held_for_error(
     }
     held = Decision(decision.ref, False, report, [hold], None)
     with transaction(con):
-        _record_hold(con, held, now)
+        _record_decision(con, held, now)
     return held
 
 
@@ -209,15 +211,7 @@ def _publish(
                     files[ref] += _file_entries(kind, rows.num_rows, written)
             for d, table in zip(decisions, tables, strict=True):
                 record_publication(con, d.ref, rows=table.num_rows, now=now, files={"files": files[d.ref]})
-                record_decision(
-                    con,
-                    d.ref,
-                    now=now,
-                    success=d.success,
-                    published=True,
-                    report=d.report,
-                    holds=d.holds,
-                )
+                _record_decision(con, d, now, published=True)
     finally:
         con.unregister("release_rows")
     for d in decisions:
