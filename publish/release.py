@@ -244,15 +244,20 @@ def read_manifest(release_dir: Path) -> dict:
 
 
 def _holds_all(con: duckdb.DuckDBPyConnection, release_dir: Path, refs: list[PartitionRef]) -> bool:
-    """Whether a release already holds these pending publications, file for file.
+    """Whether a release already holds these pending publications: the same versions, file for file.
 
-    The version alone does not say so: an approval publishes the same version again, with more rows.
+    The version alone does not say so (an approval publishes the same version again, with more
+    rows), nor do the files alone (a replay can make a new version of the same rows).
     """
     try:
-        files = {(f["path"], f["sha256"]) for f in read_manifest(release_dir)["files"]}
+        manifest = read_manifest(release_dir)
+        files = {(f["path"], f["sha256"]) for f in manifest["files"]}
+        versions = {PartitionRef.from_json(p) for p in manifest["partitions"]}
     except (OSError, ValueError, KeyError):
         return False
     for ref in refs:
+        if ref not in versions:
+            return False
         pub = publication(con, ref)
         wanted = {(f"{ref.domain}/{f['path']}", f["sha256"]) for f in pub.files["files"]} if pub else set()
         if not wanted or not wanted <= files:

@@ -292,14 +292,40 @@ def test_backfill_dag_replays_a_range_and_publish_follows(tmp_path, airflow_home
     before = con.execute("SELECT * FROM published.releases ORDER BY ALL").fetchall()
     con.close()
 
+    # A fault between the ledger and the release: a published file of another day no longer
+    # matches what the ledger recorded of it, so the release cannot be cut (and must not be).
+    [csv] = layout.published_dataset("parking").glob("council=testtown/date=2016-10-04/*.csv")
+    original = csv.read_bytes()
+    released_before = latest_release(layout)
+    (csv.parent / "damaged.tmp").write_bytes(original[:-10])
+    os.replace(csv.parent / "damaged.tmp", csv)  # a new file: the released copy stays intact
+
     today = datetime.now(tz=UTC).date()
     conf = {"civicflow_backfill": {"from": str(today - timedelta(days=1)), "to": str(today)}}
     outcome = run_batch(settings, dag_ids=REPLAY_DAGS, airflow_home=home, conf=conf)
     assert [(r.dag_id, r.state) for r in outcome.runs] == [
         ("civicflow_backfill", "success"),
-        ("civicflow_publish", "success"),
+        ("civicflow_publish", "failed"),
+    ]
+    assert "cannot release" in Path(outcome.runs[1].log_path).read_text()
+    con = connect(layout.warehouse, read_only=True)
+    [waiting] = pending(con)  # recorded, but claimed by no release
+    con.close()
+    assert (waiting.event_date.isoformat(), waiting.version) == ("2016-10-05", 2)
+    assert latest_release(layout) == released_before
+
+    # Repaired, the next publish run judges nothing again and releases what was pending.
+    (csv.parent / "repaired.tmp").write_bytes(original)
+    os.replace(csv.parent / "repaired.tmp", csv)
+    again = run_batch(settings, dag_ids=("civicflow_publish",), airflow_home=home)
+    assert [(r.dag_id, r.state) for r in again.runs] == [("civicflow_publish", "success")]
+    manifest = read_manifest(latest_release(layout))
+    assert sorted((p["event_date"], p["version"]) for p in manifest["partitions"]) == [
+        ("2016-10-04", 1),
+        ("2016-10-05", 2),
     ]
     con = connect(layout.warehouse, read_only=True)
+    assert pending(con) == []
     staged = con.execute("SELECT device_id, occupied_spots FROM staged.parking ORDER BY ALL").fetchall()
     assert staged == [("p1", 12), ("p2", 3)]
     releases = "SELECT event_date::VARCHAR, partition_version FROM published.releases ORDER BY ALL"
