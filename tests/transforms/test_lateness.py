@@ -102,7 +102,8 @@ def test_a_late_reading_re_releases_its_day_only_and_one_beyond_the_horizon_is_q
     assert {k: v for k, v in after.items() if f"date={NEXT}" in k} == next_day_before
     changed = {k for k in after if after[k] != before.get(k)}
     assert changed and all(
-        f"date={DAY}" in k or k.endswith(("datapackage.json", "quality.json")) for k in changed
+        f"date={DAY}" in k or k.endswith(("datapackage.json", ".package.json", "quality.json"))
+        for k in changed
     )
     assert not any("date=2026-02-25" in k for k in after)
     assert (
