@@ -68,6 +68,7 @@ the result once the flags are taken (`_trim`), so neither reports nor Data Docs 
 _FULL_LISTS = ("unexpected_list", "unexpected_index_list", "unexpected_index_query")
 _ROW_FLAGGING_RULES = frozenset(r.name for r in QUALITY_RULES if r.flags_rows)
 _PARTITION_RULES = {r.name: r for r in QUALITY_RULES if not r.flags_rows}
+_DEVICE_QUALITY_RULES = {r.name: r for r in QUALITY_RULES if r.flags_rows and r.severity == Severity.BLOCKING}
 FLAG_SEPARATOR = ";"
 _DETAIL_MAX_CHARS = 300
 _lock = threading.RLock()
@@ -315,6 +316,11 @@ def _evaluation(
             failure = _part_failure(described, frame, rows, n)
         if failure["rule"] in _PARTITION_RULES:
             failure["detail"] = _partition_detail(_PARTITION_RULES[failure["rule"]], failure, parameters)
+        elif failure["rule"] in _DEVICE_QUALITY_RULES:  # the measured value, not a row count
+            rule_ = _DEVICE_QUALITY_RULES[failure["rule"]]
+            failure["detail"] = f"{failure['unexpected_count']} rows: " + _partition_detail(
+                rule_, failure, parameters
+            )
         grain = rule_grain(rule) if found is not None else Grain.PARTITION
         if _flags_rows(rule):
             for row in rows:
