@@ -23,14 +23,6 @@ NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 DAY = "2016-10-04"
 
 
-@pytest.fixture
-def wh(tmp_path):
-    layout = Layout(tmp_path / "data")
-    con = connect(layout.warehouse)
-    yield layout, con
-    con.close()
-
-
 def half_hourly(device: str, day: str, hours: range, skip: set[int] = frozenset(), council: str = "testtown"):
     """A car park reporting every 30 minutes; `skip` leaves out those hours entirely but one reading."""
     out = []

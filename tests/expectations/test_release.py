@@ -12,20 +12,10 @@ from factories import LIMITS, car_park, land, tree_digest
 from jobs.publication import gate_and_publish
 from publish.release import latest_release
 from transforms.stage import export_partitions, stage_segments
-from warehouse.db import connect
-from warehouse.layout import Layout
 from warehouse.partitions import held_back
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def wh(tmp_path):
-    layout = Layout(tmp_path / "data")
-    con = connect(layout.warehouse)
-    yield layout, con
-    con.close()
 
 
 def test_passing_partition_is_published_with_a_valid_data_package(wh):

@@ -18,21 +18,12 @@ import publish.release
 from jobs.publication import ApprovalError, approve, gate_and_publish
 from publish.release import latest_release, read_manifest
 from transforms.stage import stage_segments
-from warehouse.db import connect
 from warehouse.layout import Layout
 from warehouse.partitions import GATE_ERROR, held_back, pending, publications
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 DAY = "2016-10-04"
-
-
-@pytest.fixture
-def wh(tmp_path):
-    layout = Layout(tmp_path / "data")
-    con = connect(layout.warehouse)
-    yield layout, con
-    con.close()
 
 
 def day_of(device: str, council: str, occupied: int = 10, hours: range = range(8, 12)) -> list:

@@ -18,14 +18,6 @@ NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 S = 10**9  # nanoseconds in a second
 
 
-@pytest.fixture
-def wh(tmp_path):
-    layout = Layout(tmp_path / "data")
-    con = connect(layout.warehouse)
-    yield layout, con
-    con.close()
-
-
 def seg_id(layout, path):
     return path.relative_to(layout.raw).as_posix().removesuffix(".seg")
 

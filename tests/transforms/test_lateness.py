@@ -12,8 +12,6 @@ from factories import LIMITS, car_park, land, tree_digest
 from civicflow.registry import CouncilRegistry, build_registry
 from jobs.publication import gate_and_publish
 from transforms.stage import stage_segments
-from warehouse.db import connect
-from warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 REGISTRY = build_registry(
@@ -24,14 +22,6 @@ DAY, NEXT = date(2026, 3, 1), date(2026, 3, 2)
 
 def ns(at: datetime) -> int:
     return int(at.timestamp()) * 10**9
-
-
-@pytest.fixture
-def wh(tmp_path):
-    layout = Layout(tmp_path / "data")
-    con = connect(layout.warehouse)
-    yield layout, con
-    con.close()
 
 
 def versions(con):

@@ -75,14 +75,6 @@ def published_files(layout: Layout) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def wh(tmp_path):
-    layout = Layout(tmp_path / "data")
-    con = connect(layout.warehouse)
-    yield layout, con
-    con.close()
-
-
 def land_abc(layout: Layout, after_each=lambda: None) -> list[Path]:
     """One key received three times: A (v=10), B (a correction to 11), C (10 again)."""
     key = ("p1", "2026-03-01T08:00:00Z")

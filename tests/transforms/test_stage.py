@@ -15,18 +15,8 @@ from factories import LIMITS, car_park, land, tree_digest
 from civicflow.registry import load_registry
 from ingest.samples import BIRMINGHAM_PARKING, birmingham_parking_messages
 from transforms.stage import stage_segments
-from warehouse.db import connect
-from warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def wh(tmp_path):
-    layout = Layout(tmp_path / "data")
-    con = connect(layout.warehouse)
-    yield layout, con
-    con.close()
 
 
 def staged_rows(con):

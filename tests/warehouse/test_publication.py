@@ -30,7 +30,6 @@ from publish.catalog import to_graph
 from publish.files import PublicationError, allowlist
 from publish.partition import publish_partition
 from transforms.stage import stage_segments
-from warehouse.db import connect
 from warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
@@ -72,14 +71,6 @@ def publish(layout: Layout, con, messages, registry=None, now=NOW, licences=None
     return gate_and_publish(
         layout, con, now=now, licences=licences, registry=registry, publication=PublishSettings(**settings)
     )
-
-
-@pytest.fixture
-def wh(tmp_path):
-    layout = Layout(tmp_path / "data")
-    con = connect(layout.warehouse)
-    yield layout, con
-    con.close()
 
 
 def arrow_schema_of(schema: dict) -> pa.Schema:

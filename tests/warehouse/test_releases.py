@@ -16,19 +16,10 @@ from civicflow.settings import PublishSettings
 from jobs.publication import gate_and_publish
 from publish.release import latest_release, releases
 from transforms.stage import export_partitions, stage_segments
-from warehouse.db import connect
 from warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def wh(tmp_path):
-    layout = Layout(tmp_path / "data")
-    con = connect(layout.warehouse)
-    yield layout, con
-    con.close()
 
 
 def publish_day(layout, con, day: int, keep: int) -> None:
