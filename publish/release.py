@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -263,28 +263,6 @@ def _holds_all(con: duckdb.DuckDBPyConnection, release_dir: Path, refs: list[Par
         if not wanted or not wanted <= files:
             return False
     return True
-
-
-def cut_release(
-    layout: Layout,
-    domains: Iterable[Domain | str],
-    *,
-    now: datetime | None = None,
-    keep: int = 5,
-    base_url: str | None = None,
-    ckan: CkanSettings | None = None,
-) -> Release | None:
-    """Snapshot the working tree into a new release and switch `latest` to it.
-
-    Nothing is released when `domains` (the datasets this run published or re-aggregated) is
-    empty: a run whose partitions were all held back changes nothing under `data/published/`.
-    With a CKAN URL set, the latest release is then pushed unless it already was, so a push that
-    failed is retried by the next run.
-    """
-    release = _cut(layout, now, keep, base_url) if domains and _changed(layout) else None
-    if ckan is not None and ckan.url:
-        push_pending(layout, ckan, base_url)
-    return release
 
 
 def push_pending(layout: Layout, ckan: CkanSettings, base_url: str | None) -> bool:

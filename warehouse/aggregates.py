@@ -312,13 +312,4 @@ def aggregate_rows_of(
 
 def aggregate_rows(con: duckdb.DuckDBPyConnection, dataset: Dataset, kind: str, council: str, day: date):
     """One partition's rows of an aggregate table, in its primary key's order (an Arrow table)."""
-    cols = columns(dataset, kind)
-    key = primary_key(dataset, kind)
-    window = "CAST(hour AS DATE)" if kind == HOURLY else "event_date"
-    domain_filter = f"AND domain = '{dataset.domain}'" if kind == COUNCIL_DAILY else ""
-    return con.sql(
-        f"SELECT {', '.join(c.name for c in cols)} FROM {table_name(dataset.domain, kind)} "
-        f"WHERE council = $council AND {window} = $day {domain_filter} "
-        f"ORDER BY {', '.join(f'{k} NULLS FIRST' for k in key)}",
-        params={"council": council, "day": day},
-    ).to_arrow_table()
+    return aggregate_rows_of(con, dataset, kind, [(council, day)])[(council, day)]
