@@ -69,6 +69,11 @@ class Reason(StrEnum):
     UNCONVERTIBLE_UNIT = "unconvertible_unit"
     JSON_TOO_DEEP = "json_too_deep"
     CORRUPT_RECORD = "corrupt_record"
+    DUPLICATE_KEY = "duplicate_key"
+    INVALID_DATE = "invalid_date"
+    INVALID_OFFSET = "invalid_offset"
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+    FUTURE_TIMESTAMP = "future_timestamp"
 
 
 @dataclass(frozen=True)
