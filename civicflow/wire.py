@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from civicflow.contract import NAME_PATTERN
+from civicflow.contract import NAME_PATTERN, Domain
 
 
 class WireFormat(StrEnum):
@@ -19,6 +19,8 @@ class WireFormat(StrEnum):
     CHIRPSTACK_V4 = "chirpstack_v4"  # application/<application-id>/device/<dev-eui>/event/up
 
 
+_NAME_RE = re.compile(NAME_PATTERN)  # always fullmatch: a topic level is a name or it is not
+_DOMAINS = frozenset(d.value for d in Domain)
 _LORA_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 TTS_TOPIC_RE = re.compile(
     rf"^v3/(?P<application>{_LORA_ID})@(?P<tenant>{_LORA_ID})/devices/(?P<device>{_LORA_ID})/up$"
@@ -44,4 +46,28 @@ def topic_format(topic: str, prefix: str) -> WireFormat | None:
     return None
 
 
-__all__ = ["NAME_PATTERN", "WireFormat", "topic_format", "TTS_TOPIC_RE", "CHIRPSTACK_TOPIC_RE"]
+def is_bad_topic(topic: str, prefix: str) -> bool:
+    """Whether staging will quarantine every message on this topic as `bad_topic`.
+
+    The same judgement as the decoder's topic parser: no known format, or a `<prefix>/...` topic
+    whose council or device id is not a name or whose domain is not one of the contract's. What it
+    cannot see is a LoRaWAN uplink whose payload names another device than its topic; only
+    decoding the payload tells, so staging alone counts those.
+    """
+    fmt = topic_format(topic, prefix)
+    if fmt is None:
+        return True
+    if fmt in (WireFormat.NATIVE, WireFormat.SENML):
+        _, council, domain, device_id = topic.split("/")[:4]
+        return not (_NAME_RE.fullmatch(council) and _NAME_RE.fullmatch(device_id) and domain in _DOMAINS)
+    return False
+
+
+__all__ = [
+    "NAME_PATTERN",
+    "WireFormat",
+    "topic_format",
+    "is_bad_topic",
+    "TTS_TOPIC_RE",
+    "CHIRPSTACK_TOPIC_RE",
+]

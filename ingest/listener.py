@@ -13,6 +13,14 @@ When the raw zone refuses a write (disk full, directory unwritable), the listene
 acknowledging, disconnects so the broker keeps queueing for its session, reports itself unhealthy,
 probes the disk with backoff and reconnects when it takes writes again: the broker then redelivers
 everything that was not acknowledged.
+
+The session is the listener's queue, so losing it is reported as loudly as a landing failure: when
+the broker closes the connection because another client connected with this client id (MQTT 5
+reason code 0x8E, *session taken over*), and when a reconnect finds no session although this
+client id had one (the queue is gone). Each is counted by cause, makes the listener unhealthy for
+a while and logs an error that says what to do; the listener reconnects and goes on landing. It
+speaks MQTT 5 to see the takeover's reason code, and MQTT 3.1.1 to a broker that refuses MQTT 5
+(the embedded demo broker), where a takeover looks like any lost connection.
 """
 
 from __future__ import annotations
@@ -24,15 +32,18 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from civicflow.health import closed_backlog
-from civicflow.wire import topic_format
+from civicflow.wire import is_bad_topic
 from ingest.metrics import ListenerMetrics, serve
 from warehouse.segments import SegmentWriter
 
@@ -42,7 +53,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PUBACK_HEADER = bytes((0x40, 0x02))
-"""MQTT 3.1.1 PUBACK fixed header: packet type 4, remaining length 2 (the packet id follows)."""
+"""PUBACK fixed header: packet type 4, remaining length 2 (the packet id follows). The same bytes in
+MQTT 5, where a PUBACK without reason code and properties means success."""
+SESSION_TAKEN_OVER = 0x8E
+"""MQTT 5 DISCONNECT reason code: another client connected with this client id."""
+UNSUPPORTED_PROTOCOL_VERSION = 0x84
+"""MQTT 5 CONNACK reason code of a broker that does not speak MQTT 5 (paho maps 3.1.1's code 1 to it)."""
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+"""Session Expiry Interval asking the broker to keep the session like an MQTT 3.1.1 persistent one;
+Mosquitto caps it at `persistent_client_expiration`."""
+MQTT5_CONNACK_TIMEOUT_S = 3.0
+"""How long to wait for the answer to the first MQTT 5 CONNECT before taking the broker for one that
+cannot parse it (amqtt 0.12 waits forever on a CONNECT with properties) and speaking MQTT 3.1.1."""
+SESSION_ALARM_S = 600.0
+"""How long a lost session keeps the listener unhealthy: long enough for a probe, `civicflow status`
+or an alert to see it, though the listener is landing again."""
 
 
 @dataclass
@@ -54,6 +79,8 @@ class ListenerStats:
     flushes: int = 0
     connects: int = 0
     sessions_lost: int = 0
+    sessions_lost_by_cause: Counter = field(default_factory=Counter)
+    session_lost: dict | None = None  # the last one: cause, when, what it means and what to do
     landing_failures: int = 0
     rejections: Counter = field(default_factory=Counter)
     segments_closed: list[str] = field(default_factory=list)
@@ -124,6 +151,8 @@ class Listener:
         topic_prefix: str = "city",
         max_payload_bytes: int = 256 * 1024,
         metrics: ListenerMetrics | None = None,
+        session_alarm_s: float = SESSION_ALARM_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -148,20 +177,39 @@ class Listener:
         self._subscribed = False
         self._connect_called = False
         self._published = ListenerStats()  # what the Prometheus counters have seen
+        self.session_alarm_s = session_alarm_s
+        self._clock = clock
+        self._session_lost_at: float | None = None
+        self._takeovers_in_a_row = 0
+        self._subscribed_since = 0.0
         # A session this client id had before (a restart) must still be on the broker.
         self._ever_connected = self._had_session_before()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-            manual_ack=True,
-        )
-        broker.configure(self.client)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
+        self.protocol = mqtt.MQTTv5
+        self._downgrade = False
+        self._mqtt5_answered = False  # a CONNACK to MQTT 5 came back: the broker speaks it
+        self._connect_sent_at: float | None = None
+        self.client = self._new_client()
+
+    def _new_client(self) -> mqtt.Client:
+        """A paho client for `self.protocol`, with a persistent session either way."""
+        if self.protocol == mqtt.MQTTv5:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True
+            )
+        else:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                clean_session=False,
+                protocol=self.protocol,
+                manual_ack=True,
+            )
+        self.broker.configure(client)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Listener:
@@ -197,6 +245,17 @@ class Listener:
     # -- MQTT callbacks -------------------------------------------------------------------------
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connect_sent_at = None
+        if reason_code == UNSUPPORTED_PROTOCOL_VERSION and self.protocol == mqtt.MQTTv5:
+            log.info(
+                "broker %s does not speak MQTT 5; using MQTT 3.1.1, where a session taken over by "
+                "another client looks like a lost connection",
+                self.broker,
+            )
+            self._downgrade = True
+            return
+        if self.protocol == mqtt.MQTTv5:
+            self._mqtt5_answered = True
         if reason_code.is_failure:
             self.stats.last_error = f"broker refused the connection: {reason_code}"
             log.error(
@@ -210,13 +269,14 @@ class Listener:
         self._connected = True
         self.stats.connects += 1
         if self._ever_connected and not flags.session_present:
-            self.stats.sessions_lost += 1
-            log.error(
-                "SESSION LOST: broker %s no longer had session %r. Messages queued for this listener "
-                "while it was away may be gone; check the broker's persistence and "
-                "persistent_client_expiration settings",
-                self.broker,
-                self.client_id,
+            self._session_lost(
+                "not_present",
+                f"SESSION LOST: broker {self.broker} no longer had session {self.client_id!r}, so "
+                "messages queued for this listener while it was away are gone. Causes: a broker "
+                "restarted without persistence or from an old persistence file, a session older than "
+                "persistent_client_expiration, or another client that connected with this client id "
+                "and a clean session. Check the broker's persistence settings and its log for this "
+                "client id; Civicflow cannot recover those messages, ask the councils to resend them",
             )
         self._ever_connected = True
         client.subscribe([(f, self.qos) for f in self.topic_filters])
@@ -237,6 +297,7 @@ class Listener:
             self._set_state("subscription_refused")
             return
         self._subscribed = True
+        self._subscribed_since = time.monotonic()
         self._backoff = 0.2
         self.stats.last_error = None
         self._set_state("subscribed")
@@ -244,16 +305,44 @@ class Listener:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected = False
         self._subscribed = False
+        if reason_code == SESSION_TAKEN_OVER:
+            self._takeovers_in_a_row += 1
+            self._session_lost(
+                "taken_over",
+                f"SESSION TAKEN OVER: another client connected to {self.broker} with this listener's "
+                f"client id {self.client_id!r}, and the broker closed this connection (MQTT reason "
+                "code 0x8E). While that client holds the session, readings go to it, not to the raw "
+                "zone. Find it in the broker's log (\"New client connected ... as "
+                f'{self.client_id}"); give every listener process its own broker user and client id, '
+                "and bind client ids to users on the broker (deploy/mosquitto/README.md). "
+                "Reconnecting to take the session back",
+                state="session_taken_over",
+            )
+            return
         if self.stats.state not in ("landing_failed", "stopping", "stopped"):
             self.stats.state = "disconnected"
             log.warning("disconnected from %s: %s", self.broker, reason_code)
+
+    def _session_lost(self, cause: str, message: str, *, state: str | None = None) -> None:
+        """Count, log and report a session that is no longer this listener's alone."""
+        self.stats.sessions_lost += 1
+        self.stats.sessions_lost_by_cause[cause] += 1
+        self._session_lost_at = time.monotonic()
+        self.stats.session_lost = {"cause": cause, "at": self._clock(), "message": message}
+        self.stats.last_error = message
+        log.error("%s", message)
+        if state is not None:
+            self._set_state(state)
+        else:
+            self.write_status(force=True)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         if self._fault is not None:
             return  # not landed, not acknowledged: the broker redelivers it after we resume
         payload = message.payload
+        topic = message._topic  # bytes: paho's `topic` property raises on a topic that is not UTF-8
         try:
-            self.writer.append(message._topic, payload, time.time_ns(), message.qos, message.retain)
+            self.writer.append(topic, payload, time.time_ns(), message.qos, message.retain)
         except OSError as exc:
             self._fault = exc
             return
@@ -264,10 +353,15 @@ class Listener:
         self._delivered += 1
         self.stats.received += 1
         self.stats.bytes += len(payload)
-        if len(payload) > self.max_payload_bytes:
-            self.stats.rejections["payload_too_large"] += 1
-        elif topic_format(message.topic, self.topic_prefix) is None:
+        try:
+            bad_topic = is_bad_topic(topic.decode("utf-8"), self.topic_prefix)
+        except UnicodeDecodeError:
+            bad_topic = True
+        # Staging judges the topic before the payload, so a bad topic is a bad topic whatever its size.
+        if bad_topic:
             self.stats.rejections["bad_topic"] += 1
+        elif len(payload) > self.max_payload_bytes:
+            self.stats.rejections["payload_too_large"] += 1
 
     # -- health ---------------------------------------------------------------------------------
 
@@ -275,6 +369,18 @@ class Listener:
         self.stats.state = state
         self.stats.healthy = state == "subscribed" and self._fault is None
         self.write_status(force=True)
+
+    def _session_alarm(self) -> bool:
+        """Whether a lost session is recent enough to keep the listener unhealthy."""
+        return (
+            self._session_lost_at is not None
+            and time.monotonic() - self._session_lost_at < self.session_alarm_s
+        )
+
+    @property
+    def healthy(self) -> bool:
+        """Subscribed and landing, with no session lost in the last `session_alarm_s` seconds."""
+        return self.stats.healthy and not self._session_alarm()
 
     def closed_backlog(self) -> int:
         """Closed segments in this listener's directory that staging has not recorded yet."""
@@ -286,15 +392,20 @@ class Listener:
             "client_id": self.client_id,
             "pid": os.getpid(),
             "broker": str(self.broker),
-            "healthy": stats.healthy,
+            "healthy": self.healthy,
             "state": stats.state,
-            "last_error": stats.last_error,
+            # While the alarm lasts, what made the listener unhealthy is the lost session.
+            "last_error": stats.last_error
+            or (stats.session_lost["message"] if stats.session_lost and self._session_alarm() else None),
             "received": stats.received,
             "landed": stats.landed,
             "acked": stats.acked,
             "bytes": stats.bytes,
             "connects": stats.connects,
             "sessions_lost": stats.sessions_lost,
+            "sessions_lost_by_cause": dict(stats.sessions_lost_by_cause),
+            "session_lost": stats.session_lost,
+            "protocol": "5" if self.protocol == mqtt.MQTTv5 else "3.1.1",
             "landing_failures": stats.landing_failures,
             "rejections": dict(stats.rejections),
             "open_segment_age_s": round(self.writer.open_age_s, 3),
@@ -305,7 +416,7 @@ class Listener:
 
     def _publish_metrics(self) -> None:
         m, now, seen = self.metrics, self.stats, self._published
-        for name in ("received", "landed", "acked", "bytes", "landing_failures", "sessions_lost", "connects"):
+        for name in ("received", "landed", "acked", "bytes", "landing_failures", "connects"):
             delta = getattr(now, name) - getattr(seen, name)
             if delta:
                 getattr(m, name).inc(delta)
@@ -315,7 +426,12 @@ class Listener:
             if delta:
                 m.rejections.labels(reason=reason).inc(delta)
                 seen.rejections[reason] = count
-        m.healthy.set(1 if now.healthy else 0)
+        for cause, count in now.sessions_lost_by_cause.items():
+            delta = count - seen.sessions_lost_by_cause[cause]
+            if delta:
+                m.sessions_lost.labels(cause=cause).inc(delta)
+                seen.sessions_lost_by_cause[cause] = count
+        m.healthy.set(1 if self.healthy else 0)
         m.connected.set(1 if self._connected else 0)
         m.open_segment_age.set(self.writer.open_age_s)
         m.closed_backlog.set(self.closed_backlog())
@@ -429,14 +545,34 @@ class Listener:
         self._connect_with_backoff(stop)
 
     def _connect_with_backoff(self, stop: threading.Event) -> None:
+        if self._downgrade:
+            self._downgrade = False
+            sock = self.client.socket()
+            if sock is not None:
+                sock.close()
+            self.protocol = mqtt.MQTTv311
+            self.client = self._new_client()
+            self._connect_called = False
         while not stop.is_set():
             self._set_state("connecting")
             try:
                 if self._connect_called:
                     self.client.reconnect()
+                elif self.protocol == mqtt.MQTTv5:
+                    self._connect_called = True
+                    session = Properties(PacketTypes.CONNECT)
+                    session.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+                    self.client.connect(
+                        self.broker.host,
+                        self.broker.port,
+                        keepalive=self.broker.keepalive_s,
+                        clean_start=False,
+                        properties=session,
+                    )
                 else:
                     self._connect_called = True
                     self.client.connect(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
+                self._connect_sent_at = time.monotonic()
                 return
             except (OSError, ssl.SSLError) as exc:
                 self.stats.last_error = f"cannot reach broker: {exc}"
@@ -453,6 +589,15 @@ class Listener:
             before = self._delivered
             rc = self.client.loop(timeout=wait)
             got_message = self._delivered != before
+            if self._no_answer_to_mqtt5():
+                log.info(
+                    "broker %s did not answer an MQTT 5 CONNECT within %.0fs; using MQTT 3.1.1, where a "
+                    "session taken over by another client looks like a lost connection",
+                    self.broker,
+                    MQTT5_CONNACK_TIMEOUT_S,
+                )
+                self._downgrade = True
+                rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
             # paho's loop() reads one packet; read on while messages keep coming, up to a group.
             while (
                 got_message
@@ -469,14 +614,19 @@ class Listener:
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     self._connected = False
                     self._commit()  # keeps what arrived; the acks cannot be sent, so it comes again
-                    log.warning(
-                        "connection to %s lost (%s); reconnecting in %.1fs", self.broker, rc, self._backoff
-                    )
-                    stop.wait(self._backoff)
+                    delay = self._reconnect_delay()
+                    log.warning("connection to %s lost (%s); reconnecting in %.1fs", self.broker, rc, delay)
+                    stop.wait(delay)
                     self._backoff = min(self._backoff * 2, 30.0)
                     self._connect_with_backoff(stop)
                     wait = 0.0
                     continue
+                if (
+                    self._takeovers_in_a_row
+                    and time.monotonic() - self._subscribed_since > 60
+                    and self._subscribed
+                ):
+                    self._takeovers_in_a_row = 0  # a minute without a takeover: the other client is gone
                 if self._pending and (
                     not got_message
                     or len(self._pending) >= self.flush_max_messages
@@ -494,6 +644,23 @@ class Listener:
             wait = 0.0 if got_message else 0.5
         self._shutdown()
         return self.stats
+
+    def _no_answer_to_mqtt5(self) -> bool:
+        return (
+            self.protocol == mqtt.MQTTv5
+            and not self._mqtt5_answered
+            and self._connect_sent_at is not None
+            and time.monotonic() - self._connect_sent_at > MQTT5_CONNACK_TIMEOUT_S
+        )
+
+    def _reconnect_delay(self) -> float:
+        """The wait before reconnecting: longer after each takeover in a row, so a listener and
+        another client with its id take the session from each other at most every 30 s."""
+        if self._downgrade:
+            return 0.0
+        if self._takeovers_in_a_row:
+            return min(0.5 * 2 ** (self._takeovers_in_a_row - 1), 30.0)
+        return self._backoff
 
     def _shutdown(self) -> None:
         self._set_state("stopping")

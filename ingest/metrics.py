@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 log = logging.getLogger(__name__)
 
+SESSION_LOST_CAUSES = ("taken_over", "not_present")
+
 
 class ListenerMetrics:
     """Counters and gauges of one listener, in a registry of their own."""
@@ -47,9 +49,13 @@ class ListenerMetrics:
         )
         self.sessions_lost = Counter(
             "civicflow_listener_sessions_lost",
-            "Reconnects that found the session lost.",
+            "Sessions lost, by cause: taken_over (another client connected with this client id) or "
+            "not_present (a reconnect found no session: its queue is gone).",
+            ["cause"],
             registry=r,
         )
+        for cause in SESSION_LOST_CAUSES:  # both series exist from the start, at 0, for alerts
+            self.sessions_lost.labels(cause=cause)
         self.connects = Counter("civicflow_listener_connects", "Successful connections.", registry=r)
         self.open_segment_age = Gauge(
             "civicflow_listener_open_segment_age_seconds", "Age of the segment being written.", registry=r

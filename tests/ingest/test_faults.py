@@ -164,13 +164,26 @@ def test_a_broker_that_lost_the_session_is_reported_loudly(tmp_path):
             broker.start()  # no persistence: the listener's session is gone
             listener.wait_for(lambda: listener.status().get("connects", 0) >= 2, 60, "reconnecting")
             status = listener.wait_subscribed()
+            code, health = listener.health()
             metrics = listener.metrics()
+            # It goes on landing in its new session.
+            publish_messages("127.0.0.1", broker.port, readings(5), client_id="test-gateway")
+            listener.wait_for(lambda: listener.own_status().get("acked", 0) >= 5, 30, "landing")
             assert listener.terminate() == 0
         finally:
             listener.ensure_stopped()
-    assert status["sessions_lost"] == 1
-    assert "SESSION LOST" in log.read_text()
-    assert re.search(r"^civicflow_listener_sessions_lost_total 1\.0$", metrics, re.M)
+    assert (status["sessions_lost"], status["sessions_lost_by_cause"]) == (1, {"not_present": 1})
+    assert status["session_lost"]["cause"] == "not_present"
+    # Subscribed and landing, yet unhealthy for a while: the queue it had is gone.
+    assert (code, health["state"], health["healthy"]) == (503, "subscribed", False)
+    assert health["last_error"].startswith("SESSION LOST: broker mqtt://127.0.0.1:")
+    assert "ask the councils to resend them" in health["last_error"]
+    [line] = [line for line in log.read_text().splitlines() if "SESSION LOST" in line]
+    assert "[error" in line and "Check the broker's persistence settings" in line
+    assert re.search(r'^civicflow_listener_sessions_lost_total\{cause="not_present"\} 1\.0$', metrics, re.M)
+    assert re.search(r'^civicflow_listener_sessions_lost_total\{cause="taken_over"\} 0\.0$', metrics, re.M)
+    assert re.search(r"^civicflow_listener_healthy 0\.0$", metrics, re.M)
+    assert len(landed_payloads(data_root / "raw")) == 5
 
 
 def civicflow_status(data_root: Path) -> subprocess.CompletedProcess:

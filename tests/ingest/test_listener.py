@@ -1,4 +1,5 @@
-"""The listener against a real Mosquitto: ack after flush, crash safety, clean shutdown."""
+"""The listener against a real Mosquitto: ack after flush, crash safety, clean shutdown, what it
+counts as a bad topic, a session taken over; and against the embedded broker, which lacks MQTT 5."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from brokers import free_port, run_mosquitto
 from listeners import ListenerProcess, landed_payloads
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from ingest.broker import EmbeddedBroker
 from ingest.gateway import publish_messages
-from warehouse.segments import read_segment_lenient
+from warehouse.segments import list_closed_segments, read_segment, read_segment_lenient
 
 pytestmark = pytest.mark.integration
 CLIENT_ID = "test-listener"
@@ -146,3 +150,109 @@ def test_log_json_writes_one_json_object_per_line(tmp_path):
     assert lines and all({"event", "level", "logger", "timestamp"} <= set(doc) for doc in lines)
     assert any(d["level"] == "warning" and "cannot reach broker" in d["event"] for d in lines)
     assert lines[-1]["event"].startswith("listener stopped")
+
+
+# Topics a plain broker delivers to the listener's subscriptions (city/#, v3/+/devices/+/up,
+# application/+/device/+/event/up) that staging quarantines as bad_topic, one of each kind.
+BAD_TOPICS = [
+    "city/testtown",  # too few levels
+    "city/testtown/parking",
+    "city/testtown/parking/p1/extra",  # too many
+    "city/testtown/parking/p1/senml/more",
+    "city/testtown/bikes/p1",  # not a contract domain
+    "city/testtown/Parking/p1",
+    "city/Testtown/parking/p1",  # council not a name
+    "city//parking/p1",  # empty council
+    "city/testtown/parking/",  # empty device id
+    "city/testtown/parking/P1",  # device id not a name
+    "city/testtown/parking/p 1",
+    "city/testtown/parking/-p1",
+    "city/testtown/parking/" + "d" * 65,  # device id too long
+    "v3/app-without-tenant/devices/d1/up",  # The Things Stack topic without <application>@<tenant>
+    "application/app/device/not-a-dev-eui/event/up",  # ChirpStack DevEUI is 16 hex digits
+]
+GOOD_TOPICS = [
+    "city/testtown/parking/p1",
+    "city/testtown/air_quality/p1/senml",
+    "v3/app@tenant/devices/d1/up",
+    "application/app/device/0011223344556677/event/up",
+]
+
+
+def test_every_bad_topic_the_listener_receives_is_counted(tmp_path):
+    """One count per message on a topic staging rejects as bad_topic, none for a good topic."""
+    data_root = tmp_path / "data"
+    sent = [(t, b"{}") for t in [*BAD_TOPICS, *GOOD_TOPICS, BAD_TOPICS[4], GOOD_TOPICS[0]]]
+    with run_mosquitto(tmp_path, persistence=False) as broker:
+        listener = start_listener(data_root, broker.port, tmp_path / "listener.log")
+        try:
+            listener.wait_subscribed()
+            publish_messages("127.0.0.1", broker.port, sent, client_id="test-gateway")
+            listener.wait_for(lambda: listener.status().get("acked", 0) >= len(sent), 30, "landing")
+            metrics = listener.metrics()
+            assert listener.terminate() == 0
+        finally:
+            listener.ensure_stopped()
+    assert listener.status()["rejections"] == {"bad_topic": len(BAD_TOPICS) + 1}
+    assert f'civicflow_listener_rejections_total{{reason="bad_topic"}} {len(BAD_TOPICS) + 1}.0' in metrics
+    landed = {r.topic.decode() for p in list_closed_segments(data_root / "raw") for r in read_segment(p)}
+    assert landed == set(BAD_TOPICS) | set(GOOD_TOPICS)  # counted, and landed like any other message
+
+
+def test_a_session_wiped_by_another_client_is_reported_and_taken_back(tmp_path):
+    """A client connects with the listener's client id and a clean start, as a broker that does not
+    bind client ids to users lets anyone do: the listener's queue is gone. It reports that, takes the
+    session back and lands what comes next. (Mosquitto 2.0.11 closes the listener's connection
+    without MQTT 5's "session taken over" reason code, so the loss shows on reconnect.)"""
+    data_root = tmp_path / "data"
+    log = tmp_path / "listener.log"
+    with run_mosquitto(tmp_path, persistence=False) as broker:
+        listener = start_listener(data_root, broker.port, log)
+        try:
+            listener.wait_subscribed()
+            other = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=CLIENT_ID, protocol=mqtt.MQTTv5)
+            connack = []
+            other.on_connect = lambda client, userdata, flags, rc, props: connack.append(rc)
+            other.connect("127.0.0.1", broker.port, clean_start=True)
+            listener.wait_for(lambda: other.loop(timeout=0.05) or connack, 10, "the other client's CONNACK")
+            assert connack[0].value == 0
+            status = listener.wait_for(
+                lambda: (doc := listener.own_status()).get("sessions_lost") and doc, 30, "noticing"
+            )
+            listener.wait_subscribed()
+            # The listener has the session again: the other client is the one disconnected now.
+            listener.wait_for(
+                lambda: other.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS, 10, "kicking"
+            )
+            code, health = listener.health()
+            publish_messages("127.0.0.1", broker.port, messages(5), client_id="test-gateway")
+            listener.wait_for(lambda: listener.own_status().get("acked", 0) >= 5, 30, "landing")
+            metrics = listener.metrics()
+            assert listener.terminate() == 0
+        finally:
+            listener.ensure_stopped()
+    assert status["sessions_lost_by_cause"]["not_present"] == 1
+    assert status["session_lost"]["cause"] == "not_present"
+    assert (code, health["state"], health["healthy"], health["protocol"]) == (503, "subscribed", False, "5")
+    assert health["last_error"].startswith("SESSION LOST: broker mqtt://127.0.0.1:")
+    assert "another client that connected with this client id and a clean session" in health["last_error"]
+    [line] = [line for line in log.read_text().splitlines() if "SESSION LOST" in line]
+    assert "[error" in line
+    assert 'civicflow_listener_sessions_lost_total{cause="not_present"} 1.0' in metrics
+    assert sorted(json.loads(p)["seq"] for p in landed_payloads(data_root / "raw")) == list(range(5))
+
+
+def test_a_broker_without_mqtt5_gets_mqtt311_and_the_listener_lands(tmp_path):
+    """The embedded demo broker (amqtt) refuses MQTT 5: the listener speaks 3.1.1 to it instead."""
+    data_root = tmp_path / "data"
+    with EmbeddedBroker() as broker:
+        listener = start_listener(data_root, broker.port, tmp_path / "listener.log")
+        try:
+            status = listener.wait_subscribed()
+            publish_messages("127.0.0.1", broker.port, messages(5), client_id="test-gateway")
+            listener.wait_for(lambda: listener.own_status().get("acked", 0) >= 5, 30, "landing")
+            assert listener.terminate() == 0
+        finally:
+            listener.ensure_stopped()
+    assert (status["protocol"], status["connects"], status["sessions_lost"]) == ("3.1.1", 1, 0)
+    assert sorted(json.loads(p)["seq"] for p in landed_payloads(data_root / "raw")) == list(range(5))
