@@ -3,8 +3,9 @@
 The broker's configuration is rendered from deploy/mosquitto/mosquitto.conf and its ACL is
 deploy/mosquitto/acl itself, the certificates come from deploy/mosquitto/make-test-certs.sh: what
 these tests check is what the example ships. They check that a council's gateway can publish only
-under its own council, that nobody gets in without a valid password, that `civicflow listen`
-lands readings over TLS with credentials from the environment, and that it never logs its password.
+under its own council, that nobody gets in without a valid password, that no user can take
+another's session (the listener's least of all), that `civicflow listen` lands readings over TLS
+with credentials from the environment, and that it never logs its password.
 """
 
 from __future__ import annotations
@@ -36,25 +37,33 @@ from brokers import (
     write_password_file,
 )
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from ingest.gateway import publish_messages
 from warehouse.segments import list_closed_segments, read_segment
 
 pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
 NOT_AUTHORIZED = 0x87
-LISTENER_USER = "civicflow-listener"
+LISTENER_USER = "civicflow-listener-1"
+SECOND_LISTENER_USER = "civicflow-listener-2"  # a second listener process: one user per connection
 # Users of deploy/mosquitto/acl, with passwords made up for the test broker's password file.
 PASSWORDS = {
     LISTENER_USER: "listener-pw-5a1e",
+    SECOND_LISTENER_USER: "listener-pw-2c90",
     "gw-birmingham-1": "bham-pw-77c2",
+    "gw-birmingham-2": "bham-pw-0e4d",
     "gw-leeds-1": "leeds-pw-19d0",
     "lns-chirpstack": "lns-pw-3b4f",
 }
 # A password distinctive enough that finding it anywhere means it leaked.
 SECRET = "Tr0ub4dor-civicflow-9f27c1e3-secret"
-LISTENER_CLIENT_ID = "sec-listener"
+# The broker makes every client's id its user name (use_username_as_clientid), so the listener's
+# client id, which names its raw directory, is its user name.
+LISTENER_CLIENT_ID = LISTENER_USER
 
 
 # -- Broker --------------------------------------------------------------------------------------
@@ -236,7 +245,7 @@ def test_gateway_is_refused_outside_its_council_and_nothing_reaches_the_listener
         )
         assert all(str(rc) == "Not authorized" for rc in refused.values())
         # The listener's own credential cannot inject readings either.
-        with connected(broker.plain_port, LISTENER_USER) as listener_user:
+        with connected(broker.plain_port, SECOND_LISTENER_USER) as listener_user:
             assert listener_user.publish("city/leeds/parking/p9", b'{"forged": true}').value == NOT_AUTHORIZED
 
         assert birmingham.publish("city/birmingham/parking/bhm-001", b'{"seq": 1}').value == 0
@@ -271,7 +280,7 @@ def test_mqtt311_gateway_outside_its_council_gets_a_plain_puback_but_nothing_is_
 def test_gateway_cannot_read_any_council(broker: SecureBroker) -> None:
     with (
         collecting(broker.plain_port, "city/#", LISTENER_USER) as listener_view,
-        collecting(broker.plain_port, "city/#", "gw-leeds-1") as leeds_snooping,
+        collecting(broker.plain_port, "city/#", "gw-birmingham-2") as birmingham_snooping,
         connected(broker.plain_port, "gw-birmingham-1") as birmingham,
         connected(broker.plain_port, "gw-leeds-1") as leeds,
     ):
@@ -279,16 +288,16 @@ def test_gateway_cannot_read_any_council(broker: SecureBroker) -> None:
         assert birmingham.publish("city/birmingham/parking/p1", b"bham").value == 0
         assert leeds.publish("city/leeds/parking/p1", b"leeds").value == 0
         assert listener_view.wait_for(2, timeout_s=5) == 2
-        assert leeds_snooping.quiet_for(0.3) == 0
+        assert birmingham_snooping.quiet_for(0.3) == 0
     assert sorted(listener_view.payloads) == [b"bham", b"leeds"]
-    assert leeds_snooping.payloads == []
+    assert birmingham_snooping.payloads == []
 
 
 def test_listener_user_reads_lorawan_uplinks_and_shared_subscriptions(broker: SecureBroker) -> None:
     uplink = "application/parking/device/0011223344556677/event/up"
     with (
         collecting(broker.plain_port, "application/+/device/+/event/up", LISTENER_USER) as lorawan,
-        collecting(broker.plain_port, "$share/civicflow/city/#", LISTENER_USER) as shared,
+        collecting(broker.plain_port, "$share/civicflow/city/#", SECOND_LISTENER_USER) as shared,
         connected(broker.plain_port, "lns-chirpstack") as network_server,
         connected(broker.plain_port, "gw-birmingham-1") as birmingham,
     ):
@@ -578,4 +587,73 @@ def test_status_probe_tells_a_refused_login_from_an_unreachable_broker(broker: S
     assert (
         closed.problem.startswith("cannot reach the broker: ")
         and "CIVICFLOW_MQTT__HOST/PORT" in closed.problem
+    )
+
+
+# -- Client ids: no user can take another's session -----------------------------------------------
+
+
+def connect_as_the_listener(port: int, username: str, *, clean: bool) -> ReasonCode | None:
+    """Connect as `username` with the listener's client id (MQTT 5, a session that outlives the
+    connection unless `clean`), let the broker deliver what it would, and disconnect."""
+    thief = Client(port, username, PASSWORDS[username], client_id=LISTENER_CLIENT_ID)
+    received: list[bytes] = []
+    thief.client.on_message = lambda client, userdata, message: received.append(message.payload)
+    expiry = Properties(PacketTypes.CONNECT)
+    expiry.SessionExpiryInterval = 0 if clean else 3600
+    try:
+        thief.client.connect(HOST, port, keepalive=10, clean_start=clean, properties=expiry)
+        thief._loop_until(lambda: thief.connack is not None)
+        for _ in range(5):  # queued messages, if it had the listener's session, come right after CONNACK
+            thief.client.loop(timeout=0.05)
+    finally:
+        thief.close()
+    assert received == []
+    return thief.connack
+
+
+def test_a_gateway_cannot_take_the_listeners_session_or_its_queue(
+    broker: SecureBroker, tmp_path: Path
+) -> None:
+    """Gateways connecting with the listener's client id get their own session: the running listener
+    is not disconnected, and 100 readings queued while it is down all reach it afterwards."""
+    data_root, log_dir = tmp_path / "data", tmp_path / "logs"
+    password = PASSWORDS[LISTENER_USER]
+    with listener_process(data_root, broker.plain_port, password, log_dir) as listener:
+        wait_for(lambda: status(data_root).get("state") == "subscribed", "subscribing", listener, log_dir)
+        for user, clean in (("gw-birmingham-1", False), ("gw-leeds-1", True)):
+            connack = connect_as_the_listener(broker.plain_port, user, clean=clean)
+            assert connack is not None and connack.value == 0  # accepted, under its own id
+        with connected(broker.plain_port, "gw-birmingham-1", protocol=mqtt.MQTTv311) as gateway:
+            assert gateway.publish("city/birmingham/parking/live", b'{"seq": -1}').value == 0
+        wait_for(lambda: status(data_root).get("acked", 0) >= 1, "landing", listener, log_dir)
+        running = status(data_root)
+        assert stop(listener) == 0, logs(log_dir)
+    assert (running["connects"], running["sessions_lost"], running["state"]) == (1, 0, "subscribed")
+    assert f"Client {LISTENER_CLIENT_ID} already connected" not in broker.process.log_text()
+
+    # The listener is down; its persistent session queues what the gateway publishes.
+    readings = [(f"city/birmingham/parking/bhm-{i % 10}", b'{"seq": %d}' % i) for i in range(100)]
+    user = "gw-birmingham-1"
+    published = publish_messages(
+        HOST, broker.plain_port, readings, client_id="gw", username=user, password=PASSWORDS[user]
+    )
+    assert published.messages == 100
+    for user, clean in (("gw-leeds-1", False), ("gw-birmingham-2", True), ("lns-chirpstack", False)):
+        connack = connect_as_the_listener(broker.plain_port, user, clean=clean)
+        assert connack is not None and connack.value == 0
+
+    with listener_process(data_root, broker.plain_port, password, log_dir) as listener:
+        wait_for(lambda: status(data_root).get("acked", 0) >= 100, "landing the queue", listener, log_dir)
+        after = status(data_root)
+        assert stop(listener) == 0, logs(log_dir)
+    assert (after["connects"], after["sessions_lost"]) == (1, 0)
+    landed = [r.payload for p in list_closed_segments(data_root / "raw") for r in read_segment(p)]
+    assert sorted(landed) == sorted([b'{"seq": -1}', *(payload for _, payload in readings)])
+    # Every one of them connected under its own user name, none as the listener.
+    for user in ("gw-birmingham-1", "gw-birmingham-2", "gw-leeds-1", "lns-chirpstack"):
+        assert connection_ports(broker.process.log_text(), user, user)
+    assert (
+        connection_ports(broker.process.log_text(), LISTENER_CLIENT_ID, LISTENER_USER)
+        == [broker.plain_port] * 2
     )
