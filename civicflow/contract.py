@@ -10,11 +10,53 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 CONTRACT_VERSION = "1"
+
+# -- The rules every decoder reads (transforms/decode.py, the reference, and transforms/fast.py,
+# the vectorised path): stated once, here, as data. ------------------------------------------------
+
 NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
-NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
+"""Councils, device ids and anything else that becomes a folder, a key or a topic level."""
+NAME_RE = re.compile(NAME_PATTERN)
+"""Always with `fullmatch` (or `is_name`): `$` would let a trailing newline through."""
+
+OBSERVED_FROM = datetime(1970, 1, 1, tzinfo=UTC)
+OBSERVED_UNTIL = datetime(3000, 1, 1, tzinfo=UTC)
+"""The observation window, [OBSERVED_FROM, OBSERVED_UNTIL): a time outside it is a unit or clock
+error (milliseconds sent as seconds, a gateway that lost its clock), `timestamp_out_of_range`."""
+EPOCH_MAX = int((OBSERVED_UNTIL - OBSERVED_FROM).total_seconds())
+"""Epoch seconds of OBSERVED_UNTIL: 32,503,680,000."""
+CLOCK_SKEW_MAX_S = 600
+"""How far after its receive time a reading may say it was observed (a gateway clock running
+fast); later is `future_timestamp`. Judged against the receive time the listener recorded, so a
+replay gives the same answer as the first staging."""
+MSG_ID_MAX = 200
+"""Longest `msg_id`, in characters."""
+COMMON_FIELDS = frozenset({"observed_at", "msg_id", "lat", "lon"})
+"""Fields a reading of any domain may carry besides its dataset's own."""
+
+
+def is_name(value: Any) -> bool:
+    """Whether `value` is a valid Civicflow name (NAME_PATTERN, whole string)."""
+    return isinstance(value, str) and NAME_RE.fullmatch(value) is not None
+
+
+class Rule(StrEnum):
+    """Checks across the fields of one reading that a dataset declares (`Dataset.rules`).
+
+    Every decoder implements each rule it applies; a decoder that does not know a rule a dataset
+    declares must not decode that dataset (the fast path then hands it to the reference, and says so).
+    """
+
+    CAR_PARK_COUNTS = "car_park_counts"
+    """occupied_spots and total_spots come together, occupied_spots <= total_spots, and
+    occupancy = occupied_spots / total_spots."""
+
+
 LICENCE = {
     "name": "OGL-UK-3.0",
     "path": "https://www.nationalarchives.gov.uk/doc/open-government-licence/version/3/",
@@ -104,6 +146,7 @@ class Dataset:
     natural_key: tuple[str, ...] = ("council", "device_id", "observed_at")
     qualifiers: tuple[Column, ...] = field(default=())
     derived: tuple[Column, ...] = field(default=())
+    rules: tuple[Rule, ...] = field(default=())
 
     @property
     def measurement_names(self) -> tuple[str, ...]:
@@ -225,6 +268,7 @@ PARKING = Dataset(
             fiware="occupancy",
         ),
     ),
+    rules=(Rule.CAR_PARK_COUNTS,),
 )
 
 TRAFFIC = Dataset(

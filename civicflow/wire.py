@@ -22,11 +22,12 @@ class WireFormat(StrEnum):
 _NAME_RE = re.compile(NAME_PATTERN)  # always fullmatch: a topic level is a name or it is not
 _DOMAINS = frozenset(d.value for d in Domain)
 _LORA_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+# The patterns are matched with `fullmatch` only: `$` would let a trailing newline through.
 TTS_TOPIC_RE = re.compile(
-    rf"^v3/(?P<application>{_LORA_ID})@(?P<tenant>{_LORA_ID})/devices/(?P<device>{_LORA_ID})/up$"
+    rf"v3/(?P<application>{_LORA_ID})@(?P<tenant>{_LORA_ID})/devices/(?P<device>{_LORA_ID})/up"
 )
 CHIRPSTACK_TOPIC_RE = re.compile(
-    rf"^application/(?P<application>{_LORA_ID})/device/(?P<dev_eui>[0-9A-Fa-f]{{16}})/event/up$"
+    rf"application/(?P<application>{_LORA_ID})/device/(?P<dev_eui>[0-9A-Fa-f]{{16}})/event/up"
 )
 
 
@@ -39,9 +40,9 @@ def topic_format(topic: str, prefix: str) -> WireFormat | None:
         if len(parts) == 5 and parts[4] == "senml":
             return WireFormat.SENML
         return None
-    if TTS_TOPIC_RE.match(topic):
+    if TTS_TOPIC_RE.fullmatch(topic):
         return WireFormat.TTS_V3
-    if CHIRPSTACK_TOPIC_RE.match(topic):
+    if CHIRPSTACK_TOPIC_RE.fullmatch(topic):
         return WireFormat.CHIRPSTACK_V4
     return None
 

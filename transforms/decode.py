@@ -10,26 +10,45 @@ which `decode_reading` validates.
 
 from __future__ import annotations
 
+import calendar
+import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
 
-from civicflow.contract import DATASETS, LOCATION_COLUMNS, NAME_RE, Column, Dataset, Domain, Reason
+from civicflow.contract import (
+    CLOCK_SKEW_MAX_S,
+    COMMON_FIELDS,
+    DATASETS,
+    EPOCH_MAX,
+    LOCATION_COLUMNS,
+    MSG_ID_MAX,
+    OBSERVED_FROM,
+    OBSERVED_UNTIL,
+    Column,
+    Dataset,
+    Domain,
+    Reason,
+    Rule,
+    is_name,
+)
 from civicflow.registry import CouncilRegistry, Device, Registry
 from civicflow.wire import WireFormat, topic_format
 from transforms.invalid import Invalid
 from transforms.lorawan import find_owner, parse_chirpstack, parse_tts, profile_reading
 from transforms.senml import group_by_time, reading_object, resolve_pack
 
-COMMON_FIELDS = frozenset({"observed_at", "msg_id", "lat", "lon"})
-RFC3339_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?$")
-EPOCH_MAX = 32503680000  # 3000-01-01: anything later is a unit error (ms or ns sent as seconds)
-MSG_ID_MAX = 200
+# RFC 3339 date-time, ASCII digits only (`\d` would take any script's digits), matched in full
+RFC3339_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"
+    r"([Zz]|([+-])([0-9]{2}):([0-9]{2}))?"
+)
+CLOCK_SKEW_MAX = timedelta(seconds=CLOCK_SKEW_MAX_S)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -91,7 +110,7 @@ def parse_topic(topic: bytes, prefix: str) -> Topic:
         )
     _, council, domain, device_id = parts
     for what, value in (("council", council), ("device_id", device_id)):
-        if not NAME_RE.match(value):
+        if not is_name(value):
             raise _Invalid(Reason.BAD_TOPIC, f"{what} {value[:80]!r} must match [a-z0-9][a-z0-9_-]{{0,63}}")
     try:
         dom = Domain(domain)
@@ -102,28 +121,53 @@ def parse_topic(topic: bytes, prefix: str) -> Topic:
 
 
 def parse_observed_at(value: Any, council: CouncilRegistry | None = None) -> datetime:
-    """RFC 3339 with a UTC offset, or epoch seconds; returned as aware UTC.
+    """RFC 3339 with a UTC offset, or epoch seconds; returned as aware UTC inside the contract's window.
 
     A datetime comes only from a gateway format's parser (SenML resolves times itself), never
     from JSON, and is always aware. RFC 3339 without an offset is local time of the council's
     `timezone` when its registry file declares one (`local_to_utc`), and refused otherwise.
+    Refused, each with its own reason: text that is not RFC 3339 (`invalid_timestamp`), a date or
+    time the calendar does not have such as 2023-02-29, 24:00:00 or a leap second (`invalid_date`),
+    an offset beyond ±23:59 such as +01:60 (`invalid_offset`), and a time outside
+    [1970-01-01, 3000-01-01) UTC (`timestamp_out_of_range`).
     """
     if isinstance(value, datetime) and value.tzinfo is not None:
-        return value.astimezone(UTC)
+        return _in_window(value.astimezone(UTC), value)
     if isinstance(value, bool):
         raise _Invalid(Reason.INVALID_TIMESTAMP, "observed_at is a boolean")
     if isinstance(value, int | float):
-        if not math.isfinite(value) or not 0 <= value < EPOCH_MAX:
+        if not math.isfinite(value):
+            raise _Invalid(Reason.INVALID_TIMESTAMP, f"observed_at {value!r} is not a number of seconds")
+        if not 0 <= value < EPOCH_MAX:
             raise _Invalid(
-                Reason.INVALID_TIMESTAMP, f"observed_at {value!r} is not epoch seconds between 1970 and 3000"
+                Reason.TIMESTAMP_OUT_OF_RANGE,
+                f"observed_at {value!r} is not epoch seconds between 1970 and 3000 (milliseconds?)",
             )
         return datetime.fromtimestamp(value, tz=UTC)
     if not isinstance(value, str):
         raise _Invalid(Reason.INVALID_TIMESTAMP, "observed_at must be an RFC 3339 string or a number")
-    m = RFC3339_RE.match(value)
+    m = RFC3339_RE.fullmatch(value)
     if m is None:
         raise _Invalid(Reason.INVALID_TIMESTAMP, f"observed_at {value[:64]!r} is not RFC 3339")
-    day, clock, fraction, offset = m.groups()
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    fraction, offset, sign, off_h, off_m = m.groups()[6:]
+    if sign is not None and (int(off_h) > 23 or int(off_m) > 59):
+        raise _Invalid(
+            Reason.INVALID_OFFSET,
+            f"observed_at {value!r} has offset {offset}, which is no UTC offset (-23:59 to +23:59)",
+        )
+    if not (
+        1 <= month <= 12
+        and 1 <= day <= calendar.monthrange(max(year, 1), month)[1]
+        and hour <= 23
+        and minute <= 59
+        and second <= 59
+    ):
+        raise _Invalid(
+            Reason.INVALID_DATE,
+            f"observed_at {value!r} is not a date and time of the calendar (months 01-12, days of "
+            "the month, hours 00-23, minutes and seconds 00-59; no leap seconds)",
+        )
     zone = council.zone if council is not None else None
     if offset is None and zone is None:
         raise _Invalid(
@@ -131,17 +175,32 @@ def parse_observed_at(value: Any, council: CouncilRegistry | None = None) -> dat
             f"observed_at {value!r} has no UTC offset (add Z or +hh:mm, or declare the council's "
             "timezone in its registry file)",
         )
-    fraction = (fraction or "")[:7]
-    try:
-        parsed = datetime.fromisoformat(f"{day}T{clock}{fraction}{(offset or '').upper()}")
-    except ValueError as exc:
-        raise _Invalid(Reason.INVALID_TIMESTAMP, f"observed_at {value!r}: {exc}") from exc
-    try:
-        if offset is None and council is not None and zone is not None:
-            return local_to_utc(parsed, zone, council.ambiguous_local_time, value)
-        return parsed.astimezone(UTC)
-    except OverflowError as exc:  # 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
-        raise _Invalid(Reason.INVALID_TIMESTAMP, f"observed_at {value!r} is out of range") from exc
+    if not 1969 <= year <= 3000:  # the offset moves a time by less than a day
+        raise _out_of_range(value)
+    micros = int(((fraction or "")[1:] + "000000")[:6])
+    naive = datetime(year, month, day, hour, minute, second, micros)
+    if offset is None and council is not None and zone is not None:
+        return _in_window(local_to_utc(naive, zone, council.ambiguous_local_time, value), value)
+    if sign is None:  # Z
+        utc = naive.replace(tzinfo=UTC)
+    else:
+        delta = timedelta(hours=int(off_h), minutes=int(off_m))
+        utc = naive.replace(tzinfo=timezone(delta if sign == "+" else -delta)).astimezone(UTC)
+    return _in_window(utc, value)
+
+
+def _out_of_range(value: Any) -> Invalid:
+    return _Invalid(
+        Reason.TIMESTAMP_OUT_OF_RANGE,
+        f"observed_at {str(value)[:64]!r} is outside the contract's window, 1970-01-01 to "
+        "3000-01-01 UTC (is the gateway's clock set?)",
+    )
+
+
+def _in_window(utc: datetime, value: Any) -> datetime:
+    if not OBSERVED_FROM <= utc < OBSERVED_UNTIL:
+        raise _out_of_range(value)
+    return utc
 
 
 def local_to_utc(naive: datetime, zone: ZoneInfo, ambiguous: str, text: str) -> datetime:
@@ -201,7 +260,7 @@ def _check_column(col: Column, value: Any) -> Any:
     return value
 
 
-def _check_parking(reading: dict[str, Any]) -> None:
+def _car_park_counts(reading: dict[str, Any]) -> None:
     occupied, total = reading.get("occupied_spots"), reading.get("total_spots")
     if occupied is None and total is None:
         return  # a single-bay sensor: status only
@@ -215,7 +274,11 @@ def _check_parking(reading: dict[str, Any]) -> None:
     reading["occupancy"] = occupied / total
 
 
-DOMAIN_CHECKS = {Domain.PARKING: _check_parking}
+RULES = {Rule.CAR_PARK_COUNTS: _car_park_counts}
+"""How this decoder applies each rule a dataset declares (`Dataset.rules` in the contract)."""
+_missing = {rule for dataset in DATASETS.values() for rule in dataset.rules} - set(RULES)
+if _missing:  # a rule the contract declares must never be skipped
+    raise RuntimeError(f"transforms.decode implements no check for rule(s) {sorted(_missing)}")
 
 
 def decode_reading(
@@ -241,6 +304,13 @@ def decode_reading(
     if "observed_at" not in obj:
         raise _Invalid(Reason.MISSING_FIELD, "reading has no observed_at")
     observed_at = parse_observed_at(obj["observed_at"], council)
+    if received_at is not None and observed_at > received_at + CLOCK_SKEW_MAX:
+        raise _Invalid(
+            Reason.FUTURE_TIMESTAMP,
+            f"observed_at {observed_at:%Y-%m-%dT%H:%M:%S}Z is more than {CLOCK_SKEW_MAX_S} s after "
+            f"the message was received ({received_at.astimezone(UTC):%Y-%m-%dT%H:%M:%S}Z): set the "
+            "gateway's clock (NTP) or send its local time with a UTC offset",
+        )
     reading: dict[str, Any] = {
         "council": topic.council,
         "device_id": topic.device_id,
@@ -270,7 +340,8 @@ def decode_reading(
         raise _Invalid(Reason.MISSING_FIELD, "lat and lon come together")
     for col, value in zip(LOCATION_COLUMNS, (lat, lon), strict=True):
         reading[col.name] = None if value is None else _check_column(col, value)
-    DOMAIN_CHECKS.get(dataset.domain, lambda r: None)(reading)
+    for rule in dataset.rules:
+        RULES[rule](reading)
     if council is not None and received_at is not None and council.too_late(observed_at, received_at):
         raise _Invalid(
             Reason.TOO_LATE,
@@ -309,8 +380,74 @@ def json_too_deep(doc: Any, payload: bytes, limit: int) -> bool:
     return False
 
 
-def load_json(payload: bytes, limits: Limits) -> Any:
-    """Parse a UTF-8 JSON payload no deeper than the limit; raise Invalid otherwise."""
+# Every JSON string, and whether it is an object key (followed by a colon). Matching whole strings
+# from the first quote keeps the scan aligned: in valid JSON every other quote opens a string.
+_JSON_STRING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"([ \t\n\r]*:)?', re.S)
+
+
+class DuplicateKeys(dict):
+    """A JSON object in which a key appears more than once; `key` is the first one repeated."""
+
+    key: str
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    repeated = None
+    for key, value in pairs:
+        if repeated is None and key in obj:
+            repeated = key
+        obj[key] = value
+    if repeated is None:
+        return obj
+    out = DuplicateKeys(obj)
+    out.key = repeated
+    return out
+
+
+def _keys_parsed(doc: Any) -> int:
+    """How many keys the parsed document's objects hold; iterative."""
+    count, stack = 0, [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            count += len(node)
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, dict | list))
+    return count
+
+
+def duplicate_key_detail(obj: DuplicateKeys) -> str:
+    return f"key {obj.key[:80]!r} appears more than once in one JSON object: send each key once"
+
+
+def _refuse_nested_duplicates(doc: Any, items: bool) -> None:
+    """Raise DUPLICATE_KEY for a repeated key anywhere but in the readings themselves (`items`)."""
+    if items:
+        roots = doc if isinstance(doc, list) else [doc]
+        stack = [v for item in roots if isinstance(item, dict) for v in item.values()]
+        stack += [item for item in roots if isinstance(item, list)]
+    else:
+        stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, DuplicateKeys):
+            raise Invalid(Reason.DUPLICATE_KEY, duplicate_key_detail(node))
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def load_json(payload: bytes, limits: Limits, *, items: bool = False) -> Any:
+    """Parse a UTF-8 JSON payload no deeper than the limit and without repeated keys; raise Invalid otherwise.
+
+    A key given twice in one object (`{"occupied_spots": 5, "occupied_spots": 500}`) is refused as
+    `duplicate_key`, never resolved silently. With `items`, an object that is a reading (the
+    document, or an element of a top-level array) is returned as a `DuplicateKeys` for the caller
+    to refuse that reading alone; a repeated key anywhere else refuses the whole message.
+    """
     try:
         payload.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -325,6 +462,11 @@ def load_json(payload: bytes, limits: Limits) -> Any:
         raise Invalid(Reason.NOT_JSON, f"payload is not JSON: {str(exc)[:160]}") from exc
     if json_too_deep(doc, payload, limits.max_json_depth):
         raise Invalid(Reason.JSON_TOO_DEEP, f"JSON nests deeper than {limits.max_json_depth} levels")
+    if b'"' in payload:
+        in_text = sum(1 for colon in _JSON_STRING_RE.findall(payload) if colon)
+        if in_text != _keys_parsed(doc):  # orjson kept the last of a repeated key's values
+            doc = json.loads(payload, object_pairs_hook=_pairs)
+            _refuse_nested_duplicates(doc, items)
     return doc
 
 
@@ -404,7 +546,7 @@ def _decode_city(
             f"fix the topic or registry/{council}.toml",
         )
     try:
-        doc = load_json(payload, limits)
+        doc = load_json(payload, limits, items=fmt != WireFormat.SENML)
     except Invalid as exc:
         return reject_message(exc.reason, exc.detail)
     if fmt == WireFormat.SENML:
@@ -425,6 +567,10 @@ def _decode_city(
         return reject_message(Reason.NOT_AN_OBJECT, "payload must be a JSON object or an array of objects")
     batch = isinstance(doc, list)
     for index, item in enumerate(items):
+        if isinstance(item, DuplicateKeys):  # the bytes as sent: the parsed object kept one value
+            detail = duplicate_key_detail(item)
+            out.rejections.append(Rejection(Reason.DUPLICATE_KEY, detail, payload, index, **where))
+            continue
         try:
             reading = decode_reading(
                 fill_from_registry(item, device),

@@ -18,8 +18,11 @@ over the typed columns they return:
 2. `json_transform` to the domain's columns (numbers as DOUBLE, strings as VARCHAR): one parse.
 
 `check` then applies the rest of `decode_reading` with numpy: ranges, defaults, `lat` with
-`lon`, at least one measurement, car-park counts and occupancy, `msg_id` length, and RFC 3339
-times converted to microseconds with the reference's truncation (`rfc3339_us`).
+`lon`, at least one measurement, the dataset's rules (car-park counts and occupancy), `msg_id`
+length, RFC 3339 times converted to microseconds with the reference's truncation (`rfc3339_us`)
+inside the contract's window, and the clock-skew allowance against each record's receive time.
+Every limit is read from civicflow/contract.py, as the reference reads it: there is no copy here
+to drift.
 """
 
 from __future__ import annotations
@@ -32,8 +35,16 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from civicflow.contract import LOCATION_COLUMNS, Column, Dataset, Domain
-from transforms import decode as reference
+from civicflow.contract import (
+    CLOCK_SKEW_MAX_S,
+    COMMON_FIELDS,
+    EPOCH_MAX,
+    LOCATION_COLUMNS,
+    MSG_ID_MAX,
+    Column,
+    Dataset,
+    Rule,
+)
 
 WS = r"[ \t\n\r]*"
 # At most 15 integer digits: every such number is exact in a double, so an integer literal read as
@@ -65,7 +76,7 @@ def fields(dataset: Dataset) -> dict[str, tuple[str, str]]:
     out = {"observed_at": ("VARCHAR", OBSERVED_AT_RE), "msg_id": ("VARCHAR", MSG_ID_RE)}
     for col in (*dataset.reading_fields, *LOCATION_COLUMNS):
         out[col.name] = ("VARCHAR" if col.type == "string" else "DOUBLE", _value_re(col))
-    assert set(out) == reference.COMMON_FIELDS | {c.name for c in dataset.reading_fields}
+    assert set(out) == COMMON_FIELDS | {c.name for c in dataset.reading_fields}
     return out
 
 
@@ -130,10 +141,9 @@ def rfc3339_us(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
     Each text is one the grammar let through: `YYYY-MM-DDTHH:MM:SS[.f+](Z|±hh:mm)`, or integer
     epoch seconds. As `parse_observed_at` does it: the fraction is cut to six digits, the offset
-    subtracted, epoch seconds taken below EPOCH_MAX. What the reference would refuse (a day or
-    hour out of range, a leap second, an offset of 24 hours) is not accepted, nor is what it
-    takes but this does not try to match: years before 1970 or after 2999, and minutes of an
-    offset above 59 (Python reads `+01:60` as `+02:00`).
+    subtracted, epoch seconds taken below EPOCH_MAX. What the reference refuses (a day or hour
+    out of range, a leap second, an offset beyond 23:59, a time outside the contract's window)
+    is not accepted, nor are years before 1970 or after 2999 in the text (the reference says why).
     """
     texts = texts.cast(pa.string())
     n = len(texts)
@@ -183,7 +193,7 @@ def rfc3339_us(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     local = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
     offset = np.where(zulu, 0, sign * (off_h * 3600 + off_m * 60))
     us = np.where(epoch, seconds * 1_000_000, (local - offset) * 1_000_000 + micros)
-    ok = np.where(epoch, seconds < reference.EPOCH_MAX, clock_ok & (us >= 0))
+    ok = np.where(epoch, seconds < EPOCH_MAX, clock_ok & (us >= 0) & (us < EPOCH_MAX * 1_000_000))
     return us, ok
 
 
@@ -193,12 +203,18 @@ def _numbers(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return arr.fill_null(0.0).to_numpy(zero_copy_only=False), arr.is_valid().to_numpy(zero_copy_only=False)
 
 
-def check(dataset: Dataset, res: pa.Table) -> tuple[np.ndarray, dict[str, pa.Array]]:
+RULES = frozenset({Rule.CAR_PARK_COUNTS})
+"""The contract's rules `check` applies; a dataset declaring any other is left to the reference."""
+
+
+def check(dataset: Dataset, res: pa.Table, received_us: np.ndarray) -> tuple[np.ndarray, dict[str, pa.Array]]:
     """Which rows of a `query` result the reference accepts as they are, and their values.
 
-    Returns the mask of accepted rows and, for those rows, every value column of the staged
-    table plus `observed_us` and `event_day` (days since the epoch).
+    `received_us` is each row's receive time in microseconds (the clock-skew rule). Returns the
+    mask of accepted rows and, for those rows, every value column of the staged table plus
+    `observed_us` and `event_day` (days since the epoch).
     """
+    assert set(dataset.rules) <= RULES, f"{dataset.domain} declares rules the fast path lacks"
     n = res.num_rows
     ok = np.ones(n, bool)
     values: dict[str, tuple[np.ndarray, np.ndarray] | pa.Array] = {}
@@ -221,17 +237,18 @@ def check(dataset: Dataset, res: pa.Table) -> tuple[np.ndarray, dict[str, pa.Arr
 
     ok &= present("lat") == present("lon")
     ok &= np.logical_or.reduce([present(c.name) for c in dataset.measurements])
-    if dataset.domain == Domain.PARKING:
+    if Rule.CAR_PARK_COUNTS in dataset.rules:
         (occupied, has_occupied), (total, has_total) = values["occupied_spots"], values["total_spots"]
         ok &= has_occupied == has_total
         ok &= ~has_occupied | (occupied <= total)
         with np.errstate(divide="ignore", invalid="ignore"):
             values["occupancy"] = (occupied / np.where(has_total, total, 1), has_occupied)
     msg_id = res.column("msg_id").combine_chunks()
-    ok &= pc.fill_null(pc.binary_length(msg_id), 0).to_numpy(zero_copy_only=False) <= reference.MSG_ID_MAX
+    ok &= pc.fill_null(pc.binary_length(msg_id), 0).to_numpy(zero_copy_only=False) <= MSG_ID_MAX
     observed_at = res.column("observed_at").combine_chunks()
     us, time_ok = rfc3339_us(observed_at)
     ok &= time_ok & observed_at.is_valid().to_numpy(zero_copy_only=False)
+    ok &= us <= received_us + CLOCK_SKEW_MAX_S * 1_000_000
     keep = np.flatnonzero(ok)
     out: dict[str, pa.Array] = {}
     for name, v in values.items():

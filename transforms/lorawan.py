@@ -25,14 +25,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from civicflow.contract import NAME_RE, Dataset, Domain, Reason
+from civicflow.contract import NAME_PATTERN, Dataset, Domain, Reason, is_name
 from civicflow.registry import Device, Match, Registry
 from civicflow.wire import CHIRPSTACK_TOPIC_RE, TTS_TOPIC_RE
 from transforms.invalid import Invalid
 from transforms.profiles import PROFILES, Kind, Profile
 from transforms.units import convert
 
-DEV_EUI_RE = re.compile(r"^[0-9A-Fa-f]{16}$")
+DEV_EUI_RE = re.compile(r"[0-9A-Fa-f]{16}")  # fullmatch only
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def _text(value: Any, what: str, limit: int = 80) -> str:
 
 def parse_tts(topic: str, doc: Any) -> Uplink:
     """The Things Stack v3 uplink message (`v3/<application>@<tenant>/devices/<device>/up`)."""
-    m = TTS_TOPIC_RE.match(topic)
+    m = TTS_TOPIC_RE.fullmatch(topic)
     assert m is not None  # topic_format chose this parser
     if not isinstance(doc, dict):
         raise Invalid(Reason.NOT_AN_OBJECT, "a The Things Stack uplink must be a JSON object")
@@ -83,7 +83,7 @@ def parse_tts(topic: str, doc: Any) -> Uplink:
             f"uplink of {application}/{device} published on the topic of {m['application']}/{m['device']}",
         )
     dev_eui = _get(ids, "dev_eui")
-    if dev_eui is not None and (not isinstance(dev_eui, str) or not DEV_EUI_RE.match(dev_eui)):
+    if dev_eui is not None and (not isinstance(dev_eui, str) or not DEV_EUI_RE.fullmatch(dev_eui)):
         raise Invalid(Reason.INVALID_VALUE, "end_device_ids.dev_eui is not 16 hex digits")
     up = _get(doc, "uplink_message")
     if not isinstance(up, dict):
@@ -126,7 +126,7 @@ def parse_tts(topic: str, doc: Any) -> Uplink:
 
 def parse_chirpstack(topic: str, doc: Any) -> Uplink:
     """ChirpStack v4 up event (`application/<application-id>/device/<DevEUI>/event/up`)."""
-    m = CHIRPSTACK_TOPIC_RE.match(topic)
+    m = CHIRPSTACK_TOPIC_RE.fullmatch(topic)
     assert m is not None
     if not isinstance(doc, dict):
         raise Invalid(Reason.NOT_AN_OBJECT, "a ChirpStack up event must be a JSON object")
@@ -173,11 +173,18 @@ class Owner:
 
 
 def _unknown_device_id(uplink: Uplink) -> str:
-    """Device id of an unregistered device a council accepts: its LoRaWAN id if it is a valid name."""
+    """Device id of an unregistered device a council accepts: its LoRaWAN id if it is a valid name,
+    else `eui-<DevEUI>`; an uplink with neither is refused (the id becomes folders and keys)."""
     candidate = uplink.device.lower()
-    if NAME_RE.match(candidate):
+    if is_name(candidate):
         return candidate
-    return f"eui-{uplink.dev_eui.lower()}" if uplink.dev_eui else candidate[:64]
+    if uplink.dev_eui:
+        return f"eui-{uplink.dev_eui.lower()}"
+    raise Invalid(
+        Reason.UNKNOWN_DEVICE,
+        f"{uplink.describe()}: device id {uplink.device[:80]!r} is not a Civicflow device id "
+        f"({NAME_PATTERN}) and the uplink has no DevEUI; register the device with a device_id",
+    )
 
 
 def find_owner(uplink: Uplink, registry: Registry | None) -> Owner:

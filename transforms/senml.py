@@ -21,16 +21,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from civicflow.contract import Dataset, Reason
+from civicflow.contract import EPOCH_MAX, Dataset, Reason
 from transforms.invalid import Invalid
 from transforms.profiles import SENML_IGNORED, SENML_NAMES
 from transforms.units import convert
 
 SENML_VERSION = 10
 RELATIVE_LIMIT = 2**28  # RFC 8428: a resolved time below this is relative to the receive time
-NAME_RE = re.compile(r"^[A-Za-z0-9][-_:.A-Za-z0-9/]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][-_:.A-Za-z0-9/]*")  # fullmatch only
 LABELS = frozenset({"bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd", "s", "t", "ut"})
-EPOCH_MAX = 32503680000  # 3000-01-01
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +90,7 @@ def resolve_pack(pack: list, received_at: datetime | None) -> list[Record]:
         if "bv" in rec:
             bv = _number(rec, "bv", index)
         name = bn + (_string(rec, "n", index) or "")
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise Invalid(
                 Reason.INVALID_VALUE,
                 f"SenML record {index}: name {name[:80]!r} is empty or not [A-Za-z0-9][-_:.A-Za-z0-9/]*",
@@ -105,13 +104,14 @@ def resolve_pack(pack: list, received_at: datetime | None) -> list[Record]:
                 )
             if not 0 <= received_at.timestamp() + t < EPOCH_MAX:
                 raise Invalid(
-                    Reason.INVALID_TIMESTAMP,
+                    Reason.TIMESTAMP_OUT_OF_RANGE,
                     f"SenML record {index}: relative time {t:g} s falls outside 1970..3000",
                 )
             time = received_at.astimezone(UTC) + timedelta(seconds=t)
         elif t >= EPOCH_MAX:
             raise Invalid(
-                Reason.INVALID_TIMESTAMP, f"SenML record {index}: time {t:g} is after 3000 (milliseconds?)"
+                Reason.TIMESTAMP_OUT_OF_RANGE,
+                f"SenML record {index}: time {t:g} is after 3000 (milliseconds?)",
             )
         else:
             time = datetime.fromtimestamp(t, tz=UTC)

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from civicflow.contract import NAME_RE, Domain, Reason
+from civicflow.contract import Domain, Reason, is_name
 from ingest.samples import (
     ABERDEEN_AIR_QUALITY,
     BIRMINGHAM_PARKING,
@@ -51,7 +51,7 @@ def check_topics(messages: list[tuple[str, bytes]], council: str, domain: Domain
     for topic in (t for t, _ in messages):
         prefix, topic_council, topic_domain, device_id = topic.split("/")
         assert (prefix, topic_council, topic_domain) == ("city", council, domain.value)
-        assert NAME_RE.match(device_id), device_id
+        assert is_name(device_id), device_id
         devices.add(device_id)
     return devices
 

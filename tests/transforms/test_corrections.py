@@ -16,6 +16,7 @@ from warehouse.layout import Layout
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 S = 10**9  # nanoseconds in a second
+RECEIVED = 1_772_500_000 * S  # 2026-03-03T01:06:40Z: after the readings these tests land
 
 
 def seg_id(layout, path):
@@ -34,7 +35,7 @@ def corrections(con):
 
 def test_a_correction_replaces_the_value_and_is_recorded_with_both_lineages(wh):
     layout, con = wh
-    first = land(layout, [car_park("p1", "2026-03-02T08:00:00Z", 10)], received_at_ns=1_000 * S)
+    first = land(layout, [car_park("p1", "2026-03-02T08:00:00Z", 10)], received_at_ns=RECEIVED + 1_000 * S)
     stage_segments(layout, con, LIMITS, now=NOW)
     assert corrections(con) == []
     lineage = "segment_id, record_offset, reading_index, epoch_ns(received_at) // 1000"
@@ -43,7 +44,7 @@ def test_a_correction_replaces_the_value_and_is_recorded_with_both_lineages(wh):
     second = land(
         layout,
         [car_park("p2", "2026-03-02T08:00:00Z", 5), car_park("p1", "2026-03-02T08:00:00Z", 11)],
-        received_at_ns=2_000 * S,
+        received_at_ns=RECEIVED + 2_000 * S,
     )
     result = stage_segments(layout, con, LIMITS, now=NOW)
     assert (result.readings, result.duplicates, result.corrections) == (2, 1, 1)
@@ -67,20 +68,21 @@ def test_a_correction_replaces_the_value_and_is_recorded_with_both_lineages(wh):
     assert row[:6] == ("parking", "testtown", "2026-03-02", "p1", None, "2026-03-02T08:00:00Z")
     assert (orjson.loads(row[6]), orjson.loads(row[7])) == (old, new)
     assert row[8:] == (*staged_before, *staged_after, True)
-    assert (staged_before[3], staged_after[3]) == (1_000 * 10**6, 2_000 * 10**6)
+    received = (RECEIVED // S + 1_000) * 10**6, (RECEIVED // S + 2_000) * 10**6
+    assert (staged_before[3], staged_after[3]) == received
     assert con.execute("SELECT corrected_at FROM staged.corrections").fetchone() == (NOW,)
     assert con.execute("SELECT version FROM staged.partitions").fetchall() == [(2,)]
 
 
 def test_a_redelivery_records_no_correction_and_a_failed_run_records_none(wh):
     layout, con = wh
-    land(layout, [car_park("p1", "2026-03-02T08:00:00Z", 10)], received_at_ns=1_000 * S)
+    land(layout, [car_park("p1", "2026-03-02T08:00:00Z", 10)], received_at_ns=RECEIVED + 1_000 * S)
     stage_segments(layout, con, LIMITS, now=NOW)
-    land(layout, [car_park("p1", "2026-03-02T08:00:00Z", 10)], received_at_ns=1_500 * S)
+    land(layout, [car_park("p1", "2026-03-02T08:00:00Z", 10)], received_at_ns=RECEIVED + 1_500 * S)
     again = stage_segments(layout, con, LIMITS, now=NOW)
     assert (again.duplicates, again.corrections, corrections(con)) == (1, 0, [])
 
-    fix = land(layout, [car_park("p1", "2026-03-02T08:00:00Z", 12)], received_at_ns=2_000 * S)
+    fix = land(layout, [car_park("p1", "2026-03-02T08:00:00Z", 12)], received_at_ns=RECEIVED + 2_000 * S)
     # The ledger refuses this segment: the run fails after the merge and must leave nothing behind.
     con.execute("ALTER TABLE raw.segments RENAME TO segments_before")
     con.execute(f"""CREATE TABLE raw.segments (
@@ -116,7 +118,7 @@ def test_corrections_are_the_same_staged_one_segment_at_a_time_or_all_at_once(tm
     for i, msgs in enumerate(
         [[lane(1, 10), lane(2, 7)], [lane(1, 11)], [lane(1, 11), lane(2, 7)], [lane(1, 10), lane(2, 8)]]
     ):
-        land(one, msgs, received_at_ns=(1_000 + i) * S)
+        land(one, msgs, received_at_ns=RECEIVED + (1_000 + i) * S)
     many = Layout(tmp_path / "many")
     shutil.copytree(one.raw, many.raw)
     tables = []
@@ -134,7 +136,7 @@ def test_corrections_are_the_same_staged_one_segment_at_a_time_or_all_at_once(tm
     changes = [(r[4], orjson.loads(r[6])["intensity"], orjson.loads(r[7])["intensity"]) for r in tables[0]]
     assert changes == [(1, 10, 11), (1, 11, 10), (2, 7, 8)]
     # The later 11 was a redelivery: the change back to 10 starts from the first copy of 11.
-    assert tables[0][1][11] == 1_001 * 10**6
+    assert tables[0][1][11] == (RECEIVED // S + 1_001) * 10**6
 
 
 def test_msg_id_is_a_hint_only_the_natural_key_decides(wh):
@@ -157,7 +159,7 @@ def test_msg_id_is_a_hint_only_the_natural_key_decides(wh):
                 {"observed_at": "2026-03-02T08:00:00Z", "status": "free", "msg_id": 8},
             ),
         ],
-        received_at_ns=1_000 * S,
+        received_at_ns=RECEIVED + 1_000 * S,
     )
     result = stage_segments(layout, con, LIMITS, now=NOW)
     assert (result.readings, result.duplicates, result.corrections) == (3, 1, 0)

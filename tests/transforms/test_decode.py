@@ -109,7 +109,7 @@ def test_batch_keeps_good_readings_and_quarantines_bad_ones_with_their_index():
         ),
         (
             {"observed_at": 1475564382000, "occupied_spots": 3, "total_spots": 5},
-            Reason.INVALID_TIMESTAMP,
+            Reason.TIMESTAMP_OUT_OF_RANGE,
             "between 1970 and 3000",
         ),
         (

@@ -33,6 +33,9 @@ NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 LATER = datetime(2026, 3, 11, 12, 0, tzinfo=UTC)
 
 
+RECEIVED = 1_772_500_000 * 10**9  # 2026-03-03T01:06:40Z: after every reading these tests land
+
+
 def land_at(layout: Layout, opened: str, messages, received_at_ns: int, listener: str = "l1") -> Path:
     """Land messages in one closed segment whose name says it was opened at `opened` (UTC)."""
     stamp = datetime.fromisoformat(opened).replace(tzinfo=UTC).timestamp()
@@ -80,9 +83,9 @@ def land_abc(layout: Layout, after_each=lambda: None) -> list[Path]:
     key = ("p1", "2026-03-01T08:00:00Z")
     landed = []
     for opened, value, ns in [
-        ("2026-03-01T09:00:00", 10, 1_000_000),  # A
-        ("2026-03-02T09:00:00", 11, 2_000_000),  # B
-        ("2026-03-03T09:00:00", 10, 3_000_000),  # C
+        ("2026-03-01T09:00:00", 10, RECEIVED + 1_000_000),  # A
+        ("2026-03-02T09:00:00", 11, RECEIVED + 2_000_000),  # B
+        ("2026-03-03T09:00:00", 10, RECEIVED + 3_000_000),  # C
     ]:
         landed.append(land_at(layout, opened, [car_park(*key, value)], ns))
         after_each()
@@ -153,7 +156,7 @@ def land_week(layout: Layout, after_each=lambda: None) -> None:
     for topic, payload in sample:
         by_day.setdefault(orjson.loads(payload)["observed_at"][:10], []).append((topic, payload))
     assert sorted(by_day) == [f"2016-10-{d:02d}" for d in range(4, 10)]
-    base = 1_475_000_000_000_000_000
+    base = 1_476_100_000_000_000_000  # 2016-10-10T11:46:40Z, after the week it lands
     for i, day in enumerate(sorted(by_day)):
         land_at(layout, f"{day}T23:00:00", by_day[day], base + i * 10**12)
         after_each()
@@ -251,10 +254,9 @@ def test_replay_after_a_limit_change_stages_what_was_quarantined_and_only_that_i
     layout, con = wh
     small = car_park("p1", "2026-03-01T08:00:00Z", 10)
     large = car_park("p2", "2026-03-02T08:00:00+00:00", 12, total=1000)
-    land_at(layout, "2026-03-01T09:00:00", [small], 1_000_000)
-    big = land_at(
-        layout, "2026-03-02T09:00:00", [large, car_park("p1", "2026-03-02T08:00:00Z", 3)], 2_000_000
-    )
+    land_at(layout, "2026-03-01T09:00:00", [small], RECEIVED + 1_000_000)
+    later = [large, car_park("p1", "2026-03-02T08:00:00Z", 3)]
+    big = land_at(layout, "2026-03-02T09:00:00", later, RECEIVED + 2_000_000)
     strict = Limits(max_payload_bytes=len(orjson.dumps(small[1])))
     stage_segments(layout, con, strict, now=NOW)
     assert con.execute("SELECT reason, device_id FROM quarantine.readings").fetchall() == [

@@ -64,9 +64,9 @@ def test_redelivered_messages_in_a_new_segment_do_not_double_count(wh):
 
 def test_a_different_value_for_the_same_key_replaces_the_earlier_one(wh):
     layout, con = wh
-    land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 10)], received_at_ns=1_000)
+    land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 10)], received_at_ns=1_475_600_000 * 10**9)
     stage_segments(layout, con, LIMITS)
-    land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 11)], received_at_ns=2_000)
+    land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 11)], received_at_ns=1_475_600_001 * 10**9)
     result = stage_segments(layout, con, LIMITS)
     assert result.changed_partitions == [("parking", "testtown", "2016-10-04")]
     assert con.execute("SELECT occupied_spots FROM staged.parking").fetchall() == [(11,)]
