@@ -81,7 +81,7 @@ class ListenerProcess:
         doc = self.status()
         return doc if self.proc is not None and doc.get("pid") == self.proc.pid else {}
 
-    def wait_subscribed(self, timeout_s: float = 30) -> dict:
+    def wait_subscribed(self, timeout_s: float = 120) -> dict:
         return self.wait_for(
             lambda: (doc := self.own_status()).get("state") == "subscribed" and doc, timeout_s, "subscribing"
         )
