@@ -283,7 +283,7 @@ def test_a_failing_task_fails_the_batch_and_says_where_to_look(tmp_path, airflow
 def test_backfill_dag_replays_a_range_and_publish_follows(tmp_path, airflow_home):
     settings = Settings(data_root=tmp_path / "data")
     layout = Layout(settings.data_root)
-    land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 10)], received_at_ns=1_000)
+    land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 10)], received_at_ns=1_475_600_000 * 10**9)
     land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 12), car_park("p2", "2016-10-05T08:00:00Z", 3)])
     home = airflow_home
     assert run_batch(settings, airflow_home=home).ok
