@@ -136,14 +136,14 @@ def _decode_parts(
             "segment_id": seg,
             "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
-            "records": len(cols),
+            "records": cols.live,
             "readings": readings,
             "rejected": rejected,
             "staged_at": now,
         }
     )
     result.segments += 1
-    result.records += len(cols)
+    result.records += cols.live
     result.readings += readings
     result.quarantined.update(r["reason"] for r in quarantine_rows)
 
@@ -358,6 +358,8 @@ def export_partitions(con: duckdb.DuckDBPyConnection, layout: Layout) -> list[Pa
 
 def _runs(sorted_values: pa.ChunkedArray) -> tuple[list[str], list[tuple[int, int]]]:
     """The distinct values of a sorted column and the (start, length) of each one's run."""
+    if len(sorted_values) == 0:  # a day whose partitions were all emptied (erasure, replay)
+        return [], []
     counts = pc.value_counts(sorted_values)  # in order of first appearance: sorted
     values = counts.field("values").to_pylist()
     lengths = counts.field("counts").to_numpy()

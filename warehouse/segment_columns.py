@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from warehouse.segments import FLAG_RETAIN, HEADER, MAGIC, QOS_SHIFT, RawRecord
+from warehouse.segments import FLAG_ERASED, FLAG_RETAIN, HEADER, MAGIC, QOS_SHIFT, RawRecord
 
 _LENGTHS = struct.Struct("<IHI")  # crc32, topic_len, payload_len: what the scan loop needs
 assert HEADER.size == 19  # crc 0, topic_len 4, payload_len 6, received_at_ns 10, flags 18
@@ -41,6 +41,19 @@ class SegmentColumns:
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+    @property
+    def erased(self) -> np.ndarray:
+        """Which records are tombstones of erased messages (`FLAG_ERASED`): decoders skip them.
+
+        They stay in the columns, so that every record's parts keep their bounds.
+        """
+        return (self.flags & FLAG_ERASED) != 0
+
+    @property
+    def live(self) -> int:
+        """Records that are messages, tombstones not counted."""
+        return int(len(self.offsets) - np.count_nonzero(self.erased))
 
     @property
     def topic_starts(self) -> np.ndarray:
@@ -76,7 +89,9 @@ class SegmentColumns:
         )
 
     def records(self) -> list[RawRecord]:
-        return [self.record(i) for i in range(len(self.offsets))]
+        """The messages, tombstones of erased records left out."""
+        erased = self.erased
+        return [self.record(i) for i in range(len(self.offsets)) if not erased[i]]
 
 
 def scan_columns(data: bytes) -> SegmentColumns:

@@ -16,6 +16,7 @@ are read downstream.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import struct
@@ -35,6 +36,8 @@ TORN_SUFFIX = ".torn"
 FLAG_RETAIN = 0x01
 FLAG_DUP = 0x02
 QOS_SHIFT = 2
+FLAG_ERASED = 0x10
+"""An erased record (a tombstone): its topic and payload bytes are zeros, its length is kept."""
 
 
 class SegmentCorrupt(Exception):
@@ -90,6 +93,9 @@ def _scan(data: bytes | memoryview, path: Path) -> tuple[list[RawRecord], int, s
             return records, pos, "truncated record body"
         if zlib.crc32(data[pos + 4 : end]) != crc:
             return records, pos, "checksum mismatch"
+        if flags & FLAG_ERASED:  # a tombstone: a valid record that holds nothing
+            pos = end
+            continue
         t0 = pos + HEADER.size
         records.append(
             RawRecord(
@@ -106,7 +112,7 @@ def _scan(data: bytes | memoryview, path: Path) -> tuple[list[RawRecord], int, s
 
 
 def read_segment(path: Path) -> list[RawRecord]:
-    """Read every record of a closed segment.
+    """Read every record of a closed segment (tombstones of erased records are skipped).
 
     Raises:
         SegmentCorrupt: the file holds bytes past the last valid record. The records before
@@ -132,6 +138,43 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def erase_records(path: Path, offsets: set[int] | frozenset[int]) -> tuple[str, int]:
+    """Turn the records at `offsets` of a closed segment into tombstones; return (sha256, how many).
+
+    A tombstone keeps its record's length, receive time and QoS, so every other record keeps its
+    offset (its lineage identity) and the segment its size; its topic and payload bytes become
+    zeros, its flags gain `FLAG_ERASED` and its CRC is computed again. The new segment is written
+    beside the old one, fsynced and renamed over it, so a crash leaves one or the other whole.
+
+    Raises:
+        SegmentCorrupt: an offset is not the start of a valid record of the segment.
+    """
+    data = bytearray(path.read_bytes())
+    erased = 0
+    for offset in sorted(offsets):
+        if offset < len(MAGIC) or offset + HEADER.size > len(data):
+            raise SegmentCorrupt(path, offset, "no record starts there")
+        crc, topic_len, payload_len, received_ns, flags = HEADER.unpack_from(data, offset)
+        end = offset + HEADER.size + topic_len + payload_len
+        if end > len(data) or zlib.crc32(data[offset + 4 : end]) != crc:
+            raise SegmentCorrupt(path, offset, "no valid record starts there")
+        if flags & FLAG_ERASED:
+            continue
+        body = HEADER.pack(0, topic_len, payload_len, received_ns, flags | FLAG_ERASED)[4:]
+        body += bytes(topic_len + payload_len)
+        data[offset:end] = struct.pack("<I", zlib.crc32(body)) + body
+        erased += 1
+    if erased:
+        tmp = path.with_name(f".{path.name}.erasing")
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    return hashlib.sha256(data).hexdigest(), erased
 
 
 def list_closed_segments(raw_root: Path) -> list[Path]:
