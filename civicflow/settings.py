@@ -160,6 +160,42 @@ class QualitySettings(BaseModel):
         return self
 
 
+class RetentionSettings(BaseModel):
+    """How long what may hold personal data is kept (docs/security.md, "Personal data").
+
+    Set with `CIVICFLOW_RETENTION__<NAME>`; the `civicflow_maintenance` DAG enforces them daily.
+    Published readings are open data about infrastructure and are not subject to these periods.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    raw_segment_days: int = Field(
+        default=90,
+        ge=0,
+        description="Days a closed raw segment is kept (from when it was opened), once staged; a "
+        "segment not yet staged is never deleted. Long enough to replay a quarter's readings after "
+        "a decoder or registry fix, beyond any council's lateness horizon",
+    )
+    quarantine_payload_days: int = Field(
+        default=30,
+        ge=0,
+        description="Days a quarantined message keeps its bytes (from when it was received); then "
+        "its payload is removed and the values its detail quotes are masked",
+    )
+    quarantine_record_days: int = Field(
+        default=365,
+        ge=0,
+        description="Days a quarantine row (reason, masked detail, device, times) is kept for the "
+        "quality record; then it is deleted",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetentionSettings:
+        if self.quarantine_payload_days > self.quarantine_record_days:
+            raise ValueError("quarantine_payload_days must not exceed quarantine_record_days")
+        return self
+
+
 class Settings(BaseSettings):
     """Civicflow settings, from `CIVICFLOW_*` environment variables (`__` nests)."""
 
@@ -178,6 +214,7 @@ class Settings(BaseSettings):
     max_batch_readings: int = Field(default=10_000, ge=1)
     publish_csv: bool = True
     publish: PublishSettings = PublishSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @cached_property
     def warehouse_path(self) -> Path:

@@ -13,7 +13,8 @@ So a replay works on whole partitions (domain x council x UTC event date):
    reading from them today (a registry fix may move readings to another council);
 2. decode every other segment in the `raw.segments` ledger and keep its readings of those
    partitions (segments not yet staged are left to the next `civicflow_stage` run, as they
-   would be without a replay);
+   would be without a replay); a staged segment deleted at the end of its retention period is
+   represented by its staged rows in those partitions;
 3. de-duplicate them from scratch with staging's own merge (`transforms.stage._merge_domain`,
    run on an empty in-memory warehouse), so the rule is the one in docs/warehouse.md;
 4. in one transaction, replace each touched partition whose rows changed (its version goes up;
@@ -185,11 +186,11 @@ def replay_segments(
         return result
     replayed_ids = {segment_id(layout, p) for p in replayed}
     ledger = {row[0] for row in con.execute("SELECT segment_id FROM raw.segments").fetchall()}
-    context = [
-        p
-        for p in list_closed_segments(layout.raw)
-        if (sid := segment_id(layout, p)) in ledger and sid not in replayed_ids
-    ]
+    on_disk = {segment_id(layout, p): p for p in list_closed_segments(layout.raw)}
+    context = [p for sid, p in on_disk.items() if sid in ledger and sid not in replayed_ids]
+    # Staged segments deleted at the end of their retention period: their staged rows stand in
+    # for them, or a replay would drop the readings that only they held.
+    purged = sorted(ledger - on_disk.keys())
     layout.root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".replay-", dir=layout.root))
     try:
@@ -209,6 +210,7 @@ def replay_segments(
                     batch.readings.setdefault(domain, []).extend(keep)
                 result.context_segments += 1
                 tell("context", done, len(context))
+            _add_purged_rows(con, batch, touched, purged)
         rebuilt = _rebuild(batch, now)
         changed = _replace(con, batch, rebuilt, touched, replayed_ids, now)
         _move_quarantine_files(layout, scratch, replayed_ids)
@@ -250,6 +252,24 @@ def _touched_partitions(
         ).fetchall()
         touched.update((domain.value, c, d) for c, d in held)
     return touched
+
+
+def _add_purged_rows(
+    con: duckdb.DuckDBPyConnection, batch: _Batch, touched: set[Partition], purged: list[str]
+) -> None:
+    """Add the staged rows of the touched partitions that came from segments no longer on disk."""
+    if not purged:
+        return
+    for domain in sorted({Domain(d) for d, _, _ in touched}):
+        cols = ", ".join(c.name for c in DATASETS[domain].staged_columns)
+        days = sorted((c, day) for d, c, day in touched if d == domain.value)
+        rows = con.sql(
+            f"SELECT {cols} FROM staged.{domain} WHERE list_contains($purged, segment_id) "
+            "AND list_contains($parts, struct_pack(c := council, d := event_date))",
+            params={"purged": purged, "parts": [{"c": c, "d": day} for c, day in days]},
+        ).to_arrow_table()
+        if rows.num_rows:
+            batch.readings.setdefault(domain, []).extend(rows.to_pylist())
 
 
 def _rebuild(batch: _Batch, now: datetime) -> dict[Domain, pa.Table]:
