@@ -1,4 +1,4 @@
-"""The `civicflow` command: listen, status, batch, replay, airflow, demo, sql.
+"""The `civicflow` command: listen, status, batch, replay, erase, airflow, demo, sql.
 
 An entry point: it reads the settings and imports stage packages inside each command, so
 `civicflow --help` stays fast and a command only loads what it runs.
@@ -154,6 +154,75 @@ def replay(
     print_summary(console, warehouse_summary(settings), outcome)
     if not outcome.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def erase(
+    council: Annotated[str, typer.Option("--council", help="The device's council, e.g. birmingham.")],
+    device: Annotated[str, typer.Option("--device", help="The device id, as in its topic or registry.")],
+    start: Annotated[
+        str | None,
+        typer.Option("--from", help="Received on or after: UTC date or date-time. Unset: from the start."),
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="Received before: UTC date (its end) or date-time. Unset: now.")
+    ] = None,
+    reference: Annotated[
+        str,
+        typer.Option(
+            "--reference", help="The request's reference (a case number), recorded; never personal data."
+        ),
+    ] = "",
+    keep_old_releases: Annotated[
+        bool,
+        typer.Option(
+            "--keep-old-releases",
+            help="Keep the releases cut before the erasure (they may hold the device's published readings).",
+        ),
+    ] = False,
+    verbose: Verbose = False,
+    log_json: LogJson = False,
+) -> None:
+    """Erase a device's data received in a window: raw bytes, quarantine, staged rows; republish.
+
+    The raw records become tombstones (every other record keeps its place, so replay is unchanged
+    for everything else); the device's quarantine rows and files, staged rows and corrections are
+    deleted; the days that changed are judged and published again and a release is cut; older
+    releases are deleted; the erasure is recorded in published.erasures without the values.
+
+    Example: civicflow erase --council leeds --device anpr-7 --from 2026-03-01 --reference DSAR-0042
+    """
+    import getpass
+    import json
+    import os
+
+    from civicflow.errors import CivicflowError
+    from jobs import erase_job
+
+    _logging(verbose, log_json)
+    who = os.environ.get("USER") or getpass.getuser()
+    try:
+        result = erase_job(
+            council,
+            device,
+            start=start,
+            end=end,
+            who=who,
+            reference=reference,
+            keep_old_releases=keep_old_releases,
+            settings=Settings(),
+        )
+    except CivicflowError as exc:
+        console.print(f"[red]erase failed:[/] {exc}")
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(result, indent=2))
+    if result["open_segments"]:
+        console.print(
+            "[yellow]segments still being written were not erased:[/] "
+            + ", ".join(result["open_segments"])
+            + "; run the same command again once the listener has closed them "
+            "(within CIVICFLOW_LANDING__SEGMENT_MAX_AGE_S)"
+        )
 
 
 @app.command()

@@ -150,6 +150,75 @@ def replay_job(
         con.close()
 
 
+def retention_job(settings: Settings | None = None) -> dict:
+    """Enforce the retention periods (`CIVICFLOW_RETENTION__*`): delete staged raw segments, strip
+    quarantine payloads and delete quarantine rows past theirs (docs/security.md, Personal data).
+
+    When the warehouse changed, its file is rewritten so that no freed block keeps what was removed.
+    """
+    from jobs.privacy import enforce_retention
+    from warehouse.db import connect
+    from warehouse.layout import Layout
+    from warehouse.privacy import compact
+
+    settings = settings or Settings()
+    layout = Layout(settings.data_root)
+    con = connect(layout.warehouse)
+    try:
+        result = enforce_retention(layout, con, settings.retention, now=datetime.now(tz=UTC))
+        if result["warehouse_changed"]:
+            compact(con, layout.warehouse)
+    finally:
+        con.close()
+    return result
+
+
+def erase_job(
+    council: str,
+    device: str,
+    *,
+    start: str | None = None,
+    end: str | None = None,
+    who: str,
+    reference: str,
+    keep_old_releases: bool = False,
+    settings: Settings | None = None,
+) -> dict:
+    """Erase what a device sent in a window (UTC dates or date-times of receipt; None: unbounded)
+    from the raw zone, quarantine and staging, republish what changes and record the erasure.
+
+    Bounds are read as replay's are (a date as `end` means the end of that day). The warehouse file
+    is rewritten afterwards, so that no freed block keeps an erased value.
+    """
+    from jobs.privacy import erase_device
+    from transforms.replay import parse_bound
+    from warehouse.privacy import compact
+
+    settings = settings or Settings()
+    lower = parse_bound(start, upper=False) if start else None
+    upper = parse_bound(end, upper=True) if end else None
+    with _warehouse(settings) as (layout, con, registry):
+        result = erase_device(
+            layout,
+            con,
+            _limits(settings),
+            council,
+            device,
+            start=lower,
+            end=upper,
+            who=who,
+            reference=reference,
+            now=datetime.now(tz=UTC),
+            registry=registry,
+            quality=settings.quality,
+            publication=settings.publish,
+            licences=registry.licences(),
+            keep_old_releases=keep_old_releases,
+        )
+        compact(con, layout.warehouse)
+    return result.to_dict()
+
+
 def _limits(settings: Settings):
     """The decoder's limits, from the settings (staging and replay decode alike)."""
     from transforms.decode import Limits

@@ -11,21 +11,23 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from factories import car_park, land
 
 from app.batch import DAGS_DIR, REPLAY_DAGS, run_batch
 from app.status import dag_runs, pipeline_status
-from civicflow.contract import DATASETS
+from civicflow.contract import DATASETS, Zone
 from civicflow.settings import Settings
 from ingest.samples import birmingham_parking_messages
+from jobs import stage_job
 from publish.release import latest_release, read_manifest
 from warehouse.db import connect
 from warehouse.layout import Layout
 from warehouse.partitions import held_back, pending
 
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
-EXPECTED = {"civicflow_stage", "civicflow_publish", "civicflow_backfill"}
+EXPECTED = {"civicflow_stage", "civicflow_publish", "civicflow_backfill", "civicflow_maintenance"}
 
 PARSE_PROBE = textwrap.dedent("""
     import importlib.util, json, socket, sys
@@ -99,6 +101,8 @@ def test_dag_policy(parsed):
     backfill = parsed["civicflow_backfill"]  # manual, and it feeds publication like staging does
     assert (backfill["schedule"], backfill["params"]) == ("None", ["from", "to"])
     assert backfill["outlets"] == parsed["civicflow_stage"]["outlets"]
+    maintenance = parsed["civicflow_maintenance"]  # daily, and it announces nothing
+    assert (maintenance["schedule"], maintenance["outlets"]) == ("@daily", [])
 
 
 @pytest.mark.integration
@@ -343,3 +347,32 @@ def test_backfill_dag_replays_a_range_and_publish_follows(tmp_path, airflow_home
     log = Path(bad.runs[0].log_path).read_text()
     assert "cannot read replay bound 'yesterday!'" in log
     assert log.count("Task failed with exception") == 1  # terminal: no retry
+
+
+@pytest.mark.integration
+def test_maintenance_dag_enforces_retention(tmp_path, airflow_home, monkeypatch):
+    settings = Settings(data_root=tmp_path / "data")
+    layout = Layout(settings.data_root)
+    plate = {
+        "observed_at": "2016-10-04T08:05:00Z",
+        "occupied_spots": 1,
+        "total_spots": 9,
+        "plate": "AB12 CDE",
+    }
+    staged = land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 10), ("city/testtown/parking/p1", plate)])
+    stage_job(settings)
+    unstaged = land(layout, [car_park("p2", "2016-10-04T08:00:00Z", 3)], listener="l2")
+    for name in ("RAW_SEGMENT_DAYS", "QUARANTINE_PAYLOAD_DAYS"):
+        monkeypatch.setenv(f"CIVICFLOW_RETENTION__{name}", "0")
+
+    outcome = run_batch(settings, dag_ids=("civicflow_maintenance",), airflow_home=airflow_home)
+    assert [(r.dag_id, r.state) for r in outcome.runs] == [("civicflow_maintenance", "success")]
+    assert task_states(airflow_home, "civicflow_maintenance", "enforce_retention") == [(-1, None, "success")]
+    assert not staged.exists() and unstaged.exists()  # a segment not yet staged is never deleted
+    con = connect(layout.warehouse, read_only=True)
+    rows = con.execute("SELECT reason, detail, payload FROM quarantine.readings").fetchall()
+    con.close()
+    assert rows == [("unknown_field", "fields not in the parking contract: plate", b"")]
+    [quarantined] = layout.zone(Zone.QUARANTINE).rglob("*.parquet")
+    assert b"AB12 CDE" not in quarantined.read_bytes()
+    assert [r["payload"] for r in pq.read_table(quarantined).to_pylist()] == [b""]
