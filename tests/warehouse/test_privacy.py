@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,8 @@ from publish.release import latest_release, read_manifest
 from warehouse.db import connect
 from warehouse.layout import Layout
 from warehouse.privacy import mask_detail
-from warehouse.segments import SegmentWriter, read_segment
+from warehouse.segment_columns import scan_columns
+from warehouse.segments import SegmentCorrupt, SegmentWriter, erase_records, read_segment
 
 PLATE, EMAIL, PHONE = b"AB12 CDE", b"someone@example.org", b"+44 7700 900123"
 SECRETS = (PLATE, EMAIL, PHONE)
@@ -240,3 +242,22 @@ def test_retention_deletes_staged_old_segments_and_strips_old_quarantine_payload
     assert files_holding(layout.root / "quarantine", SECRETS) == []
     again = retention_job(Settings(data_root=layout.root, retention=gone))
     assert again["warehouse_changed"] is False and again["quarantine_files_rewritten"] == 0
+
+
+@pytest.mark.unit
+def test_a_tombstone_keeps_the_segment_size_and_every_other_offset(tmp_path):
+    layout = Layout(tmp_path / "data")
+    path = land(layout, [parking("p1", "2016-10-04T08:00:00Z", n, note=PLATE.decode()) for n in range(3)])
+    before, size = read_segment(path), path.stat().st_size
+    digest, erased = erase_records(path, {before[1].offset})
+    assert erased == 1 and path.stat().st_size == size
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert [(r.offset, r.payload) for r in read_segment(path)] == [
+        (r.offset, r.payload) for r in (before[0], before[2])
+    ]
+    assert path.read_bytes().count(PLATE) == 2
+    cols = scan_columns(path.read_bytes())
+    assert (len(cols), cols.live, cols.erased.tolist()) == (3, 2, [False, True, False])
+    assert erase_records(path, {before[1].offset}) == (digest, 0)  # already a tombstone
+    with pytest.raises(SegmentCorrupt, match="no valid record starts there"):
+        erase_records(path, {before[1].offset + 1})
