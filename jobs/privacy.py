@@ -330,6 +330,8 @@ def _raw_records(
     from warehouse.segment_columns import scan_columns
     from warehouse.segments import CLOSED_SUFFIX, list_closed_segments
 
+    prefix = f"{limits.topic_prefix}/".encode()
+    mine = f"{limits.topic_prefix}/{council}/".encode()
     lo = None if start is None else int(start.timestamp() * 1e9)
     hi = None if end is None else int(end.timestamp() * 1e9)
     found: dict[str, set[int]] = {}
@@ -344,6 +346,12 @@ def _raw_records(
             if erased[i] or (lo is not None and ns < lo) or (hi is not None and ns >= hi):
                 continue
             record = cols.record(i)
+            # a city topic names its council and device: another's is not decoded (LoRaWAN ones are)
+            parts = record.topic.split(b"/")
+            if record.topic.startswith(prefix) and (
+                not record.topic.startswith(mine) or len(parts) < 4 or parts[3] != device.encode()
+            ):
+                continue
             if _owns(record, limits, registry, council, device):
                 sid = path.relative_to(layout.raw).as_posix().removesuffix(CLOSED_SUFFIX)
                 found.setdefault(sid, set()).add(record.offset)
