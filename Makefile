@@ -29,6 +29,10 @@ test: $(STAMP) ## run the whole test suite (starts its own Mosquitto and Airflow
 test-unit: $(STAMP) ## run only the fast unit tests
 	$(BIN)/python -m pytest -m unit
 
+.PHONY: fuzz
+fuzz: $(STAMP) ## fuzz ingestion end to end: 100,000 hostile messages through Mosquitto, the listener and civicflow batch (FUZZ_ARGS: --messages N --seed S)
+	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
+
 .PHONY: bench bench-stage bench-portal bench-publish
 bench: $(STAMP) ## the benchmarks: backlog drain (BENCH_ARGS), staging (BENCH_STAGE_ARGS), portal API (BENCH_PORTAL_ARGS), publication (BENCH_PUBLISH_ARGS)
 	$(BIN)/python -m bench.drain $(BENCH_ARGS)
