@@ -7,17 +7,24 @@ holds. Pages are rendered on the server and work without JavaScript.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+import re
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
+from starlette.types import Message, Receive, Scope, Send
 
 from civicflow.contract import DATASETS, Domain
 from portal.apidoc import operations
@@ -26,6 +33,8 @@ from portal.query import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     MAX_OFFSET,
+    WINDOW_END,
+    WINDOW_START,
     BadQuery,
     device_ids,
     run_query,
@@ -55,24 +64,106 @@ def _resolution(domain: Domain) -> str:
     return f"{seconds // 60} minutes" if seconds < 3600 else f"{seconds // 3600} hours"
 
 
-def _utc(value: datetime | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except (OverflowError, ValueError) as exc:
-        raise HTTPException(400, f"{name} is out of range: {exc}") from exc
+TIME_TEXT = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})"
+    r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|z|([+-])(\d{2}):(\d{2}))?)?"
+)
+TIME_FORMS = (
+    "an RFC 3339 date-time such as 2016-10-04T09:00:00Z or 2016-10-04T10:00:00+01:00 "
+    "(without an offset, UTC), or a date such as 2016-10-04 (midnight UTC)"
+)
+WINDOW_FROM, WINDOW_UNTIL = (f"{t:%Y-%m-%dT%H:%M:%SZ}" for t in (WINDOW_START, WINDOW_END))
+
+
+def _time(name: str) -> Callable[[Any], Any]:
+    """The parser of a time parameter: text as RFC 3339 (or a date), to a tz-aware datetime.
+
+    Only the text forms the API documents are read: a number is not taken as epoch seconds, and a
+    time that does not exist (2015-02-29, 24:00, an offset of 24 hours) is refused, saying so.
+    Whether the time lies in the window is for the query to decide (portal.query.checked).
+    """
+
+    def parse(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        match = TIME_TEXT.fullmatch(value)
+        if match is None:
+            raise PydanticCustomError("time_format", f"{name} must be {TIME_FORMS}")
+        year, month, day, hour, minute, second, fraction, offset, sign, oh, om = match.groups()
+        try:
+            if offset is None or offset in "Zz":
+                zone = UTC
+            else:
+                if int(oh) > 23 or int(om) > 59:
+                    raise ValueError(f"offset {offset} is not within -23:59..+23:59")
+                span = timedelta(hours=int(oh), minutes=int(om))
+                zone = timezone(-span if sign == "-" else span)
+            return datetime(
+                int(year),
+                int(month),
+                int(day),
+                int(hour or 0),
+                int(minute or 0),
+                int(second or 0),
+                int((fraction or "0")[:6].ljust(6, "0")),
+                tzinfo=zone,
+            )
+        except ValueError as exc:
+            reason = str(exc).replace("{", "(").replace("}", ")")
+            raise PydanticCustomError(
+                "time_value", f"{name} is not a time that exists ({reason}): it must be {TIME_FORMS}"
+            ) from exc
+
+    return parse
+
+
+class GetAndHeadRoute(APIRoute):
+    """A route that answers HEAD wherever it answers GET, as Starlette's own routes do.
+
+    A HEAD gets the status and headers the GET would get (Content-Length, ETag, Link) and no
+    body; a file download does not even read the file. The OpenAPI description lists GET only:
+    HEAD is part of HTTP, not an operation of the API, and a generated client needs no method for it.
+    """
+
+    def _as_get(self, scope: Scope) -> Scope:
+        if scope["type"] == "http" and scope["method"] == "HEAD" and "GET" in self.methods:
+            return {**scope, "method": "GET"}
+        return scope
+
+    def matches(self, scope: Scope) -> Any:
+        return super().matches(self._as_get(scope))
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in self.methods and self._as_get(scope) is scope:
+            allowed = self.methods | ({"HEAD"} if "GET" in self.methods else set())
+            raise HTTPException(405, "Method Not Allowed", headers={"Allow": ", ".join(sorted(allowed))})
+        if self._as_get(scope) is scope:
+            await super().handle(scope, receive, send)
+            return
+
+        # The server should send no body for a HEAD; the route makes sure of it whatever serves it.
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app(scope, receive, headers_only)
 
 
 def create_app(layout: Layout) -> FastAPI:
     """The portal over `layout`'s published zone."""
     app = FastAPI(
         title="Civicflow open data",
-        description="Read-only access to the latest published release: datasets, readings and aggregates.",
+        description=(
+            "Read-only access to the latest published release: datasets, readings and aggregates. "
+            "Every GET also answers HEAD (same status and headers, no body). A parameter that "
+            "cannot be used as given gets 422, with `detail` naming it and saying what is allowed."
+        ),
         version="1",
         docs_url=None,  # /docs is the portal's own page: no JavaScript, nothing from a CDN
         redoc_url=None,
     )
+    app.router.route_class = GetAndHeadRoute  # every route below answers HEAD as well as GET
 
     def release() -> ReleaseView:
         try:
@@ -271,8 +362,15 @@ def create_app(layout: Layout) -> FastAPI:
                     "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
                 }
             },
-            400: {"description": "A parameter cannot be used as given"},
             404: {"description": "The dataset is not in the latest release"},
+        },
+        openapi_extra={
+            "responses": {
+                "422": {
+                    "description": "A parameter cannot be used as given: `detail` names it "
+                    "(`loc`) and says what is allowed (`msg`)"
+                }
+            }
         },
     )
     def rows(
@@ -288,8 +386,22 @@ def create_app(layout: Layout) -> FastAPI:
         device_id: Annotated[
             str | None, Query(max_length=128, description="Only this device's rows (not for council_daily)")
         ] = None,
-        start: Annotated[datetime | None, Query(description="From this time (inclusive, RFC 3339)")] = None,
-        end: Annotated[datetime | None, Query(description="Until this time (exclusive, RFC 3339)")] = None,
+        start: Annotated[
+            datetime | None,
+            BeforeValidator(_time("start")),
+            Query(
+                description="From this time (inclusive): RFC 3339, or a date (midnight UTC); "
+                f"at or after {WINDOW_FROM} and before {WINDOW_UNTIL}"
+            ),
+        ] = None,
+        end: Annotated[
+            datetime | None,
+            BeforeValidator(_time("end")),
+            Query(
+                description="Until this time (exclusive): RFC 3339, or a date (midnight UTC); "
+                f"after start and {WINDOW_FROM}, at or before {WINDOW_UNTIL}"
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Rows per page")] = DEFAULT_LIMIT,
         offset: Annotated[
             int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip; follow the next link instead")
@@ -298,16 +410,19 @@ def create_app(layout: Layout) -> FastAPI:
     ) -> Response:
         """Rows in the natural key's order (council, device, time). A full page carries the next
         page's address in `next` (JSON) and in a `Link: rel="next"` header (every format); every
-        answer names its release in `X-Civicflow-Release`."""
+        answer names its release in `X-Civicflow-Release`. A time range within the window that
+        holds no published day gives no rows."""
         current = release()
         ds = dataset_of(current, dataset.value)
-        query = RowQuery(
-            kind.value, council, device_id, _utc(start, "start"), _utc(end, "end"), limit, offset
-        )
+        query = RowQuery(kind.value, council, device_id, start, end, limit, offset)
         try:
             table = run_query(ds, query)
         except BadQuery as exc:
-            raise HTTPException(400, str(exc)) from exc
+            where = ("query",) if exc.parameter is None else ("query", exc.parameter)
+            given = None if exc.parameter is None else request.query_params.get(exc.parameter)
+            raise RequestValidationError(
+                [{"type": "value_error", "loc": where, "msg": str(exc), "input": given}]
+            ) from exc
         more = table.num_rows == limit and offset + limit <= MAX_OFFSET
         next_url = None
         if more:

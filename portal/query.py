@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 
 import duckdb
@@ -26,6 +26,12 @@ from portal.release import DatasetRelease
 MAX_LIMIT = 10_000
 MAX_OFFSET = 1_000_000
 DEFAULT_LIMIT = 1_000
+WINDOW_START = datetime(1970, 1, 1, tzinfo=UTC)
+WINDOW_END = datetime(3000, 1, 1, tzinfo=UTC)
+"""The contract's observation window, [WINDOW_START, WINDOW_END): staging quarantines any time
+outside it, so no published row lies outside it. `start` must lie within it and `end`, which is
+exclusive, within (WINDOW_START, WINDOW_END]: a query is always a part of the window, and a time
+far outside it (year 1 or 9999, where an offset can overflow) is refused before it is used."""
 TIME_COLUMN = {
     "readings": "observed_at",
     "hourly": "hour",
@@ -41,7 +47,14 @@ ORDER = {
 
 
 class BadQuery(ValueError):
-    """The request cannot be answered as asked; the message says what to change (HTTP 400)."""
+    """The request cannot be answered as asked; the message says what to change (HTTP 422).
+
+    `parameter` names the query parameter to change, if one does.
+    """
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
 
 
 @dataclass(frozen=True)
@@ -55,11 +68,46 @@ class Query:
     offset: int = 0
 
 
-def _day(value: datetime | None) -> date | None:
-    """The UTC date of a time (naive times are UTC)."""
+def _utc(value: datetime | None) -> datetime | None:
+    """A time as UTC (naive times are UTC); only for times within the window, where it cannot overflow."""
     if value is None:
         return None
-    return value.date() if value.tzinfo is None else value.astimezone(UTC).date()
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _window_text(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def checked(query: Query) -> Query:
+    """The query with its times in UTC, or BadQuery naming the parameter to change and what it may be.
+
+    The window is checked before any time is converted: compared as instants, a time in year 1 or
+    9999 with an offset does not overflow, where converting it to UTC would.
+    """
+    if query.kind == "council_daily" and query.device_id is not None:
+        raise BadQuery(
+            "council_daily has one row per council and day: it cannot be filtered by device_id", "device_id"
+        )
+    first, last = _window_text(WINDOW_START), _window_text(WINDOW_END)
+    start = None if query.start is None else query.start.replace(tzinfo=query.start.tzinfo or UTC)
+    end = None if query.end is None else query.end.replace(tzinfo=query.end.tzinfo or UTC)
+    if start is not None and not WINDOW_START <= start < WINDOW_END:
+        raise BadQuery(
+            f"start must be at or after {first} and before {last} (the observation window)", "start"
+        )
+    if end is not None and not WINDOW_START < end <= WINDOW_END:
+        raise BadQuery(
+            f"end must be after {first} and at or before {last} (the observation window; end is exclusive)",
+            "end",
+        )
+    if start is not None and end is not None and start >= end:
+        raise BadQuery("start must be before end (end is exclusive)", "end")
+    if not 1 <= query.limit <= MAX_LIMIT:
+        raise BadQuery(f"limit must be between 1 and {MAX_LIMIT}", "limit")
+    if not 0 <= query.offset <= MAX_OFFSET:
+        raise BadQuery(f"offset must be between 0 and {MAX_OFFSET}", "offset")
+    return replace(query, start=_utc(start), end=_utc(end))
 
 
 _database: duckdb.DuckDBPyConnection | None = None
@@ -79,16 +127,14 @@ def _cursor() -> duckdb.DuckDBPyConnection:
 
 
 def run_query(dataset: DatasetRelease, query: Query) -> pa.Table:
-    """The rows the query selects, in a stable order (natural key), one page of them."""
-    if query.kind == "council_daily" and query.device_id is not None:
-        raise BadQuery("council_daily has one row per council and day: it cannot be filtered by device_id")
-    if query.start and query.end and query.start >= query.end:
-        raise BadQuery("start must be before end")
-    if not 1 <= query.limit <= MAX_LIMIT:
-        raise BadQuery(f"limit must be between 1 and {MAX_LIMIT}")
-    if not 0 <= query.offset <= MAX_OFFSET:
-        raise BadQuery(f"offset must be between 0 and {MAX_OFFSET}")
-    first, last = _day(query.start), _day(query.end)
+    """The rows the query selects, in a stable order (natural key), one page of them.
+
+    A time range that is valid but holds no published day gives no rows; one that is not valid
+    (see `checked`) raises BadQuery.
+    """
+    query = checked(query)
+    first = None if query.start is None else query.start.date()
+    last = None if query.end is None else query.end.date()
     # A reading observed at 23:59 UTC is in that day's file; one day of slack covers offsets.
     chosen = dataset.files_between(
         query.kind,

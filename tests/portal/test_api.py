@@ -1,4 +1,4 @@
-"""The consumer API: filters and paging return exact rows, limits hold, bad input is a 4xx."""
+"""The consumer API: filters and paging return exact rows, limits hold, bad input is a 422 saying why."""
 
 from __future__ import annotations
 
@@ -107,29 +107,124 @@ def test_csv_and_parquet_hold_the_same_rows_as_json(client):
     assert table.column("occupied_spots").to_pylist() == [r["occupied_spots"] for r in rows] == [58, 59, 60]
 
 
+WINDOW = "at or after 1970-01-01T00:00:00Z and before 3000-01-01T00:00:00Z"
+END_WINDOW = "end must be after 1970-01-01T00:00:00Z and at or before 3000-01-01T00:00:00Z"
+TIME_FORMS = "must be an RFC 3339 date-time such as 2016-10-04T09:00:00Z"
+
+
 @pytest.mark.parametrize(
-    ("params", "status", "message"),
+    ("params", "where", "message"),
     [
-        ({"limit": MAX_LIMIT + 1}, 422, "less than or equal to 10000"),
-        ({"limit": 0}, 422, "greater than or equal to 1"),
-        ({"offset": MAX_OFFSET + 1}, 422, "less than or equal to 1000000"),
-        ({"offset": -1}, 422, "greater than or equal to 0"),
-        ({"start": "yesterday"}, 422, "valid datetime"),
-        ({"format": "xlsx"}, 422, "'json', 'csv' or 'parquet'"),
-        ({"start": "2016-10-05T00:00:00Z", "end": "2016-10-04T00:00:00Z"}, 400, "start must be before end"),
-        ({"council": "x" * 65}, 422, "at most 64 characters"),
+        ({"limit": MAX_LIMIT + 1}, "limit", "less than or equal to 10000"),
+        ({"limit": 0}, "limit", "greater than or equal to 1"),
+        ({"limit": 10**40}, "limit", "less than or equal to 10000"),
+        ({"offset": MAX_OFFSET + 1}, "offset", "less than or equal to 1000000"),
+        ({"offset": -1}, "offset", "greater than or equal to 0"),
+        ({"offset": -(10**40)}, "offset", "greater than or equal to 0"),
+        ({"start": "yesterday"}, "start", TIME_FORMS),
+        ({"start": "1700000000"}, "start", TIME_FORMS),  # epoch seconds are not a documented form
+        ({"end": "0"}, "end", TIME_FORMS),
+        ({"start": "2015-02-29"}, "start", "start is not a time that exists (day is out of range for month)"),
+        ({"start": "2016-10-04T24:00:00Z"}, "start", "(hour must be in 0..23)"),
+        ({"start": "2016-10-04T10:00:00+24:00"}, "start", "offset +24:00 is not within -23:59..+23:59"),
+        ({"start": "0001-01-01"}, "start", f"start must be {WINDOW}"),
+        ({"start": "0001-01-01T00:00:00+14:00"}, "start", f"start must be {WINDOW}"),
+        ({"start": "1969-12-31T23:59:59.999999Z"}, "start", f"start must be {WINDOW}"),
+        ({"start": "1970-01-01T00:00:00+00:01"}, "start", f"start must be {WINDOW}"),  # 1969 in UTC
+        ({"start": "3000-01-01"}, "start", f"start must be {WINDOW}"),
+        ({"start": "2999-12-31T23:00:00-12:00"}, "start", f"start must be {WINDOW}"),  # 3000 in UTC
+        ({"end": "9999-12-31"}, "end", END_WINDOW),
+        ({"end": "9999-12-31T23:59:59-12:00"}, "end", END_WINDOW),
+        ({"end": "1970-01-01T00:00:00Z"}, "end", END_WINDOW),
+        ({"end": "3000-01-01T00:00:00.000001Z"}, "end", END_WINDOW),
+        ({"format": "xlsx"}, "format", "'json', 'csv' or 'parquet'"),
+        ({"start": "2016-10-05T00:00:00Z", "end": "2016-10-04T00:00:00Z"}, "end", "start must be before end"),
+        (
+            {"start": "2016-10-05T01:00:00+01:00", "end": "2016-10-05T00:00:00Z"},
+            "end",
+            "start must be before end",
+        ),
+        ({"council": "x" * 65}, "council", "at most 64 characters"),
     ],
 )
-def test_bad_parameters_get_a_clear_4xx(client, params, status, message):
+def test_bad_parameters_get_a_422_naming_the_parameter_and_what_is_allowed(client, params, where, message):
     answer = client.get("/api/datasets/parking/readings", params=params)
-    assert answer.status_code == status
-    assert message in answer.text
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["detail"]
+    assert error["loc"] == ["query", where]
+    assert message in error["msg"]
+
+
+@pytest.mark.parametrize("dataset", ["parking", "air_quality"])
+@pytest.mark.parametrize("kind", ["readings", "hourly", "daily", "council_daily"])
+@pytest.mark.parametrize(
+    ("params", "where"), [({"start": "0001-01-01"}, "start"), ({"end": "9999-12-31"}, "end")]
+)
+def test_times_far_outside_the_window_are_refused_on_every_dataset_route(
+    client, dataset, kind, params, where
+):
+    """These were a 500 (OverflowError while the time was moved to UTC)."""
+    answer = client.get(f"/api/datasets/{dataset}/{kind}", params=params)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"] == [
+        {
+            "type": "value_error",
+            "loc": ["query", where],
+            "msg": f"start must be {WINDOW} (the observation window)"
+            if where == "start"
+            else f"{END_WINDOW} (the observation window; end is exclusive)",
+            "input": params[where],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "count"),
+    [
+        ("1970-01-01T00:00:00Z", "3000-01-01T00:00:00Z", 20),  # the whole window
+        ("1970-01-01", "3000-01-01", 20),
+        ("1970-01-01T00:00:00-01:00", None, 20),  # 01:00 UTC
+        (None, "2999-12-31T23:59:59+14:00", 20),
+        ("2016-02-29", "2016-10-04T08:30:00Z", 2),  # a leap day
+        ("1970-01-01", "1970-01-02", 0),  # valid, but before every published day
+        ("2999-12-31T12:00:00Z", "3000-01-01T00:00:00Z", 0),  # valid, after every published day
+        ("2016-10-04T10:59:59.999999999+01:00", "2016-10-04T10:00:00.000001Z", 2),  # p1 and p2 at 10:00
+    ],
+)
+def test_a_range_within_the_window_answers_its_rows_or_none(client, start, end, count):
+    params = {k: v for k, v in (("start", start), ("end", end)) if v is not None}
+    body = get_rows(client, "/api/datasets/parking/readings", **params)
+    assert body["count"] == len(body["rows"]) == count
+    if count == 20:  # every reading of the release, in the natural key's order
+        assert [r["device_id"] for r in body["rows"]] == ["p1"] * 16 + ["p2"] * 4
+
+
+def test_an_empty_range_gives_every_kind_and_format_its_columns_and_no_rows(client):
+    params = {"start": "1970-01-01", "end": "1970-01-02"}
+    for kind in ("readings", "hourly", "daily", "council_daily"):
+        assert get_rows(client, f"/api/datasets/parking/{kind}", **params)["rows"] == []
+    csv = client.get("/api/datasets/parking/readings", params={**params, "format": "csv"})
+    assert csv.text.splitlines() == [
+        "council,device_id,observed_at,occupied_spots,total_spots,status,occupancy,lat,lon,qc_flag"
+    ]
+    parquet = client.get("/api/datasets/parking/daily", params={**params, "format": "parquet"})
+    table = pq.read_table(io.BytesIO(parquet.content))
+    assert (table.num_rows, "event_date" in table.column_names) == (0, True)
 
 
 def test_bad_paths_get_a_clear_4xx(client):
-    assert client.get("/api/datasets/parking/council_daily", params={"device_id": "p1"}).json() == {
-        "detail": "council_daily has one row per council and day: it cannot be filtered by device_id"
-    }
+    answer = client.get("/api/datasets/parking/council_daily", params={"device_id": "p1"})
+    assert (answer.status_code, answer.json()["detail"]) == (
+        422,
+        [
+            {
+                "type": "value_error",
+                "loc": ["query", "device_id"],
+                "msg": "council_daily has one row per council and day: it cannot be filtered by device_id",
+                "input": "p1",
+            }
+        ],
+    )
     assert client.get("/api/datasets/bicycles/readings").status_code == 422
     assert client.get("/api/datasets/parking/weekly").status_code == 422
     missing = client.get("/api/datasets/traffic/readings")
