@@ -21,13 +21,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from civicflow.contract import OBSERVED_FROM, OBSERVED_UNTIL
 from portal.release import DatasetRelease
 
 MAX_LIMIT = 10_000
 MAX_OFFSET = 1_000_000
 DEFAULT_LIMIT = 1_000
-WINDOW_START = datetime(1970, 1, 1, tzinfo=UTC)
-WINDOW_END = datetime(3000, 1, 1, tzinfo=UTC)
+WINDOW_START, WINDOW_END = OBSERVED_FROM, OBSERVED_UNTIL
 """The contract's observation window, [WINDOW_START, WINDOW_END): staging quarantines any time
 outside it, so no published row lies outside it. `start` must lie within it and `end`, which is
 exclusive, within (WINDOW_START, WINDOW_END]: a query is always a part of the window, and a time
