@@ -310,6 +310,7 @@ def create_app(layout: Layout) -> FastAPI:
             "release": current,
             "api": app.title,
             "operations": operations(app.openapi()),
+            "window": (WINDOW_FROM, WINDOW_UNTIL),
             "base": str(request.base_url).rstrip("/"),
             "example": example | {"next_day": example["day"] + timedelta(days=1)},
         }

@@ -168,6 +168,15 @@ def test_api_reference_is_a_page_of_the_portal_with_nothing_from_elsewhere(clien
         "<td>1000</td><td>Rows per page</td></tr>"
     ) in html
     assert "one of readings, hourly, daily, council_daily" in html
+    # the time window, the 422 and HEAD, as the API answers them
+    assert (
+        "<code>start</code> from 1970-01-01T00:00:00Z and before 3000-01-01T00:00:00Z, "
+        "<code>end</code> (exclusive)\nafter <code>start</code> and at most 3000-01-01T00:00:00Z."
+    ) in html
+    assert re.search(
+        r'<th scope="row">422</th><td>A parameter cannot be used as given: `detail` names it', html
+    )
+    assert "Every GET also answers HEAD, with the same status and headers and no body." in html
     assert "one of json, csv, parquet" in html
     # examples name a dataset, council and day the release holds
     assert (
