@@ -116,6 +116,7 @@ class Reason(StrEnum):
     INVALID_OFFSET = "invalid_offset"
     TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
     FUTURE_TIMESTAMP = "future_timestamp"
+    DECODER_ERROR = "decoder_error"
 
 
 @dataclass(frozen=True)

@@ -319,6 +319,11 @@ def decode_reading(
     }
     for col in dataset.reading_fields:
         value = obj.get(col.name, col.default)
+        if value is None and col.required:  # sent as null: the staged column has no nulls
+            default = f", or leave it out for {col.default}" if col.default is not None else ""
+            raise _Invalid(
+                Reason.INVALID_TYPE, f"{col.name} is null: send a value of type {col.type}{default}"
+            )
         reading[col.name] = None if value is None else _check_column(col, value)
     if all(reading[name] is None for name in dataset.measurement_names):
         raise _Invalid(

@@ -36,11 +36,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from civicflow.contract import DATASETS, LOCATION_COLUMNS, Dataset, Domain, Rule
+from civicflow.contract import DATASETS, LOCATION_COLUMNS, Dataset, Domain, Reason, Rule
 from civicflow.registry import Registry
 from civicflow.wire import WireFormat, topic_format
 from transforms import fastjson
-from transforms.decode import Limits, Rejection, decode_message, parse_topic
+from transforms.decode import Decoded, Limits, Rejection, decode_message, parse_topic
 from transforms.invalid import Invalid
 from warehouse.segment_columns import SegmentColumns
 from warehouse.segments import RawRecord
@@ -139,6 +139,11 @@ class SegmentDecoder:
         self._allowed = {d: set(fastjson.fields(DATASETS[d])) for d in self._domains}
         self._orders: dict[Domain, dict[tuple[str, ...], int]] = {d: {} for d in self._domains}
         self._schemas = {d: arrow_schema(DATASETS[d].staged_columns) for d in DATASETS}
+        lineage = {"received_at", "segment_id", "record_offset", "staged_at"}  # added by staging
+        self._required = {
+            d: [c.name for c in DATASETS[d].staged_columns if c.required and c.name not in lineage]
+            for d in DATASETS
+        }
         self._con: duckdb.DuckDBPyConnection | None = None
         self.fast_readings = 0  # readings the fast path took, for logs and tests
 
@@ -289,9 +294,7 @@ class SegmentDecoder:
         for index in indices.tolist():
             record = cols.record(index)
             received_at = record.received_at
-            decoded = decode_message(
-                record.topic, record.payload, self.limits, received_at=received_at, registry=self.registry
-            )
+            decoded = self._decode_guarded(record)
             for rej in decoded.rejections:
                 part.quarantine.append(quarantine_row(seg, record, rej, now))
             for reading in decoded.readings:
@@ -308,6 +311,31 @@ class SegmentDecoder:
                 part, rows, pending = Part(), {}, 0
         self._add_rows(part, rows)
         yield part
+
+    def _decode_guarded(self, record: RawRecord) -> Decoded:
+        """`decode_message`, with a fault of the decoder itself kept as one message's quarantine row.
+
+        The decoder never raises and never gives a reading with a required column empty; if a bug
+        made it, one message must not stop staging for every council: the message is quarantined
+        as `decoder_error` (replay stages it once the decoder is fixed) and the fault is logged.
+        """
+        try:
+            decoded = decode_message(
+                record.topic,
+                record.payload,
+                self.limits,
+                received_at=record.received_at,
+                registry=self.registry,
+            )
+            for reading in decoded.readings:
+                empty = [name for name in self._required[decoded.domain] if reading.get(name) is None]
+                if empty:
+                    raise ValueError(f"reading {reading.get('reading_index')} has no {', '.join(empty)}")
+            return decoded
+        except Exception as exc:  # noqa: BLE001 - a decoder bug, kept with the message that hit it
+            log.exception("the decoder failed on a message; it is quarantined as decoder_error")
+            detail = f"the decoder failed on this message ({type(exc).__name__}: {str(exc)[:160]}); report it"
+            return Decoded(rejections=[Rejection(Reason.DECODER_ERROR, detail, record.payload)])
 
     def _add_rows(self, part: Part, rows: dict[Domain, list[dict]]) -> None:
         for domain, readings in rows.items():

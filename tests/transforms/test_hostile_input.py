@@ -290,3 +290,37 @@ def test_out_of_window_readings_never_reach_the_staged_zone(wh):
         "invalid_offset",
         "timestamp_out_of_range",
     ]
+
+
+@pytest.mark.unit
+def test_a_required_field_sent_as_null_is_refused_not_staged_empty():
+    payload = b'{"observed_at": "2026-03-01T00:00:00Z", "intensity": 5, "interval_s": null}'
+    out = decode_message(b"city/leeds/traffic/c1", payload, LIMITS, received_at=RECEIVED)
+    assert [(r.reason, r.detail) for r in out.rejections] == [
+        (Reason.INVALID_TYPE, "interval_s is null: send a value of type integer, or leave it out for 300")
+    ]
+
+
+def test_a_fault_of_the_decoder_quarantines_one_message_and_stages_the_rest(wh, monkeypatch):
+    import transforms.fast
+
+    real = transforms.fast.decode_message
+
+    def faulty(topic, payload, *args, **kwargs):
+        if topic.startswith(b"city/york/"):
+            raise RecursionError("a decoder bug")
+        return real(topic, payload, *args, **kwargs)
+
+    monkeypatch.setattr(transforms.fast, "decode_message", faulty)
+    layout, con = wh
+    batch = b"[" + park("2026-03-01T00:00:00Z") + b"]"  # a batch: the reference decodes it
+    land(
+        layout,
+        [("city/york/parking/p1", batch), (PARKING, park("2026-03-01T00:00:00Z"))],
+        received_at_ns=RECEIVED_NS,
+    )
+    result = stage_segments(layout, con, LIMITS)
+    assert result.changed_partitions == [("parking", "leeds", "2026-03-01")]
+    assert con.execute("SELECT reason, topic, payload FROM quarantine.readings").fetchall() == [
+        ("decoder_error", "city/york/parking/p1", batch)
+    ]
