@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
+from itertools import islice
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: brokers, listeners, fuzz
@@ -22,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: brokers,
 from fuzz.corpus import Outcome, case_line, load_corpus  # noqa: E402
 from fuzz.generators import generate  # noqa: E402
 from fuzz.harness import run_fuzz, summary  # noqa: E402
+
+FAILURES_MAX = 500
+"""Messages written to failures.jsonl at most (a stage that fails makes every message a problem)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the run here (default: a temp dir)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-    print(f"fuzz seed {seed} (reproduce: make fuzz FUZZ_ARGS='--seed {seed} --messages {args.messages}')")
+    again = f"--seed {seed} --messages {args.messages} --via {args.via}"
+    print(f"fuzz seed {seed} (reproduce: make fuzz FUZZ_ARGS='{again}')")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="civicflow-fuzz-"))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failures = workdir / "failures.jsonl"
     with failures.open("w") as fh:
-        for n, record in enumerate(run.ledger.failed_records()):
+        for n, record in enumerate(islice(run.ledger.failed_records(), FAILURES_MAX)):
             outcome = Outcome.of(record.accepted, record.quarantined.elements())
             fh.write(
                 case_line(
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 + "\n"
             )
-    print(f"run kept in {workdir}; the messages behind the problems are in {failures}")
+    print(f"run kept in {workdir}; the messages behind the first problems are in {failures}")
     return 1
 
 

@@ -128,7 +128,9 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _staged(con: duckdb.DuckDBPyConnection) -> dict[tuple, tuple[Lineage, dict[str, Any], date]]:
+def _staged(
+    con: duckdb.DuckDBPyConnection, problems: list[str]
+) -> dict[tuple, tuple[Lineage, dict[str, Any], date]]:
     """Every staged reading by natural key: its lineage, values and partition date."""
     out = {}
     for domain, dataset in DATASETS.items():
@@ -141,7 +143,7 @@ def _staged(con: duckdb.DuckDBPyConnection) -> dict[tuple, tuple[Lineage, dict[s
         for seg, off, idx, council, device, us, lane_id, day, *vals in rows:
             key = (domain.value, council, device, us, lane_id)
             if key in out:
-                raise AssertionError(f"natural key {key} is staged twice")
+                problems.append(f"natural key {key} is staged twice: {out[key][0]} and {(seg, off, idx)}")
             out[key] = ((seg, off, idx), dict(zip(values, vals, strict=True)), day)
     return out
 
@@ -160,7 +162,7 @@ def _published(con: duckdb.DuckDBPyConnection) -> set[tuple]:
 def account(layout: Layout, con: duckdb.DuckDBPyConnection, limits: Limits, registry: Registry) -> Ledger:
     """Account for every reading of every landed record (see the module's docstring)."""
     ledger = Ledger()
-    staged = _staged(con)
+    staged = _staged(con, ledger.problems)
     published = _published(con)
     holds = held_back(con)
     whole = {(h.domain, h.council, h.event_date) for h in holds if h.device_id is None}
