@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
+# The commands below start many Python processes (Airflow's DAG runs, listeners, uvicorn) that import
+# Airflow and Great Expectations; let them keep compiled bytecode in .venv instead of compiling
+# those packages again in every process when the environment says not to write it.
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: help install demo test test-unit lint clean
 
