@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from civicflow.contract import DATASETS, Dataset
 from warehouse.partitions import replace_staged
-from warehouse.segments import CLOSED_SUFFIX, TORN_SUFFIX
+from warehouse.segments import CLOSED_SUFFIX, TORN_SUFFIX, fsync_dir
 from warehouse.tables import quarantine_schema
 
 ERASURE_DDL = [
@@ -110,7 +110,7 @@ def purge_raw_segments(raw_root: Path, staged: set[str], before: datetime) -> tu
             path.unlink()
             torn.append(path.relative_to(raw_root).as_posix())
     for directory in {raw_root / s.split("/", 1)[0] for s in segments + torn}:
-        _fsync_dir(directory)
+        fsync_dir(directory)
     return segments, torn
 
 
@@ -191,22 +191,14 @@ def _replace_file(path: Path, table: pa.Table) -> None:
     """Write a quarantine file's new rows beside it and rename them over it (delete it if none)."""
     if table.num_rows == 0:
         path.unlink()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table.select(quarantine_schema().names).cast(quarantine_schema()), tmp, compression="zstd")
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 # --- erasure ---------------------------------------------------------------------------------
@@ -437,4 +429,4 @@ def compact(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     with fresh.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(fresh, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)

@@ -132,7 +132,8 @@ def read_segment_lenient(path: Path) -> tuple[list[RawRecord], bytes, str | None
     return records, data[end:], why
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -173,7 +174,7 @@ def erase_records(path: Path, offsets: set[int] | frozenset[int]) -> tuple[str, 
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return hashlib.sha256(data).hexdigest(), erased
 
 
@@ -218,7 +219,7 @@ def recover_open_segments(directory: Path) -> list[Path]:
         recovered.append(closed)
         log.warning("recovered open segment %s with %d records", closed.name, len(records))
     if recovered:
-        _fsync_dir(directory)
+        fsync_dir(directory)
     return recovered
 
 
@@ -349,7 +350,7 @@ class SegmentWriter:
             return None
         closed = self._path.with_suffix(CLOSED_SUFFIX)
         os.replace(self._path, closed)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self.closed_segments.append(closed)
         log.info(
             "closed raw segment %s (%d records, %d bytes)", closed.name, self.records_in_segment, self._size
