@@ -15,11 +15,12 @@ from factories import LIMITS, car_park, land
 
 import publish.partition
 import publish.release
+from civicflow.contract import DATASETS, Domain
 from jobs.publication import ApprovalError, approve, gate_and_publish
 from publish.release import latest_release, read_manifest
-from transforms.stage import stage_segments
+from transforms.stage import export_partitions, stage_segments
 from warehouse.layout import Layout
-from warehouse.partitions import GATE_ERROR, held_back, pending, publications
+from warehouse.partitions import GATE_ERROR, append_staged, held_back, pending, publications, transaction
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -71,6 +72,20 @@ def test_a_year_one_reading_holds_back_only_its_own_partition(wh):
         ],
     )
     stage_segments(layout, con, LIMITS)
+    # The contract refuses it at staging now: it never reaches the gate.
+    assert con.execute("SELECT device_id, reason FROM quarantine.readings").fetchall() == [
+        ("p9", "timestamp_out_of_range")
+    ]
+    # A row staged under an older contract that took it: the gate holds back its partition alone.
+    con.execute(
+        """CREATE TEMP TABLE zero AS SELECT * REPLACE (TIMESTAMPTZ '0001-01-01 00:00:00+00' AS observed_at,
+           DATE '0001-01-01' AS event_date, 'p9' AS device_id) FROM staged.parking
+           WHERE council = 'southtown' LIMIT 1"""
+    )
+    con.execute("CREATE TEMP TABLE zero_day AS SELECT DISTINCT council, event_date FROM zero")
+    with transaction(con):
+        append_staged(con, DATASETS[Domain.PARKING], "zero", "zero_day", NOW)
+    export_partitions(con, layout)
     result = gate_and_publish(layout, con, now=NOW)
 
     [error] = result.gate_errors
