@@ -20,6 +20,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from ingest.broker import EmbeddedBroker
 from ingest.gateway import publish_messages
+from transforms.decode import Limits
+from transforms.stage import stage_segments
+from warehouse.db import connect
+from warehouse.layout import Layout
 from warehouse.segments import list_closed_segments, read_segment, read_segment_lenient
 
 pytestmark = pytest.mark.integration
@@ -243,16 +247,45 @@ def test_a_session_wiped_by_another_client_is_reported_and_taken_back(tmp_path):
 
 
 def test_a_broker_without_mqtt5_gets_mqtt311_and_the_listener_lands(tmp_path):
-    """The embedded demo broker (amqtt) refuses MQTT 5: the listener speaks 3.1.1 to it instead."""
+    """The embedded demo broker (amqtt) refuses MQTT 5: the listener speaks 3.1.1 to it instead.
+
+    amqtt also routes topics Mosquitto refuses, such as a level ending in a newline: such a
+    message lands (nothing is dropped), is counted as a bad topic, and is quarantined at staging,
+    never staged as council `nl\n` (a folder of that name, ids that look like real ones).
+    """
     data_root = tmp_path / "data"
+    reading = b'{"observed_at":"2026-03-01T08:00:00Z","occupied_spots":5,"total_spots":100}'
+    hostile = [
+        ("city/nl\n/parking/d1", reading),
+        ("city/nl/parking/d1\n", reading),
+        ("city/nl/parking/d1", reading),
+    ]
     with EmbeddedBroker() as broker:
         listener = start_listener(data_root, broker.port, tmp_path / "listener.log")
         try:
             status = listener.wait_subscribed()
-            publish_messages("127.0.0.1", broker.port, messages(5), client_id="test-gateway")
-            listener.wait_for(lambda: listener.own_status().get("acked", 0) >= 5, 30, "landing")
+            publish_messages("127.0.0.1", broker.port, [*messages(5), *hostile], client_id="test-gateway")
+            listener.wait_for(lambda: listener.own_status().get("acked", 0) >= 8, 30, "landing")
+            counted = listener.own_status()["rejections"]
             assert listener.terminate() == 0
         finally:
             listener.ensure_stopped()
     assert (status["protocol"], status["connects"], status["sessions_lost"]) == ("3.1.1", 1, 0)
-    assert sorted(json.loads(p)["seq"] for p in landed_payloads(data_root / "raw")) == list(range(5))
+    landed = [p for p in landed_payloads(data_root / "raw") if p != reading]
+    assert sorted(json.loads(p)["seq"] for p in landed) == list(range(5))
+    assert counted == {"bad_topic": 2}
+
+    layout = Layout(data_root)
+    con = connect(layout.warehouse)
+    try:
+        stage_segments(layout, con, Limits())
+        staged = con.execute("SELECT DISTINCT council, device_id FROM staged.parking").fetchall()
+        refused = con.execute("SELECT topic, reason FROM quarantine.readings WHERE reason = 'bad_topic'")
+        assert sorted(refused.fetchall()) == [
+            ("city/nl\n/parking/d1", "bad_topic"),
+            ("city/nl/parking/d1\n", "bad_topic"),
+        ]
+    finally:
+        con.close()
+    assert staged == [("nl", "d1")]
+    assert sorted(p.name for p in (data_root / "staged" / "parking").iterdir()) == ["council=nl"]
