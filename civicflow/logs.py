@@ -21,7 +21,7 @@ def configure(*, verbose: bool = False, json: bool = False) -> None:
     renderer = (
         structlog.processors.JSONRenderer()
         if json
-        else structlog.dev.ConsoleRenderer(colors=False, pad_event=0)
+        else structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)
     )
     handler = logging.StreamHandler()
     handler.setFormatter(
