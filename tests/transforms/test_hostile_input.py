@@ -324,3 +324,25 @@ def test_a_fault_of_the_decoder_quarantines_one_message_and_stages_the_rest(wh, 
     assert con.execute("SELECT reason, topic, payload FROM quarantine.readings").fetchall() == [
         ("decoder_error", "city/york/parking/p1", batch)
     ]
+
+
+@pytest.mark.unit
+def test_the_fast_path_says_loudly_when_it_hands_a_dataset_to_the_reference(monkeypatch, caplog):
+    import dataclasses
+
+    import transforms.fast
+    from civicflow.contract import DATASETS, Column, Domain
+
+    parking = DATASETS[Domain.PARKING]
+    extra = Column("free_spots", "integer", "Spots free.", minimum=0)
+    changed = dataclasses.replace(parking, derived=(*parking.derived, extra))
+    assert transforms.fast.unsupported(parking) is None
+    assert transforms.fast.unsupported(changed) == "it does not compute derived column(s) free_spots"
+    monkeypatch.setattr(transforms.fast, "DATASETS", {**DATASETS, Domain.PARKING: changed})
+    monkeypatch.setattr(transforms.fast, "_warned", set())
+    with caplog.at_level("WARNING", logger="transforms.fast"):
+        decoder = transforms.fast.SegmentDecoder(LIMITS, None)
+    decoder.close()
+    assert Domain.PARKING not in decoder._domains
+    [record] = [r for r in caplog.records if "fast path is off for parking" in r.getMessage()]
+    assert record.levelname == "WARNING" and "free_spots" in record.getMessage()
