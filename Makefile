@@ -27,8 +27,8 @@ install: $(STAMP) ## create .venv with the pinned dependencies (requirements.loc
 demo: $(STAMP) ## replay car-park, bin, air-quality and traffic readings through MQTT, Airflow and the quality gate
 	$(BIN)/civicflow demo
 
-test: $(STAMP) ## run the whole test suite (starts its own Mosquitto and Airflow metadata DB)
-	$(BIN)/python -m pytest
+test: $(STAMP) ## run the whole test suite on every core (starts its own Mosquitto and Airflow metadata DB)
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 test-unit: $(STAMP) ## run only the fast unit tests
 	$(BIN)/python -m pytest -m unit

@@ -79,23 +79,38 @@ def join_publisher(thread: threading.Thread, timeout_s: float = 300) -> None:
     assert not thread.errors, thread.errors  # type: ignore[attr-defined]
 
 
+def gated(n: int, stretch: int, gates: list[threading.Event]) -> Iterator[tuple[str, bytes]]:
+    """`readings(n)`, the k-th stretch of `stretch` readings held back until `gates[k]` is set and
+    then paced at 4,000 a second."""
+    for k, start in enumerate(range(0, n, stretch)):
+        if not gates[k].wait(timeout=600):
+            raise TimeoutError(f"stretch {k} was never released")
+        yield from paced(readings(min(n, start + stretch), start), per_second=4_000)
+
+
 def test_sigkill_ten_times_during_200k_messages_loses_nothing_and_publishes_each_once(tmp_path):
-    n = 200_000
+    n, stretch = 200_000, 20_000
     data_root = tmp_path / "data"
     log = tmp_path / "listener.log"
     kills = 0
+    gates = [threading.Event() for _ in range(n // stretch)]
     with run_mosquitto(tmp_path, persistence=True) as broker:
         listener = ListenerProcess(data_root, broker.port, log).start()
         listener.wait_subscribed()
-        # 200,000 readings over about 50 s; each of the ten processes lands a stretch and is killed.
+        # Ten stretches of 20,000 readings, each paced over about 5 s and released once the
+        # listener before it was killed: each process is killed while its stretch is arriving
+        # (or queued at the broker), however slowly the machine restarts it.
         publisher = publish_in_background(
-            broker.port, paced(readings(n), per_second=4_000), window=2000, timeout_s=300
+            broker.port,
+            gated(n, stretch, gates),
+            window=2000,
+            timeout_s=900,
         )
         try:
             for kills in range(1, 11):  # noqa: B007 (counted for the assertion below)
-                # Let this process land a stretch of messages, then kill it without warning.
+                gates[kills - 1].set()
+                # Let this process land part of the stretch, then kill it without warning.
                 listener.wait_for(lambda: listener.own_status().get("acked", 0) >= 3_000, 120, "landing")
-                assert publisher.is_alive(), f"the gateway finished before kill {kills}: kill sooner"
                 listener.kill()
                 listener.start()
                 listener.wait_subscribed()
@@ -103,6 +118,8 @@ def test_sigkill_ten_times_during_200k_messages_loses_nothing_and_publishes_each
             final = listener.wait_settled()
             assert listener.terminate() == 0
         finally:
+            for gate in gates:
+                gate.set()
             listener.ensure_stopped()
     assert kills == 10
     assert final["sessions_lost"] == 0
