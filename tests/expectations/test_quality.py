@@ -424,8 +424,10 @@ def test_quality_settings_come_from_the_environment(monkeypatch):
 
 
 def test_release_commands_list_and_approve_a_held_back_partition(tmp_path, monkeypatch):
+    from rich.console import Console
     from typer.testing import CliRunner
 
+    from app import release_cli
     from app.release_cli import release_app
 
     layout = Layout(tmp_path / "data")
@@ -440,6 +442,8 @@ def test_release_commands_list_and_approve_a_held_back_partition(tmp_path, monke
     monkeypatch.setenv("CIVICFLOW_REGISTRY_DIR", str(registry_dir))
     monkeypatch.setenv("USER", "ana")
     monkeypatch.setenv("COLUMNS", "200")
+    # the command's console read its width when the module was first imported, maybe by another test
+    monkeypatch.setattr(release_cli, "console", Console(width=200))
     runner = CliRunner()
 
     listed = runner.invoke(release_app, ["list"])
