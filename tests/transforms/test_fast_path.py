@@ -207,7 +207,7 @@ def messages(draw) -> tuple[str, bytes]:
 
 
 @pytest.mark.unit
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(messages(), min_size=1, max_size=30), st.booleans())
 def test_fast_path_decodes_like_the_reference(msgs, with_registry):
     fast, reference = decode_both(segment_bytes(msgs), REGISTRY if with_registry else None)
@@ -300,7 +300,7 @@ def reference_us(text: str) -> int | None:
 
 
 @pytest.mark.unit
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(st.lists(st.one_of(grammar_times(), st.integers(0, 99_999_999_999).map(str)), min_size=1, max_size=20))
 def test_rfc3339_us_gives_what_the_reference_gives(texts):
     us, ok = rfc3339_us(pa.array(texts))
@@ -542,7 +542,7 @@ def test_what_is_not_a_number_of_the_column_goes_to_the_reference(domain):
 
 @pytest.mark.unit
 @pytest.mark.parametrize("domain", list(DOMAIN_FIELDS))
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_nearly_valid_readings_decode_like_the_reference(domain, data):
     """One or two things wrong with an otherwise valid reading, in a key order the sample shows."""
@@ -555,7 +555,7 @@ def test_nearly_valid_readings_decode_like_the_reference(domain, data):
 
 
 @pytest.mark.unit
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(list(DOMAIN_FIELDS)).flatmap(
         lambda d: st.lists(fast_readings(d).map(lambda p: (d, p)), min_size=1, max_size=MAX_ORDERS)
