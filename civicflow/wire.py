@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from civicflow.contract import NAME_PATTERN, Domain
+from civicflow.contract import NAME_PATTERN, Domain, is_name
 
 
 class WireFormat(StrEnum):
@@ -19,7 +19,6 @@ class WireFormat(StrEnum):
     CHIRPSTACK_V4 = "chirpstack_v4"  # application/<application-id>/device/<dev-eui>/event/up
 
 
-_NAME_RE = re.compile(NAME_PATTERN)  # always fullmatch: a topic level is a name or it is not
 _DOMAINS = frozenset(d.value for d in Domain)
 _LORA_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 # The patterns are matched with `fullmatch` only: `$` would let a trailing newline through.
@@ -60,7 +59,7 @@ def is_bad_topic(topic: str, prefix: str) -> bool:
         return True
     if fmt in (WireFormat.NATIVE, WireFormat.SENML):
         _, council, domain, device_id = topic.split("/")[:4]
-        return not (_NAME_RE.fullmatch(council) and _NAME_RE.fullmatch(device_id) and domain in _DOMAINS)
+        return not (is_name(council) and is_name(device_id) and domain in _DOMAINS)
     return False
 
 
