@@ -196,6 +196,65 @@ class RetentionSettings(BaseModel):
         return self
 
 
+class StorageSettings(BaseModel):
+    """Where the zones live: a local directory (the data root) by default, or an S3-compatible store.
+
+    Credentials come from the environment as for any AWS client (`AWS_ACCESS_KEY_ID`,
+    `AWS_SECRET_ACCESS_KEY`, or an instance profile); they are never settings of Civicflow.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(
+        default=None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
+        description="s3://bucket/prefix of the zones; unset: the data root on local disk",
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="S3-compatible endpoint (Ceph RGW, MinIO, ...); unset: AWS S3",
+    )
+    region: str = Field(
+        default="us-east-1", description="The store's region (any value for most S3-compatible stores)"
+    )
+
+
+class CatalogSettings(BaseModel):
+    """The Iceberg catalogue of the staged tables (docs/scaling.md): SQLite under the data root by
+    default, PostgreSQL where several machines write (`postgresql+psycopg2://...`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uri: str | None = Field(
+        default=None,
+        pattern=r"^(sqlite|postgresql(\+psycopg2)?)://",
+        description="SQLAlchemy URL of the catalogue database; unset: "
+        "sqlite:///<data root>/warehouse/catalog.db",
+    )
+    commit_retries: int = Field(
+        default=16,
+        ge=0,
+        le=1000,
+        description="Attempts after a commit lost to a concurrent writer; size it to the number of "
+        "staging workers (each retry re-reads the ledger, so nothing is staged twice)",
+    )
+
+
+class StageSettings(BaseModel):
+    """How staging is spread over workers (civicflow_stage's mapped tasks)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shards: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Staging shards: each mapped task of civicflow_stage takes the raw segments whose "
+        "id hashes to its shard, so shards never take the same segment",
+    )
+
+
 class Settings(BaseSettings):
     """Civicflow settings, from `CIVICFLOW_*` environment variables (`__` nests)."""
 
@@ -215,7 +274,17 @@ class Settings(BaseSettings):
     publish_csv: bool = True
     publish: PublishSettings = PublishSettings()
     retention: RetentionSettings = RetentionSettings()
+    storage: StorageSettings = StorageSettings()
+    catalog: CatalogSettings = CatalogSettings()
+    stage: StageSettings = StageSettings()
 
     @cached_property
     def warehouse_path(self) -> Path:
         return self.data_root / "warehouse" / "civicflow.duckdb"
+
+    @cached_property
+    def catalog_uri(self) -> str:
+        """The Iceberg catalogue's database: the setting, or SQLite beside the warehouse."""
+        if self.catalog.uri:
+            return self.catalog.uri
+        return f"sqlite:///{(self.data_root / 'warehouse' / 'catalog.db').resolve()}"
