@@ -7,8 +7,13 @@ from datetime import datetime, timedelta
 from airflow.sdk import Asset, dag, task
 
 from civicflow.contract import DATASETS, Zone, asset_uri
+from civicflow.settings import Settings
 
 STAGED = [Asset(name=f"{Zone.STAGED}.{d}", uri=asset_uri(Zone.STAGED, d)) for d in DATASETS]
+
+
+SHARDS = list(range(Settings().stage.shards))
+"""Staging shards (CIVICFLOW_STAGE__SHARDS), read when the DAG is parsed: one mapped task each."""
 
 
 @dag(
@@ -21,23 +26,44 @@ STAGED = [Asset(name=f"{Zone.STAGED}.{d}", uri=asset_uri(Zone.STAGED, d)) for d 
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
     doc_md="""
 ### Stage raw segments
-Reads every closed raw segment not yet in `raw.segments`, decodes it against the wire contract
-(docs/mqtt-contract.md), replaces the affected `staged.<domain>` partitions (council x event date)
-in one transaction and writes their Parquet files under `data/staged/`. Rejected readings go to
-`quarantine.readings` with a reason. Safe to re-run: a segment is staged once. A run that changes
-no partition skips, so it wakes no `civicflow_publish` run.
+1. **decode** runs once per staging shard (`CIVICFLOW_STAGE__SHARDS`, a mapped task each, in
+   parallel on as many workers as there are): it reads the closed raw segments of its shard not
+   yet staged, decodes them against the wire contract (docs/mqtt-contract.md) and appends their
+   readings to the Iceberg table `staged.increments`, with the segments' ledger rows in the same
+   commit, so a segment is staged once however often a task runs. Rejected readings are kept in
+   the quarantine with a reason.
+2. **merge** takes the new increments into the warehouse: de-duplicates, replaces the affected
+   `staged.<domain>` partitions (council x event date) in one transaction each and writes their
+   Parquet files under `data/staged/`. A run that changes no partition skips, so it wakes no
+   `civicflow_publish` run.
+
+Clear a decode box to decode its shard again (nothing is staged twice); clear merge to merge again.
 """,
 )
 def civicflow_stage():
+    @task(map_index_template="shard {{ shard }}")
+    def decode(shard: int) -> dict:
+        from airflow.sdk import get_current_context
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from civicflow.errors import TerminalError
+        from jobs import decode_job
+
+        get_current_context()["shard"] = f"{shard + 1} of {len(SHARDS)}"
+        try:
+            return decode_job(shard, shards=len(SHARDS))
+        except TerminalError as exc:
+            raise AirflowFailException(str(exc)) from exc
+
     @task(outlets=STAGED)
-    def stage_segments() -> dict:
+    def merge() -> dict:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from civicflow.errors import TerminalError
-        from jobs import stage_job
+        from jobs import merge_job
 
         try:
-            result = stage_job()
+            result = merge_job()
         except TerminalError as exc:
             raise AirflowFailException(str(exc)) from exc
         if not result["changed_partitions"]:
@@ -45,7 +71,7 @@ def civicflow_stage():
             raise AirflowSkipException(f"no staged partition changed ({result['segments']} segments staged)")
         return result
 
-    stage_segments()
+    decode.expand(shard=SHARDS) >> merge()
 
 
 stage_dag = civicflow_stage()

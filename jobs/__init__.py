@@ -17,25 +17,84 @@ from civicflow.settings import Settings
 
 
 def stage_job(settings: Settings | None = None, registry_dir: Path | None = None) -> dict:
-    """Stage every closed raw segment not yet staged; returns the StageResult as a dict.
+    """Stage every closed raw segment not yet staged, in this one process: decode them all into
+    `staged.increments` (one shard), then merge. Returns the merge's StageResult as a dict.
 
     The device registry is read from `registry_dir`, by default `registry/` of the checkout
     (civicflow.registry.DEFAULT_REGISTRY_DIR); a malformed registry fails the task (terminal).
     """
+    settings = settings or Settings()
+    decode_job(0, shards=1, settings=settings, registry_dir=registry_dir)
+    return merge_job(settings)
+
+
+def decode_job(
+    shard: int,
+    *,
+    shards: int | None = None,
+    settings: Settings | None = None,
+    registry_dir: Path | None = None,
+) -> dict:
+    """Decode the raw segments of one staging shard into `staged.increments` (warehouse/lake.py).
+
+    Many of these run at once, one per shard (`CIVICFLOW_STAGE__SHARDS`); none opens the DuckDB
+    warehouse, so they need not take turns.
+    """
     from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
-    from transforms.stage import stage_segments
+    from transforms.stage import decode_shard
+    from warehouse.layout import Layout
+
+    settings = settings or Settings()
+    registry = load_registry(registry_dir or settings.registry_dir or DEFAULT_REGISTRY_DIR)
+    return decode_shard(
+        Layout(settings.data_root),
+        open_lake(settings),
+        _limits(settings),
+        shard=shard,
+        shards=shards or settings.stage.shards,
+        registry=registry,
+    ).to_dict()
+
+
+def merge_job(settings: Settings | None = None) -> dict:
+    """Merge every decoded increment into the warehouse (the one writer), then fold what it took:
+    ledger rows to `raw.segments`, data files out of `staged.increments`, snapshots expired."""
+    from transforms.stage import merge_increments
     from warehouse.db import connect
     from warehouse.layout import Layout
 
     settings = settings or Settings()
     layout = Layout(settings.data_root)
-    limits = _limits(settings)
-    registry = load_registry(registry_dir or settings.registry_dir or DEFAULT_REGISTRY_DIR)
+    lake = open_lake(settings)
     con = connect(layout.warehouse)
     try:
-        return stage_segments(layout, con, limits, registry=registry).to_dict()
+        result, consumed = merge_increments(layout, con, lake)
     finally:
         con.close()
+    lake.fold(consumed)
+    return result.to_dict()
+
+
+def open_lake(settings: Settings):
+    """The Iceberg catalogue of the staged increments: `CIVICFLOW_CATALOG__URI` (SQLite beside the
+    warehouse by default), tables under the data root or `<CIVICFLOW_STORAGE__URL>/warehouse/iceberg`."""
+    from warehouse.lake import open_lake as open_catalog
+
+    properties: dict[str, str] = {}
+    if settings.storage.url:
+        location = settings.storage.url.rstrip("/") + "/warehouse/iceberg"
+        properties["s3.region"] = settings.storage.region
+        if settings.storage.endpoint_url:
+            properties["s3.endpoint"] = settings.storage.endpoint_url
+    else:
+        directory = settings.data_root / "warehouse" / "iceberg"
+        directory.mkdir(parents=True, exist_ok=True)
+        location = directory.resolve().as_uri()
+    if not settings.catalog.uri:
+        (settings.data_root / "warehouse").mkdir(parents=True, exist_ok=True)
+    return open_catalog(
+        settings.catalog_uri, location, properties=properties, commit_retries=settings.catalog.commit_retries
+    )
 
 
 def publish_job(settings: Settings | None = None) -> dict:
@@ -170,6 +229,7 @@ def retention_job(settings: Settings | None = None) -> dict:
             compact(con, layout.warehouse)
     finally:
         con.close()
+    result["lake"] = open_lake(settings).maintain()
     return result
 
 
@@ -195,6 +255,7 @@ def erase_job(
     from warehouse.privacy import compact
 
     settings = settings or Settings()
+    merge_job(settings)  # what the decoders staged goes into the warehouse first, so erasure sees it
     lower = parse_bound(start, upper=False) if start else None
     upper = parse_bound(end, upper=True) if end else None
     with _warehouse(settings) as (layout, con, registry):

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -42,6 +43,9 @@ from warehouse.partitions import PartitionRef, append_staged, mark_exported, rep
 from warehouse.segment_columns import scan_columns
 from warehouse.segments import CLOSED_SUFFIX, RawRecord, SegmentCorrupt, list_closed_segments
 from warehouse.tables import arrow_schema, quarantine_schema
+
+if TYPE_CHECKING:  # pyiceberg is imported only where staging runs on many workers
+    from warehouse.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -474,3 +478,200 @@ def stage_segments(
         dict(result.quarantined),
     )
     return result
+
+
+# -- Staging on many workers: shards decode into Iceberg increments, one step merges them ----------
+
+
+def shard_of(segment: str, shards: int) -> int:
+    """The staging shard a segment belongs to: a stable hash of its id, so every worker agrees."""
+    return int.from_bytes(hashlib.blake2b(segment.encode(), digest_size=8).digest(), "big") % shards
+
+
+def _to_increment(domain: Domain, table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A dataset's staged rows with every column of `staged.increments` (the others null)."""
+    columns = []
+    for f in schema:
+        if f.name == "domain":
+            columns.append(pa.array([domain.value] * table.num_rows, pa.string()))
+        elif f.name in table.column_names:
+            columns.append(table.column(f.name).cast(f.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def decode_shard(
+    layout: Layout,
+    lake: Lake,
+    limits: Limits,
+    *,
+    shard: int = 0,
+    shards: int = 1,
+    registry: Registry | None = None,
+    now: datetime | None = None,
+    max_readings_per_commit: int = 500_000,
+    fast: bool = True,
+) -> StageResult:
+    """Decode the closed raw segments of one shard not yet staged; append them to `staged.increments`.
+
+    Many workers run this at once, one per shard. Each commit takes whole segments (about
+    `max_readings_per_commit` readings) and carries their ledger rows, so a segment is staged
+    exactly once even when two workers take it (a task retried while its first attempt still runs,
+    or a change in the number of shards): the later commit leaves it out (warehouse/lake.py).
+    Quarantine rows are written to each segment's quarantine file before its commit.
+    """
+    from warehouse.lake import LedgerRow, arrow_schema, increment_columns
+
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not one of 0..{shards - 1}")
+    if registry is not None and (problems := registry_problems(registry)):
+        raise RegistryError("device registry does not match the decoding profiles: " + "; ".join(problems))
+    now = now or datetime.now(tz=UTC)
+    result = StageResult()
+    staged = lake.staged_segments()
+    todo = [
+        p
+        for p in list_closed_segments(layout.raw)
+        if (seg := segment_id(layout, p)) not in staged and shard_of(seg, shards) == shard
+    ]
+    schema = arrow_schema(increment_columns())
+    decoder = SegmentDecoder(limits, registry, fast=fast)
+    name = f"{shard}/{shards}"
+    try:
+        while todo:
+            ledger: list[dict] = []
+            parts: list[pa.Table] = []
+            readings = 0
+            while todo and readings < max_readings_per_commit:
+                path = todo.pop(0)
+                for part in _decode_parts(layout, path, decoder, now, result, ledger, []):
+                    for domain, tables in part.tables.items():
+                        for table in tables:
+                            parts.append(_to_increment(domain, table, schema))
+                            readings += table.num_rows
+            outcome = lake.append(
+                pa.concat_tables(parts) if parts else schema.empty_table(),
+                [LedgerRow(**row) for row in ledger],
+                shard=name,
+            )
+            if outcome.already_staged:
+                log.warning(
+                    "shard %s: %d segments were staged by another worker first; left out: %s",
+                    name,
+                    len(outcome.already_staged),
+                    ", ".join(outcome.already_staged),
+                )
+    finally:
+        decoder.close()
+    log.info(
+        "shard %s decoded %d segments: %d records, %d readings, quarantined %s",
+        name,
+        result.segments,
+        result.records,
+        result.readings,
+        dict(result.quarantined),
+    )
+    return result
+
+
+def merge_increments(
+    layout: Layout,
+    con: duckdb.DuckDBPyConnection,
+    lake: Lake,
+    *,
+    now: datetime | None = None,
+    max_readings_per_txn: int = 500_000,
+) -> tuple[StageResult, list[int]]:
+    """Take every `staged.increments` snapshot the warehouse has not consumed into it.
+
+    The one writer of the DuckDB warehouse: readings are de-duplicated and partitions replaced
+    exactly as `stage_segments` does, and each snapshot's ledger rows, quarantine rows and id go
+    in with its readings in one transaction. Returns what was staged and the ids of every
+    consumed snapshot still in the table, for `Lake.fold`.
+    """
+    from warehouse.lake import INCREMENTS, snapshots_with_ledger
+
+    now = now or datetime.now(tz=UTC)
+    result = StageResult()
+    changed: set[tuple[str, str, date]] = set()
+    table = lake.increments()
+    increments = snapshots_with_ledger(table)
+    consumed = {row[0] for row in con.execute("SELECT snapshot_id FROM raw.increments").fetchall()}
+    todo = [inc for inc in increments if inc.snapshot_id not in consumed]
+    ledgered = {row[0] for row in con.execute("SELECT segment_id FROM raw.segments").fetchall()}
+
+    def merge(pending: dict[Domain, list[pa.Table]]) -> None:
+        for domain, tables in sorted(pending.items()):
+            dups, parts = _merge_domain(con, DATASETS[domain], pa.concat_tables(tables), now)
+            result.corrections += _record_corrections(con, DATASETS[domain], now)
+            result.duplicates += dups
+            changed.update((domain.value, c, d) for c, d in parts)
+        pending.clear()
+
+    while todo:
+        pending: dict[Domain, list[pa.Table]] = {}
+        quarantine: list[pa.Table] = []
+        ledger: list[dict] = []
+        ids: list[int] = []
+        readings = 0
+        while todo and readings < max_readings_per_txn:
+            inc = todo.pop(0)
+            rows = lake.read_increment(table, inc.snapshot_id)
+            for domain in DATASETS:
+                part = rows.filter(pc.equal(rows["domain"], domain.value))
+                if part.num_rows:
+                    pending.setdefault(domain, []).append(part)
+            readings += rows.num_rows
+            for row in inc.ledger:
+                if row.segment_id in ledgered:  # cannot happen through the lake; never count twice
+                    log.warning(
+                        "segment %s is in the ledger already; its increment adds nothing", row.segment_id
+                    )
+                    continue
+                ledger.append(row.__dict__)
+                result.segments += 1
+                result.records += row.records
+                result.readings += row.readings
+                qfile = layout.quarantine_file(row.segment_id)
+                if row.rejected and qfile.exists():
+                    q = pq.read_table(qfile, schema=quarantine_schema())
+                    quarantine.append(q)
+                    result.quarantined.update(q["reason"].to_pylist())
+            ids.append(inc.snapshot_id)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            merge(pending)
+            if quarantine:
+                con.register("q_incoming", pa.concat_tables(quarantine))
+                con.execute("INSERT INTO quarantine.readings SELECT * FROM q_incoming")
+                con.unregister("q_incoming")
+            if ledger:
+                con.register("ledger", pa.Table.from_pylist(ledger))
+                con.execute(
+                    "INSERT INTO raw.segments SELECT segment_id, bytes, sha256, records, "
+                    "readings, rejected, staged_at FROM ledger"
+                )
+                con.unregister("ledger")
+            con.executemany(
+                "INSERT INTO raw.increments VALUES (?, ?, ?)", [(i, ".".join(INCREMENTS), now) for i in ids]
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        ledgered.update(row["segment_id"] for row in ledger)
+        consumed.update(ids)
+    export_partitions(con, layout)
+    mark_staged(layout, con)
+    result.changed_partitions = sorted((d, c, day.isoformat()) for d, c, day in changed)
+    log.info(
+        "merged %d segments' increments: %d readings, %d duplicates, %d corrections, quarantined %s",
+        result.segments,
+        result.readings,
+        result.duplicates,
+        result.corrections,
+        dict(result.quarantined),
+    )
+    in_table = {inc.snapshot_id for inc in increments}
+    return result, sorted(consumed & in_table)

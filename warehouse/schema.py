@@ -41,6 +41,13 @@ BASE_DDL = [
     rejected BIGINT NOT NULL,
     staged_at TIMESTAMPTZ NOT NULL
 )""",
+    # The Iceberg snapshots of staged.increments (warehouse/lake.py) merged into this warehouse,
+    # recorded in the transaction that merges each one, so none is merged twice.
+    """CREATE TABLE IF NOT EXISTS raw.increments (
+    snapshot_id BIGINT PRIMARY KEY,
+    source VARCHAR NOT NULL,
+    consumed_at TIMESTAMPTZ NOT NULL
+)""",
     """CREATE TABLE IF NOT EXISTS staged.corrections (
     domain VARCHAR NOT NULL,
     council VARCHAR NOT NULL,
