@@ -28,7 +28,7 @@ import duckdb
 from civicflow.contract import Domain
 from civicflow.errors import TerminalError
 from civicflow.registry import Registry
-from civicflow.settings import PublishSettings, QualitySettings
+from civicflow.settings import PublishSettings, QualitySettings, Settings, StorageSettings
 from warehouse.layout import Layout
 from warehouse.partitions import (
     GATE_ERROR,
@@ -158,15 +158,21 @@ def release_step(
     licences: Mapping[str, dict] | None = None,
     publication: PublishSettings | None = None,
     judged: Iterable[str] = (),
+    storage: StorageSettings | None = None,
 ):
-    """Rebuild quality summaries and data packages and cut the release (`publish.release`)."""
+    """Rebuild quality summaries and data packages and cut the release (`publish.release`).
+
+    With an object store (`storage.url`; None: `CIVICFLOW_STORAGE__URL` from the environment), the
+    release `latest` points at is then published there (`publish.objectstore`).
+    """
     from expectations.summary import quality_summary
+    from publish.objectstore import publish_to_store
     from publish.release import release
 
     pub = publication or PublishSettings()
     domains = {Domain(d) for d in judged} | set(domains_published(con))
     summaries = {d.value: quality_summary(con, d, now) for d in sorted(domains)}
-    return release(
+    outcome = release(
         con,
         layout,
         now=now,
@@ -176,6 +182,10 @@ def release_step(
         base_url=pub.base_url,
         ckan=pub.ckan,
     )
+    # Object storage (docs/scaling.md): the local release is cut; publish it to the store and switch
+    # the store's latest.json. Idempotent, so a re-run after a failure here completes it.
+    publish_to_store(layout, storage if storage is not None else Settings().storage, outcome.release)
+    return outcome
 
 
 def gate_and_publish(
@@ -188,13 +198,20 @@ def gate_and_publish(
     registry: Registry | None = None,
     publication: PublishSettings | None = None,
     refs: Iterable[PartitionRef] | None = None,
+    storage: StorageSettings | None = None,
 ) -> GateResult:
     """Plan, judge and publish, release: a whole publish run in one call."""
     now = now or datetime.now(tz=UTC)
     refs = to_validate(con) if refs is None else list(refs)
     result = judge_and_publish(layout, con, refs, now=now, quality=quality, registry=registry)
     outcome = release_step(
-        layout, con, now=now, licences=licences, publication=publication, judged={r.domain for r in refs}
+        layout,
+        con,
+        now=now,
+        licences=licences,
+        publication=publication,
+        judged={r.domain for r in refs},
+        storage=storage,
     )
     result.release, result.released = outcome.release, outcome.marked
     return result
@@ -215,6 +232,7 @@ def approve(
     registry: Registry | None = None,
     licences: Mapping[str, dict] | None = None,
     publication: PublishSettings | None = None,
+    storage: StorageSettings | None = None,
 ) -> dict[str, Any]:
     """Lift a hold on the current version of a partition (or one device's day) and publish it.
 
@@ -250,6 +268,7 @@ def approve(
         registry=registry,
         publication=publication,
         refs=[ref],
+        storage=storage,
     )
     return {
         "domain": domain.value,
