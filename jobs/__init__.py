@@ -53,6 +53,7 @@ def decode_job(
         shard=shard,
         shards=shards or settings.stage.shards,
         registry=registry,
+        store=_store(settings),
     ).to_dict()
 
 
@@ -68,11 +69,20 @@ def merge_job(settings: Settings | None = None) -> dict:
     lake = open_lake(settings)
     con = connect(layout.warehouse)
     try:
-        result, consumed = merge_increments(layout, con, lake)
+        result, consumed = merge_increments(layout, con, lake, store=_store(settings))
     finally:
         con.close()
     lake.fold(consumed)
     return result.to_dict()
+
+
+def _store(settings: Settings):
+    """The object store of `CIVICFLOW_STORAGE__URL`, or None: the zones are under the data root."""
+    if not settings.storage.url:
+        return None
+    from warehouse.storage import open_store
+
+    return open_store(settings.storage, settings.data_root)
 
 
 def open_lake(settings: Settings):
@@ -81,11 +91,9 @@ def open_lake(settings: Settings):
     from warehouse.lake import open_lake as open_catalog
 
     properties: dict[str, str] = {}
-    if settings.storage.url:
-        location = settings.storage.url.rstrip("/") + "/warehouse/iceberg"
-        properties["s3.region"] = settings.storage.region
-        if settings.storage.endpoint_url:
-            properties["s3.endpoint"] = settings.storage.endpoint_url
+    if (store := _store(settings)) is not None:
+        location = store.location("warehouse/iceberg")
+        properties = store.iceberg_properties()
     else:
         directory = settings.data_root / "warehouse" / "iceberg"
         directory.mkdir(parents=True, exist_ok=True)

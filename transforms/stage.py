@@ -19,10 +19,11 @@ import hashlib
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,8 +45,9 @@ from warehouse.segment_columns import scan_columns
 from warehouse.segments import CLOSED_SUFFIX, RawRecord, SegmentCorrupt, list_closed_segments
 from warehouse.tables import arrow_schema, quarantine_schema
 
-if TYPE_CHECKING:  # pyiceberg is imported only where staging runs on many workers
+if TYPE_CHECKING:  # pyiceberg and boto3 are imported only where staging runs on many workers
     from warehouse.lake import Lake
+    from warehouse.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,63 @@ def segment_id(layout: Layout, path: Path) -> str:
     return path.relative_to(layout.raw).as_posix().removesuffix(CLOSED_SUFFIX)
 
 
+@dataclass(frozen=True)
+class RawSegment:
+    """A closed raw segment wherever it is: its id and how to read its bytes."""
+
+    id: str
+    where: str
+    read: Callable[[], bytes]
+
+
+class RawZone:
+    """Where staging finds closed raw segments and keeps their quarantine files: under the data
+    root, or in the object store (`CIVICFLOW_STORAGE__URL`) that the listeners upload to, at the
+    same keys (`raw/<listener>/<segment>.seg`, `quarantine/segments/<segment id>.parquet`)."""
+
+    def __init__(self, layout: Layout, store: Store | None = None) -> None:
+        self.layout = layout
+        self.store = store if store is not None and not store.is_local else None
+
+    def closed(self) -> list[RawSegment]:
+        if self.store is None:
+            return [
+                RawSegment(segment_id(self.layout, p), str(p), p.read_bytes)
+                for p in list_closed_segments(self.layout.raw)
+            ]
+        store = self.store
+        return [
+            RawSegment(
+                key.removeprefix("raw/").removesuffix(CLOSED_SUFFIX),
+                store.location(key),
+                partial(store.get_bytes, key),
+            )
+            for key in store.list("raw/")
+            if key.endswith(CLOSED_SUFFIX)
+        ]
+
+    def _quarantine_key(self, seg: str) -> str:
+        return self.layout.quarantine_file(seg).relative_to(self.layout.root).as_posix()
+
+    def write_quarantine(self, seg: str, table: pa.Table) -> None:
+        if self.store is None:
+            _write_parquet(table, self.layout.quarantine_file(seg))
+            return
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        self.store.put_bytes(self._quarantine_key(seg), sink.getvalue().to_pybytes())
+
+    def read_quarantine(self, seg: str) -> pa.Table | None:
+        if self.store is None:
+            path = self.layout.quarantine_file(seg)
+            return pq.read_table(path, schema=quarantine_schema()) if path.exists() else None
+        try:
+            data = self.store.get_bytes(self._quarantine_key(seg))
+        except FileNotFoundError:
+            return None
+        return pq.read_table(pa.BufferReader(data), schema=quarantine_schema())
+
+
 def pending_segments(layout: Layout, con: duckdb.DuckDBPyConnection) -> list[Path]:
     """Closed segments not yet recorded in the ledger, oldest first."""
     done = {row[0] for row in con.execute("SELECT segment_id FROM raw.segments").fetchall()}
@@ -97,12 +156,13 @@ def _quarantine_row(seg: str, record: RawRecord, rej: Rejection, now: datetime) 
 
 def _decode_parts(
     layout: Layout,
-    path: Path,
+    path: Path | RawSegment,
     decoder: SegmentDecoder,
     now: datetime,
     result: StageResult,
     ledger: list[dict],
     quarantine: list[dict],
+    zone: RawZone | None = None,
 ) -> Iterator[Part]:
     """Decode one segment, yielding its readings in parts as Arrow tables.
 
@@ -111,8 +171,10 @@ def _decode_parts(
     and its ledger row to `ledger`: the caller records them in the transaction that loads its
     readings, so a segment is never half-recorded.
     """
-    seg = segment_id(layout, path)
-    data = path.read_bytes()
+    if isinstance(path, RawSegment):
+        seg, data = path.id, path.read()
+    else:
+        seg, data = segment_id(layout, path), path.read_bytes()
     cols = scan_columns(data)
     readings = rejected = 0
     quarantine_rows: list[dict] = []
@@ -123,7 +185,7 @@ def _decode_parts(
         yield part
     if cols.why is not None:
         tail = data[cols.end :]
-        err = SegmentCorrupt(path, cols.end, cols.why)
+        err = SegmentCorrupt(path if isinstance(path, Path) else Path(path.where), cols.end, cols.why)
         log.error("%s; the bytes from there on are quarantined as corrupt_record", err)
         torn = RawRecord(offset=err.offset, topic=b"", payload=tail, received_at_ns=0)
         quarantine_rows.append(
@@ -132,9 +194,11 @@ def _decode_parts(
         rejected += 1
     quarantine.extend(quarantine_rows)
     if quarantine_rows:
-        _write_parquet(
-            pa.Table.from_pylist(quarantine_rows, schema=quarantine_schema()), layout.quarantine_file(seg)
-        )
+        table = pa.Table.from_pylist(quarantine_rows, schema=quarantine_schema())
+        if zone is not None:
+            zone.write_quarantine(seg, table)
+        else:
+            _write_parquet(table, layout.quarantine_file(seg))
     ledger.append(
         {
             "segment_id": seg,
@@ -512,6 +576,7 @@ def decode_shard(
     now: datetime | None = None,
     max_readings_per_commit: int = 500_000,
     fast: bool = True,
+    store: Store | None = None,
 ) -> StageResult:
     """Decode the closed raw segments of one shard not yet staged; append them to `staged.increments`.
 
@@ -529,12 +594,9 @@ def decode_shard(
         raise RegistryError("device registry does not match the decoding profiles: " + "; ".join(problems))
     now = now or datetime.now(tz=UTC)
     result = StageResult()
+    zone = RawZone(layout, store)
     staged = lake.staged_segments()
-    todo = [
-        p
-        for p in list_closed_segments(layout.raw)
-        if (seg := segment_id(layout, p)) not in staged and shard_of(seg, shards) == shard
-    ]
+    todo = [s for s in zone.closed() if s.id not in staged and shard_of(s.id, shards) == shard]
     schema = arrow_schema(increment_columns())
     decoder = SegmentDecoder(limits, registry, fast=fast)
     name = f"{shard}/{shards}"
@@ -545,7 +607,7 @@ def decode_shard(
             readings = 0
             while todo and readings < max_readings_per_commit:
                 path = todo.pop(0)
-                for part in _decode_parts(layout, path, decoder, now, result, ledger, []):
+                for part in _decode_parts(layout, path, decoder, now, result, ledger, [], zone):
                     for domain, tables in part.tables.items():
                         for table in tables:
                             parts.append(_to_increment(domain, table, schema))
@@ -582,6 +644,7 @@ def merge_increments(
     *,
     now: datetime | None = None,
     max_readings_per_txn: int = 500_000,
+    store: Store | None = None,
 ) -> tuple[StageResult, list[int]]:
     """Take every `staged.increments` snapshot the warehouse has not consumed into it.
 
@@ -593,6 +656,7 @@ def merge_increments(
     from warehouse.lake import INCREMENTS, snapshots_with_ledger
 
     now = now or datetime.now(tz=UTC)
+    zone = RawZone(layout, store)
     result = StageResult()
     changed: set[tuple[str, str, date]] = set()
     table = lake.increments()
@@ -633,9 +697,7 @@ def merge_increments(
                 result.segments += 1
                 result.records += row.records
                 result.readings += row.readings
-                qfile = layout.quarantine_file(row.segment_id)
-                if row.rejected and qfile.exists():
-                    q = pq.read_table(qfile, schema=quarantine_schema())
+                if row.rejected and (q := zone.read_quarantine(row.segment_id)) is not None:
                     quarantine.append(q)
                     result.quarantined.update(q["reason"].to_pylist())
             ids.append(inc.snapshot_id)

@@ -490,8 +490,8 @@ def _arrow_fs(table: Table):
 def _fs_path(uri: str) -> str:
     from pyiceberg.io.pyarrow import PyArrowFileIO
 
-    scheme, netloc, path = PyArrowFileIO.parse_location(uri)
-    return f"{netloc}{path}" if scheme in ("s3", "s3a", "s3n", "gs") else path
+    _scheme, _netloc, path = PyArrowFileIO.parse_location(uri)  # object stores: bucket/key
+    return path
 
 
 def _back_off(attempt: int) -> None:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from factories import LIMITS, car_park, land
 from fuzz.corpus import load_corpus
+from objectstores import aws_credentials, moto_server, s3_storage
 
 from ingest.samples import (
     aberdeen_air_quality_messages,
@@ -34,12 +35,27 @@ from warehouse.lake import (
 from warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
+FIXTURES = (aws_credentials, moto_server, s3_storage)  # tests/objectstores.py: the moto server
 
 T0 = 1_700_000_000 * 10**9
 
 
-def lake_at(root: Path):
-    return open_lake(f"sqlite:///{root / 'catalog.db'}", (root / "iceberg").as_uri())
+def lake_at(root: Path, catalog: str | None = None):
+    return open_lake(catalog or f"sqlite:///{root / 'catalog.db'}", (root / "iceberg").as_uri())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog(request, tmp_path):
+    """The catalogue's database: SQLite (one machine) or a PostgreSQL started for the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catalog.db'}"
+        return
+    from distributed import missing_binaries, run_postgres
+
+    if missing := [m for m in missing_binaries() if "postgres" in m.lower() or "initdb" in m]:
+        pytest.skip(f"cannot start PostgreSQL here: {missing[0]}")
+    with run_postgres(tmp_path / "pg") as pg:
+        yield pg.url(pg.create_database("catalog"))
 
 
 def land_everything(layout: Layout) -> None:
@@ -160,10 +176,10 @@ def _readings(segments: list[str]) -> tuple[pa.Table, list[LedgerRow]]:
     return pa.Table.from_pylist(rows, schema=arrow_schema(increment_columns())), ledger
 
 
-def _append_worker(root: str, name: str, rounds: list[list[str]], barrier, results) -> None:
+def _append_worker(root: str, catalog: str, name: str, rounds: list[list[str]], barrier, results) -> None:
     """Append one batch per round, committing only once the other worker is ready to commit too:
     both commits are based on the same metadata, so one of them must lose and retry."""
-    lake = lake_at(Path(root))
+    lake = lake_at(Path(root), catalog)
     lake.commit_retries = 3
     lake.before_commit = lambda attempt: barrier.wait() if attempt == 0 else None
     for segments in rounds:
@@ -172,8 +188,8 @@ def _append_worker(root: str, name: str, rounds: list[list[str]], barrier, resul
         barrier.wait()  # the round is over for both before the next begins
 
 
-def test_concurrent_commits_with_forced_conflicts_lose_nothing_and_duplicate_nothing(tmp_path):
-    lake = lake_at(tmp_path)
+def test_concurrent_commits_with_forced_conflicts_lose_nothing_and_duplicate_nothing(tmp_path, catalog):
+    lake = lake_at(tmp_path, catalog)
     lake.increments()  # created once, as the first staging run does
     rounds = {
         "A": [["a1", "a2", "a3", "a4"], ["b1", "b2"], ["b1", "c1"]],
@@ -182,7 +198,7 @@ def test_concurrent_commits_with_forced_conflicts_lose_nothing_and_duplicate_not
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
     procs = [
-        ctx.Process(target=_append_worker, args=(str(tmp_path), name, segs, barrier, results))
+        ctx.Process(target=_append_worker, args=(str(tmp_path), catalog, name, segs, barrier, results))
         for name, segs in rounds.items()
     ]
     for p in procs:
@@ -215,6 +231,47 @@ def test_concurrent_commits_with_forced_conflicts_lose_nothing_and_duplicate_not
     assert {r["record_offset_count"] for r in per_segment} == {5}, "every segment's readings exactly once"
     ledger = [row.segment_id for inc in snapshots_with_ledger(lake.increments()) for row in inc.ledger]
     assert sorted(ledger) == expected, "every segment in the ledger exactly once"
+
+
+def test_staging_from_an_object_store_builds_the_same_warehouse(tmp_path, s3_storage):
+    """Segments the listeners uploaded to an S3-compatible store, increments in Iceberg tables on
+    it, quarantine files in it: the same warehouse as staging from the local raw zone."""
+    from warehouse.storage import open_store
+
+    local = Layout(tmp_path / "local" / "data")
+    land_everything(local)
+    con = connect(local.warehouse)
+    expected = stage_segments(local, con, LIMITS)
+    expected_state = warehouse_state(con)
+    con.close()
+
+    remote = Layout(tmp_path / "remote" / "data")  # the merging worker's own disk: no raw zone
+    store = open_store(s3_storage, remote.root)
+    for path in sorted(local.raw.rglob("*.seg")):
+        store.put_file(f"raw/{path.relative_to(local.raw).as_posix()}", path)
+    lake = open_lake(
+        f"sqlite:///{tmp_path / 'catalog.db'}",
+        store.location("warehouse/iceberg"),
+        properties=store.iceberg_properties(),
+    )
+    for shard in range(2):
+        decode_shard(remote, lake, LIMITS, shard=shard, shards=2, store=store)
+    assert not remote.raw.exists() and not (remote.root / "quarantine").exists()
+    assert store.list("quarantine/segments/") and store.list("warehouse/iceberg/staged/increments/data/")
+    con = connect(remote.warehouse)
+    merged, consumed = merge_increments(remote, con, lake, store=store)
+    assert (merged.segments, merged.readings, merged.quarantined) == (
+        expected.segments,
+        expected.readings,
+        expected.quarantined,
+    )
+    assert warehouse_state(con) == expected_state
+    assert staged_files(remote) == staged_files(local)
+    lake.fold(consumed)
+    files = [k for k in store.list("warehouse/iceberg/") if not k.endswith("/")]  # not pyarrow's folders
+    assert [k for k in files if "/staged/increments/data/" in k] == []  # merged copies are gone
+    assert len([k for k in files if "/raw/segments/data/" in k]) == 1
+    con.close()
 
 
 def test_shards_partition_the_segments():
