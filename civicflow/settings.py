@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from civicflow.contract import is_name
 
 
 class TlsSettings(BaseModel):
@@ -45,10 +48,32 @@ class MqttSettings(BaseModel):
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="Share the subscription ($share/<group>/...) among several listener processes",
     )
+    councils: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Only these councils' topics (<prefix>/<council>/#), comma-separated: shards councils "
+        "across listener processes on a broker without shared subscriptions (NATS). Every council must "
+        "be in one listener's list: the broker keeps no reading nobody subscribed to. Empty: all councils",
+    )
+
+    @field_validator("councils", mode="before")
+    @classmethod
+    def _split_councils(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [c.strip() for c in value.split(",") if c.strip()]
+        bad = [c for c in value if not is_name(c)] if isinstance(value, list | tuple) else []
+        if bad:
+            raise ValueError(
+                f"CIVICFLOW_MQTT__COUNCILS: {', '.join(map(repr, bad))} is not a council name "
+                "(lower case letters, digits, _ and -, at most 64); give names separated by commas"
+            )
+        if isinstance(value, list | tuple) and len(set(value)) != len(value):
+            raise ValueError("CIVICFLOW_MQTT__COUNCILS names a council twice")
+        return value
 
     def topic_filters(self) -> list[str]:
         """What the listener subscribes to, shared among the group's listeners when one is set."""
-        filters = [f"{self.topic_prefix}/#", *(LORAWAN_TOPIC_FILTERS if self.lorawan_topics else ())]
+        councils = [f"{self.topic_prefix}/{c}/#" for c in self.councils] or [f"{self.topic_prefix}/#"]
+        filters = [*councils, *(LORAWAN_TOPIC_FILTERS if self.lorawan_topics else ())]
         if self.shared_group:
             return [f"$share/{self.shared_group}/{f}" for f in filters]
         return filters
