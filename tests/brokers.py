@@ -401,3 +401,70 @@ class Collector:
                 self._condition.wait(seconds)
                 if len(self.payloads) == before:
                     return before
+
+
+def deploy_nats_config(
+    source: Path,
+    *,
+    addresses: Mapping[str, str],
+    store_dir: Path,
+    settings: Mapping[str, str] | None = None,
+) -> str:
+    """Render a configuration of deploy/nats/ (nats-server.conf, cluster.conf) for a private test server.
+
+    Every line is kept except: each address in `addresses` (in `listen:`, `http:` and route lines,
+    e.g. "0.0.0.0:8883" or "nats-2.civicflow.internal:6222") becomes its test address,
+    `store_dir` moves to `store_dir`, each `<name>: <value>` named in `settings` gets the test's
+    value, and the `tls { ... }` block is left out (the gateway simulator speaks plain MQTT).
+    `include` lines stay relative: the test puts the included files beside the rendered one.
+
+    Args:
+        source: The example configuration.
+        addresses: Test `host:port` for each address the example listens on or routes to.
+        store_dir: JetStream's directory for the test server.
+        settings: Test values for settings of the example, e.g. {"ack_wait": '"2s"'}.
+
+    Returns:
+        The configuration text.
+
+    Raises:
+        ValueError: The example has an address the test gave no value for (the test server would
+            bind or dial a real one), or a setting to replace is not in the example.
+    """
+    settings = dict(settings or {})
+    unused = set(settings)
+    out = [f"# Rendered by tests/brokers.py from {source.name} for one test."]
+    skipping = 0  # brace depth inside the left-out tls block
+    for number, line in enumerate(source.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if skipping:
+            skipping += stripped.count("{") - stripped.count("}")
+            continue
+        if not stripped or stripped.startswith("#"):
+            out.append(line)
+            continue
+        if stripped.startswith("tls {") or stripped.startswith("tls: {"):
+            out.append(line[: len(line) - len(line.lstrip())] + "# tls block left out for the test")
+            skipping = stripped.count("{") - stripped.count("}")
+            continue
+        key = stripped.split(":", 1)[0].strip()
+        address = None
+        if key in ("listen", "http"):
+            address = stripped.split(":", 1)[1].strip()
+        elif stripped.startswith("nats-route://"):
+            address = stripped.removeprefix("nats-route://")
+        if address is not None:
+            if address not in addresses:
+                raise ValueError(f"{source}:{number}: no test address for {address}")
+            out.append(line.replace(address, addresses[address]))
+        elif key == "store_dir":
+            out.append(f'  store_dir: "{store_dir}"')
+        elif key in settings:
+            out.append(f"{line[: len(line) - len(line.lstrip())]}{key}: {settings[key]}")
+            unused.discard(key)
+        else:
+            out.append(line)
+    if unused:
+        raise ValueError(f"{source}: no setting {', '.join(sorted(unused))} to replace")
+    out.append("")
+    return "\n".join(out)

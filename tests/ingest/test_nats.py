@@ -1,0 +1,591 @@
+"""NATS Server with JetStream as Civicflow's MQTT broker, run from the example in deploy/nats/.
+
+Each server here is rendered from deploy/nats/ by `deploy_nats_config` (test addresses and
+store directory, no TLS, ack_wait shortened), with deploy/nats/accounts.conf as it is and a
+secrets.conf of made-up passwords for the users of secrets.conf.example. The gateway simulator and
+`civicflow listen` run unchanged against it: readings published at QoS 1 land with none lost
+across a SIGKILL of the listener and a SIGKILL and restart of nats-server, both mid-stream; the
+users' permissions hold; NATS does not honour shared subscriptions, so councils are sharded across
+listeners instead (CIVICFLOW_MQTT__COUNCILS); and the three-node example replicates every MQTT
+stream and consumer three times and keeps landing with a node down.
+
+One single-node server serves the module; the tests that kill it restart it before they end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from brokers import Collector, deploy_nats_config, free_port
+from listeners import ListenerProcess, landed_payloads, wait_for
+from paho.mqtt.enums import CallbackAPIVersion
+
+from ingest.gateway import publish_messages
+from ingest.listener import BrokerAddress
+from ingest.probe import probe_broker
+from warehouse.segments import list_closed_segments, read_segment
+
+pytestmark = pytest.mark.integration
+
+NATS_SERVER = Path(os.environ.get("CIVICFLOW_TEST_NATS_SERVER", "/usr/sbin/nats-server"))
+DEPLOY_NATS = Path(__file__).resolve().parents[2] / "deploy" / "nats"
+HOST = "127.0.0.1"
+# Redelivery of what a killed listener had not acknowledged waits for ack_wait (NATS does not
+# resend on reconnect); the example's 30 s would make each kill test wait that long.
+TEST_ACK_WAIT = '"2s"'
+CHIRPSTACK_UPLINK = "application/0b4c9a5e-7f2d-4e3a-9c1b-2d5e8f6a7b3c/device/0011223344556677/event/up"
+
+
+def _users() -> dict[str, str]:
+    """Each user of secrets.conf.example (PW_GW_LEEDS_1 is gw-leeds-1) with a made-up password."""
+    names = re.findall(r"^(PW_[A-Z0-9_]+):", (DEPLOY_NATS / "secrets.conf.example").read_text(), re.M)
+    return {name[3:].lower().replace("_", "-"): f"test-{name[3:].lower()}-pw" for name in names}
+
+
+USERS = _users()
+
+
+def _install(workdir: Path) -> None:
+    """Put accounts.conf and a secrets.conf of the test's passwords in `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DEPLOY_NATS / "accounts.conf", workdir / "accounts.conf")
+    secrets = "".join(
+        f'PW_{user.upper().replace("-", "_")}: "{password}"\n' for user, password in USERS.items()
+    )
+    (workdir / "secrets.conf").write_text(secrets)
+
+
+class NatsServer:
+    """One private nats-server; restartable on the same ports and store directory."""
+
+    def __init__(self, workdir: Path, config: str, *, mqtt_port: int, http_port: int, name: str) -> None:
+        self.workdir = workdir
+        self.mqtt_port = mqtt_port
+        self.http_port = http_port
+        self.name = name
+        self.config_path = workdir / f"{name}.conf"
+        self.config_path.write_text(config)
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else "(no log)"
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (a cluster's nodes wait for each other)."""
+        if not NATS_SERVER.exists():
+            raise RuntimeError(
+                f"{NATS_SERVER} not found: install Debian's nats-server package (2.9 or later) or "
+                "set CIVICFLOW_TEST_NATS_SERVER to the binary"
+            )
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(NATS_SERVER), "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def healthy(self) -> bool:
+        """/healthz answers ok: JetStream is up (in a cluster: it has a meta leader and is current)."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(
+                f"{self.name} exited ({self.proc and self.proc.returncode}):\n{self.log_text()}"
+            )
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{self.http_port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except (OSError, urllib.error.HTTPError):
+            return False
+
+    def start(self, timeout_s: float = 60) -> NatsServer:
+        self.launch()
+        self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        try:
+            wait_for(lambda: self.healthy() and _accepts(self.mqtt_port), timeout_s, f"{self.name} starting")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log:\n{self.log_text()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed or handed over."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def jsz(self, **params: str) -> dict:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        with urllib.request.urlopen(f"http://{HOST}:{self.http_port}/jsz?{query}", timeout=5) as r:
+            return json.loads(r.read())
+
+    def account_streams(self) -> dict[str, dict]:
+        """The CIVICFLOW account's JetStream streams by name, with their consumers."""
+        doc = self.jsz(acc="CIVICFLOW", streams="true", consumers="true", config="true")
+        [account] = [a for a in doc.get("account_details", []) if a["name"] == "CIVICFLOW"] or [{}]
+        return {s["name"]: s for s in account.get("stream_detail", [])}
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def single_node(workdir: Path) -> NatsServer:
+    """deploy/nats/nats-server.conf on free ports, its store under `workdir`."""
+    _install(workdir)
+    mqtt_port, http_port, client_port = free_port(), free_port(), free_port()
+    config = deploy_nats_config(
+        DEPLOY_NATS / "nats-server.conf",
+        addresses={
+            "127.0.0.1:4222": f"{HOST}:{client_port}",
+            "127.0.0.1:8222": f"{HOST}:{http_port}",
+            "0.0.0.0:8883": f"{HOST}:{mqtt_port}",
+        },
+        store_dir=workdir / "jetstream",
+        settings={"ack_wait": TEST_ACK_WAIT},
+    )
+    return NatsServer(workdir, config, mqtt_port=mqtt_port, http_port=http_port, name="nats-server")
+
+
+@pytest.fixture(scope="module")
+def nats(tmp_path_factory) -> Iterator[NatsServer]:
+    server = single_node(tmp_path_factory.mktemp("nats")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- Gateways and listeners -------------------------------------------------------------------
+
+
+def readings(council: str, start: int, stop: int) -> Iterator[tuple[str, bytes]]:
+    for i in range(start, stop):
+        yield f"city/{council}/parking/p{i % 7}", b'{"council":"%s","seq":%d}' % (council.encode(), i)
+
+
+def held(first: Iterable, gate: threading.Event, then: Iterable) -> Iterator:
+    """`first`, then `then` once `gate` is set: the gateway stays connected between the two, so a
+    kill between them falls in the middle of its stream."""
+    yield from first
+    if not gate.wait(timeout=120):
+        raise TimeoutError("the second stretch of readings was never released")
+    yield from then
+
+
+class Gateway(threading.Thread):
+    """The gateway simulator publishing at QoS 1 in the background under a user of accounts.conf."""
+
+    def __init__(self, port: int, user: str, messages: Iterable[tuple[str, bytes]]) -> None:
+        super().__init__(daemon=True)
+        self.port, self.user, self.messages = port, user, messages
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            publish_messages(
+                HOST,
+                self.port,
+                self.messages,
+                client_id=self.user,
+                username=self.user,
+                password=USERS[self.user],
+                window=500,
+                timeout_s=60,
+            )
+        except BaseException as exc:  # reported by finish()
+            self.error = exc
+
+    def finish(self) -> None:
+        self.join(timeout=180)
+        assert not self.is_alive(), f"gateway {self.user} did not finish publishing"
+        assert self.error is None, f"gateway {self.user}: {self.error!r}"
+
+
+def listener(
+    tmp_path: Path, server: NatsServer, user: str, *, client_id: str | None = None, **env: str
+) -> ListenerProcess:
+    return ListenerProcess(
+        tmp_path / "data",
+        server.mqtt_port,
+        tmp_path / f"{client_id or user}.log",
+        client_id=client_id or user,
+        CIVICFLOW_MQTT__USERNAME=user,
+        CIVICFLOW_MQTT__PASSWORD=USERS[user],
+        # Closed sooner than ListenerProcess's 1 s: the tests wait for closed segments.
+        CIVICFLOW_LANDING__SEGMENT_MAX_AGE_S="0.25",
+        **env,
+    )
+
+
+def seqs_by_council(payloads: list[bytes]) -> dict[str, set[int]]:
+    found: dict[str, set[int]] = {}
+    for payload in payloads:
+        doc = json.loads(payload)
+        found.setdefault(doc["council"], set()).add(doc["seq"])
+    return found
+
+
+def landed_all(root: Path, expected: dict[str, set[int]], client_id: str | None = None):
+    """A predicate: the closed segments under the raw zone `root` (only those of `client_id`, if
+    given) hold exactly the expected readings."""
+    if client_id is None:
+        return lambda: seqs_by_council(landed_payloads(root)) == expected
+    return lambda: seqs_by_council(payloads_of(root, client_id)) == expected
+
+
+def payloads_of(root: Path, client_id: str) -> list[bytes]:
+    return [
+        r.payload for p in list_closed_segments(root) if p.parent.name == client_id for r in read_segment(p)
+    ]
+
+
+def forget_session(server: NatsServer, user: str, client_id: str) -> None:
+    """Connect once with a clean session, so the module's server keeps no consumer of this test."""
+    done = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    client.username_pw_set(user, USERS[user])
+    client.on_connect = lambda *args: done.set()
+    client.connect(HOST, server.mqtt_port)
+    client.loop_start()
+    try:
+        assert done.wait(10), f"no CONNACK for {client_id}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+# -- Tests --------------------------------------------------------------------------------------
+
+
+def test_listener_killed_mid_stream_loses_no_reading(nats, tmp_path):
+    """SIGKILL of the listener while a gateway publishes: JetStream keeps what came meanwhile and
+    sends again what the killed process had not acknowledged; the restart lands all of it."""
+    n = 3_000
+    gate = threading.Event()
+    lp = listener(tmp_path, nats, "civicflow-listener-1").start()
+    try:
+        lp.wait_subscribed()
+        gateway = Gateway(
+            nats.mqtt_port,
+            "gw-birmingham-1",
+            held(readings("birmingham", 0, n // 2), gate, readings("birmingham", n // 2, n)),
+        )
+        lp.wait_for(lambda: lp.status().get("acked", 0) >= 1_000, 60, "landing")
+        lp.kill()
+        acked_before_kill = lp.status()["acked"]
+        gate.set()  # the second half arrives while no listener is connected
+        lp.start()
+        gateway.finish()
+        lp.wait_subscribed()
+        lp.wait_for(landed_all(tmp_path / "data" / "raw", {"birmingham": set(range(n))}), 120, "landing all")
+        # Every reading acknowledged to JetStream: its interest-retained stream is empty again.
+        lp.wait_for(lambda: nats.account_streams()["$MQTT_msgs"]["state"]["messages"] == 0, 60, "acking")
+        after = lp.own_status()
+        assert lp.terminate() == 0
+    finally:
+        lp.ensure_stopped()
+    forget_session(nats, "civicflow-listener-1", lp.client_id)
+    assert 1_000 <= acked_before_kill < n
+    assert (after["protocol"], after["sessions_lost"]) == ("3.1.1", 0)
+    assert len(landed_payloads(tmp_path / "data" / "raw")) >= n  # duplicates allowed, none missing
+
+
+def test_nats_server_killed_and_restarted_mid_stream_loses_no_reading(nats, tmp_path):
+    """SIGKILL of nats-server while the listener lands a gateway's readings, the gateway publishing
+    on into the outage, then a restart on the same store: the gateway's unacknowledged readings are
+    sent again, JetStream still has what it acknowledged and the listener's session, and the
+    listener lands everything."""
+    n = 3_000
+    gate = threading.Event()
+    lp = listener(tmp_path, nats, "civicflow-listener-1", client_id="civicflow-listener-1-restart").start()
+    try:
+        lp.wait_subscribed()
+        gateway = Gateway(
+            nats.mqtt_port,
+            "gw-leeds-1",
+            held(readings("leeds", 0, n // 2), gate, readings("leeds", n // 2, n)),
+        )
+        lp.wait_for(lambda: lp.status().get("acked", 0) >= 1_000, 60, "landing")
+        nats.kill()
+        gate.set()  # the gateway goes on publishing into the outage
+        nats.start()
+        gateway.finish()
+        lp.wait_for(landed_all(tmp_path / "data" / "raw", {"leeds": set(range(n))}), 120, "landing all")
+        after = lp.own_status()
+        assert lp.terminate() == 0
+    finally:
+        lp.ensure_stopped()
+        if nats.proc is None or nats.proc.poll() is not None:
+            nats.start()  # the next test needs the module's server
+    forget_session(nats, "civicflow-listener-1", lp.client_id)
+    assert after["connects"] >= 2
+    assert after["sessions_lost"] == 0  # the session survived the crash, on disk
+    assert len(landed_payloads(tmp_path / "data" / "raw")) >= n
+
+
+def test_users_get_only_what_accounts_conf_grants(nats, tmp_path):
+    """Anonymous and wrong passwords are refused; a gateway's reading outside its council and
+    anything a listener publishes is not delivered, and NATS logs why; no user of accounts.conf
+    may speak the NATS protocol (JetStream's API); `civicflow status` probes the broker."""
+    refused = []
+    for user, password in [(None, None), ("gw-leeds-1", "wrong"), ("nobody", "x")]:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{len(refused)}")
+        if user:
+            client.username_pw_set(user, password)
+        codes: list = []
+        client.on_connect = lambda c, u, f, rc, p, codes=codes: codes.append(rc)
+        client.connect(HOST, nats.mqtt_port)
+        wait_for(lambda client=client, codes=codes: client.loop(timeout=0.05) != 0 or codes, 10, "CONNACK")
+        refused.append(codes[0].is_failure if codes else True)
+        client.disconnect()
+    assert refused == [True, True, True]
+
+    reader = Collector(
+        HOST,
+        nats.mqtt_port,
+        "city/#",
+        client_id="collector-grants",
+        clean_session=True,
+        username="civicflow-listener-2",
+        password=USERS["civicflow-listener-2"],
+    )
+    assert reader.start() == [1]
+    try:
+        sent = [
+            ("gw-birmingham-1", [("city/leeds/parking/forged", b"forged")]),
+            ("civicflow-listener-1", [("city/birmingham/parking/echo", b"from-a-listener")]),
+            ("gw-birmingham-1", [("city/birmingham/parking/p1", b"granted")]),
+        ]
+        for user, messages in sent:
+            stats = publish_messages(
+                HOST,
+                nats.mqtt_port,
+                messages,
+                client_id=f"{user}-grants",
+                username=user,
+                password=USERS[user],
+            )
+            assert stats.messages == 1  # MQTT 3.1.1 cannot refuse: a PUBACK either way
+        # One consumer, one stream: had the earlier two been stored, they would come first.
+        assert reader.wait_for(1, 30) == 1
+    finally:
+        reader.stop()
+    assert reader.payloads == [b"granted"]
+    log = nats.log_text()
+    assert 'Publish Violation - User "gw-birmingham-1", Subject "city.leeds.parking.forged"' in log
+    assert 'Publish Violation - User "civicflow-listener-1", Subject "city.birmingham.parking.echo"' in log
+
+    with socket.create_connection((HOST, nats_client_port(nats)), timeout=5) as sock:
+        sock.recv(4096)  # INFO
+        connect = {"user": "gw-birmingham-1", "pass": USERS["gw-birmingham-1"], "verbose": False}
+        sock.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+        assert b"Authorization Violation" in sock.recv(4096)
+
+    address = BrokerAddress(HOST, nats.mqtt_port, "civicflow-listener-1", USERS["civicflow-listener-1"])
+    assert probe_broker(address).accepted
+
+
+def nats_client_port(server: NatsServer) -> int:
+    match = re.search(r"^listen: 127\.0\.0\.1:(\d+)$", server.config_path.read_text(), re.M)
+    assert match, "the rendered configuration has no NATS protocol listener"
+    return int(match.group(1))
+
+
+def test_shared_subscriptions_are_plain_topics_to_nats_and_the_example_refuses_them(nats, tmp_path):
+    """NATS takes `$share/<group>/city/#` for an ordinary filter on a topic beginning `$share`: a
+    listener with CIVICFLOW_MQTT__SHARED_GROUP would land nothing. accounts.conf does not grant it,
+    so such a listener is refused and says so instead."""
+    lp = listener(tmp_path, nats, "civicflow-listener-2", CIVICFLOW_MQTT__SHARED_GROUP="civicflow").start()
+    try:
+        status = lp.wait_for(
+            lambda: (doc := lp.own_status()).get("state") == "subscription_refused" and doc, 60, "refusal"
+        )
+    finally:
+        lp.ensure_stopped()
+    assert status["last_error"].startswith("subscription refused for $share/civicflow/city/#")
+
+    # On a server without permissions, the subscription is granted and gets only the literal topic.
+    open_server = tmp_path / "open"
+    open_server.mkdir()
+    mqtt_port, http_port = free_port(), free_port()
+    config = (
+        f"server_name: open\nlisten: {HOST}:{free_port()}\nhttp: {HOST}:{http_port}\n"
+        f'jetstream {{ store_dir: "{open_server}/js" }}\nmqtt {{ listen: {HOST}:{mqtt_port} }}\n'
+    )
+    server = NatsServer(open_server, config, mqtt_port=mqtt_port, http_port=http_port, name="open").start()
+    shared = Collector(HOST, mqtt_port, "$share/civicflow/city/#", client_id="shared", clean_session=True)
+    plain = Collector(HOST, mqtt_port, "city/#", client_id="plain", clean_session=True)
+    try:
+        assert shared.start() == [1] and plain.start() == [1]
+        marker = [("$share/civicflow/city/marker", b"literal")]
+        publish_messages(HOST, mqtt_port, [*readings("leeds", 0, 10), *marker], client_id="gw")
+        assert shared.wait_for(1, 30) == 1 and plain.wait_for(10, 30) == 10
+    finally:
+        shared.stop()
+        plain.stop()
+        server.stop()
+    assert shared.payloads == [b"literal"]  # none of the ten readings, which came first
+    assert sorted(json.loads(p)["seq"] for p in plain.payloads) == list(range(10))
+
+
+def test_councils_sharded_across_two_listeners_each_land_their_own(nats, tmp_path):
+    """Scaling out without shared subscriptions: each listener subscribes to its councils
+    (CIVICFLOW_MQTT__COUNCILS), one of them to the LoRaWAN uplinks too; together they land every
+    reading, each council's in its own listener's directory."""
+    n = 500
+    a = listener(
+        tmp_path, nats, "civicflow-listener-1", client_id="shard-a", CIVICFLOW_MQTT__COUNCILS="birmingham"
+    )
+    b = listener(
+        tmp_path,
+        nats,
+        "civicflow-listener-2",
+        client_id="shard-b",
+        CIVICFLOW_MQTT__COUNCILS="leeds",
+        CIVICFLOW_MQTT__LORAWAN_TOPICS="false",
+    )
+    uplink = b'{"council":"lorawan","seq":0}'
+    try:
+        a.start()
+        b.start()
+        filters = [a.wait_subscribed()["state"], b.wait_subscribed()["state"]]
+        gateways = [
+            Gateway(nats.mqtt_port, "gw-birmingham-1", readings("birmingham", 0, n)),
+            Gateway(nats.mqtt_port, "gw-leeds-1", readings("leeds", 0, n)),
+            Gateway(nats.mqtt_port, "lns-chirpstack", [(CHIRPSTACK_UPLINK, uplink)]),
+        ]
+        for gateway in gateways:
+            gateway.finish()
+        everything = set(range(n))
+        raw = tmp_path / "data" / "raw"
+        a.wait_for(landed_all(raw, {"birmingham": everything, "lorawan": {0}}, "shard-a"), 120, "landing")
+        b.wait_for(landed_all(raw, {"leeds": everything}, "shard-b"), 120, "landing")
+        assert a.terminate() == 0 and b.terminate() == 0
+    finally:
+        a.ensure_stopped()
+        b.ensure_stopped()
+    forget_session(nats, "civicflow-listener-1", "shard-a")
+    forget_session(nats, "civicflow-listener-2", "shard-b")
+    assert filters == ["subscribed", "subscribed"]
+    assert "subscribing to city/birmingham/#, v3/+/devices/+/up" in (tmp_path / "shard-a.log").read_text()
+    assert "subscribing to city/leeds/# [" in (tmp_path / "shard-b.log").read_text()
+
+
+# -- The three-node example -----------------------------------------------------------------------
+
+
+def test_three_node_cluster_replicates_each_mqtt_stream_and_consumer_and_lands_with_a_node_down(tmp_path):
+    """deploy/nats/cluster-node-<n>.conf on one machine: the MQTT streams and the listener's
+    consumers have three replicas; a gateway on node 2 reaches a listener on node 1; and with
+    node 3 killed mid-stream the other two go on storing and delivering every reading."""
+    nodes = [f"nats-{i}.civicflow.internal:6222" for i in (1, 2, 3)]
+    routes = {node: f"{HOST}:{free_port()}" for node in nodes}
+    servers = []
+    for i, node in enumerate(nodes, 1):
+        workdir = tmp_path / f"node-{i}"
+        _install(workdir)
+        mqtt_port, http_port = free_port(), free_port()
+        shared = deploy_nats_config(
+            DEPLOY_NATS / "cluster.conf",
+            addresses={
+                "127.0.0.1:4222": f"{HOST}:{free_port()}",
+                "127.0.0.1:8222": f"{HOST}:{http_port}",
+                "0.0.0.0:8883": f"{HOST}:{mqtt_port}",
+                "0.0.0.0:6222": routes[node],
+                **routes,
+            },
+            store_dir=workdir / "jetstream",
+            settings={"ack_wait": TEST_ACK_WAIT},
+        )
+        (workdir / "cluster.conf").write_text(shared)
+        node_config = (DEPLOY_NATS / f"cluster-node-{i}.conf").read_text()
+        servers.append(
+            NatsServer(
+                workdir, node_config, mqtt_port=mqtt_port, http_port=http_port, name=f"cluster-node-{i}"
+            )
+        )
+    n = 600
+    gate = threading.Event()
+    lp = listener(tmp_path, servers[0], "civicflow-listener-1")
+    try:
+        for server in servers:
+            server.launch()
+        for server in servers:
+            server.wait_ready(120)
+        lp.start().wait_subscribed()
+        gateway = Gateway(
+            servers[1].mqtt_port,
+            "gw-leeds-1",
+            held(readings("leeds", 0, n // 2), gate, readings("leeds", n // 2, n)),
+        )
+        lp.wait_for(lambda: lp.status().get("acked", 0) >= 100, 60, "landing")
+        streams = servers[0].account_streams()
+        servers[2].kill()
+        gate.set()
+        gateway.finish()
+        lp.wait_for(landed_all(tmp_path / "data" / "raw", {"leeds": set(range(n))}), 120, "landing all")
+        after = lp.own_status()
+        assert lp.terminate() == 0
+    finally:
+        lp.ensure_stopped()
+        for server in servers:
+            server.kill()
+    assert sorted(streams) == ["$MQTT_msgs", "$MQTT_rmsgs", "$MQTT_sess"]
+    assert {name: s["config"]["num_replicas"] for name, s in streams.items()} == dict.fromkeys(streams, 3)
+    consumers = streams["$MQTT_msgs"]["consumer_detail"]
+    # city/# is two consumers (city and city.>), each LoRaWAN filter one.
+    assert len(consumers) == 4
+    assert [c["config"].get("num_replicas") for c in consumers] == [3] * 4
+    assert {(c["config"]["max_ack_pending"], c["config"]["ack_wait"]) for c in consumers} == {
+        (1000, 2 * 10**9)
+    }
+    assert all(len(c["cluster"]["replicas"]) == 2 for c in consumers)  # a leader and two followers
+    assert after["sessions_lost"] == 0
+
+
+def test_councils_setting_subscribes_per_council_and_refuses_what_is_not_a_council(monkeypatch):
+    from pydantic import ValidationError
+
+    from civicflow.settings import Settings
+
+    monkeypatch.setenv("CIVICFLOW_MQTT__COUNCILS", "birmingham, leeds")
+    monkeypatch.setenv("CIVICFLOW_MQTT__LORAWAN_TOPICS", "false")
+    assert Settings().mqtt.topic_filters() == ["city/birmingham/#", "city/leeds/#"]
+    monkeypatch.setenv("CIVICFLOW_MQTT__SHARED_GROUP", "g")
+    assert Settings().mqtt.topic_filters() == ["$share/g/city/birmingham/#", "$share/g/city/leeds/#"]
+    monkeypatch.delenv("CIVICFLOW_MQTT__SHARED_GROUP")
+    monkeypatch.setenv("CIVICFLOW_MQTT__COUNCILS", "")
+    assert Settings().mqtt.topic_filters() == ["city/#"]
+    for bad, says in [("Leeds", "'Leeds' is not a council name"), ("leeds,leeds", "names a council twice")]:
+        monkeypatch.setenv("CIVICFLOW_MQTT__COUNCILS", bad)
+        with pytest.raises(ValidationError, match=says):
+            Settings()
