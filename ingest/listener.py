@@ -21,6 +21,10 @@ client id had one (the queue is gone). Each is counted by cause, makes the liste
 a while and logs an error that says what to do; the listener reconnects and goes on landing. It
 speaks MQTT 5 to see the takeover's reason code, and MQTT 3.1.1 to a broker that refuses MQTT 5
 (the embedded demo broker), where a takeover looks like any lost connection.
+
+With an object store (`CIVICFLOW_STORAGE__URL`), a message is acknowledged only once the segment
+holding it is in the store: closed segments go to `ingest.upload.SegmentUploader`, and the
+acknowledgements they are owed are sent when it reports them uploaded (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from warehouse.segments import SegmentWriter
 
 if TYPE_CHECKING:
     from civicflow.settings import Settings
+    from ingest.upload import Ack, SegmentUploader
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +158,7 @@ class Listener:
         metrics: ListenerMetrics | None = None,
         session_alarm_s: float = SESSION_ALARM_S,
         clock: Callable[[], float] = time.time,
+        uploader: SegmentUploader | None = None,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -188,6 +194,12 @@ class Listener:
         self._downgrade = False
         self._mqtt5_answered = False  # a CONNACK to MQTT 5 came back: the broker speaks it
         self._connect_sent_at: float | None = None
+        # Object storage: acknowledgements wait for the upload of the segment holding their message.
+        self.uploader = uploader
+        if uploader is not None:
+            uploader.bind_metrics(self.metrics.registry)
+        self._generation = 0  # connections made: a packet id is acknowledged on its own connection only
+        self._awaiting_upload: list[Ack] = []  # the open segment's messages, landed, not acknowledged
         self.client = self._new_client()
 
     def _new_client(self) -> mqtt.Client:
@@ -219,10 +231,20 @@ class Listener:
         mqtt_settings = settings.mqtt
         broker = BrokerAddress.from_settings(settings)
         directory = Layout(settings.data_root).raw / mqtt_settings.client_id
+        uploader = None
+        max_age_s = settings.landing.segment_max_age_s
+        if settings.storage.url is not None:  # object storage: see ingest/upload.py
+            from ingest.upload import S3_SEGMENT_MAX_AGE_S, SegmentUploader
+            from warehouse.storage import open_store
+
+            if "segment_max_age_s" not in settings.landing.model_fields_set:
+                max_age_s = S3_SEGMENT_MAX_AGE_S
+            store = open_store(settings.storage, settings.data_root)
+            uploader = SegmentUploader(store, mqtt_settings.client_id, directory)
         writer = SegmentWriter(
             directory,
             max_bytes=settings.landing.segment_max_bytes,
-            max_age_s=settings.landing.segment_max_age_s,
+            max_age_s=max_age_s,
             fsync=settings.landing.fsync,
         )
         return cls(
@@ -236,6 +258,7 @@ class Listener:
             status_path=directory / "status.json",
             topic_prefix=mqtt_settings.topic_prefix,
             max_payload_bytes=settings.max_payload_bytes,
+            uploader=uploader,
         )
 
     def serve_metrics(self, host: str, port: int) -> None:
@@ -267,6 +290,7 @@ class Listener:
             self._set_state("refused")
             return
         self._connected = True
+        self._generation += 1
         self.stats.connects += 1
         if self._ever_connected and not flags.session_present:
             self._session_lost(
@@ -380,7 +404,11 @@ class Listener:
     @property
     def healthy(self) -> bool:
         """Subscribed and landing, with no session lost in the last `session_alarm_s` seconds."""
-        return self.stats.healthy and not self._session_alarm()
+        return (
+            self.stats.healthy
+            and not self._session_alarm()
+            and (self.uploader is None or self.uploader.healthy)
+        )
 
     def closed_backlog(self) -> int:
         """Closed segments in this listener's directory that staging has not recorded yet."""
@@ -388,6 +416,7 @@ class Listener:
 
     def health(self) -> dict:
         stats = self.stats
+        upload = None if self.uploader is None else self.uploader.health(len(self._awaiting_upload))
         return {
             "client_id": self.client_id,
             "pid": os.getpid(),
@@ -396,7 +425,8 @@ class Listener:
             "state": stats.state,
             # While the alarm lasts, what made the listener unhealthy is the lost session.
             "last_error": stats.last_error
-            or (stats.session_lost["message"] if stats.session_lost and self._session_alarm() else None),
+            or (stats.session_lost["message"] if stats.session_lost and self._session_alarm() else None)
+            or (upload["last_error"] if upload else None),
             "received": stats.received,
             "landed": stats.landed,
             "acked": stats.acked,
@@ -411,6 +441,7 @@ class Listener:
             "open_segment_age_s": round(self.writer.open_age_s, 3),
             "segments_closed": len(stats.segments_closed),
             "metrics_port": self.metrics_port,
+            "upload": upload,
             "updated_at": time.time(),
         }
 
@@ -435,6 +466,8 @@ class Listener:
         m.connected.set(1 if self._connected else 0)
         m.open_segment_age.set(self.writer.open_age_s)
         m.closed_backlog.set(self.closed_backlog())
+        if self.uploader is not None:
+            self.uploader.publish_metrics(len(self._awaiting_upload))
 
     def write_status(self, *, force: bool = False, min_interval_s: float = 0.5) -> None:
         """Publish counters to the metrics and to a JSON file operators and `civicflow status` read."""
@@ -467,13 +500,15 @@ class Listener:
         self.writer.flush()
         self.stats.flushes += 1
         self.stats.landed = self.stats.received
-        if self._connected and self._pending:
+        if self.uploader is not None:  # acknowledged once their segment is in the store
+            self._awaiting_upload.extend((self._generation, mid, qos) for mid, qos in self._pending)
+        elif self._connected and self._pending:
             self._send_acks()
             self.stats.acked += len(self._pending)
         self._pending.clear()
         self.write_status(min_interval_s=0.05 if drained else 0.5)
 
-    def _send_acks(self) -> None:
+    def _send_acks(self, acks: list[tuple[int, int]] | None = None) -> None:
         """Send the group's PUBACKs, in one write when paho has nothing else queued.
 
         paho's `ack()` sends each PUBACK with its own system call; a group of 500 then costs 500
@@ -481,17 +516,18 @@ class Listener:
         length, packet id) go out in one blocking `sendall`, so they cannot interleave with a
         packet paho is writing. Otherwise, and for QoS 2, paho sends them one by one.
         """
+        acks = self._pending if acks is None else acks
         sock = self.client.socket()
-        if sock is None or self.client.want_write() or any(qos != 1 for _, qos in self._pending):
-            for mid, qos in self._pending:
+        if sock is None or self.client.want_write() or any(qos != 1 for _, qos in acks):
+            for mid, qos in acks:
                 self.client.ack(mid, qos)
             return
-        data = b"".join(PUBACK_HEADER + mid.to_bytes(2, "big") for mid, _ in self._pending)
+        data = b"".join(PUBACK_HEADER + mid.to_bytes(2, "big") for mid, _ in acks)
         sock.settimeout(10.0)
         try:
             sock.sendall(data)
         except OSError as exc:  # the connection broke: nothing acknowledged, the broker redelivers
-            log.warning("sending %d acknowledgements failed (%s)", len(self._pending), exc)
+            log.warning("sending %d acknowledgements failed (%s)", len(acks), exc)
         finally:
             sock.settimeout(0.0)
 
@@ -500,6 +536,31 @@ class Listener:
         closed = self.writer.roll()
         if closed is not None:
             self.stats.segments_closed.append(closed.name)
+            if self.uploader is not None:
+                self.uploader.submit(closed, self._awaiting_upload)
+        self._awaiting_upload = []
+
+    def _ack_uploaded(self) -> None:
+        """Acknowledge the messages of segments the store now holds (object-storage mode).
+
+        A packet id means something only on the connection it came on: messages of an earlier
+        connection were redelivered on this one, landed again, and are acknowledged with those.
+        """
+        if self.uploader is None:
+            return
+        for segment in self.uploader.take_uploaded():
+            acks = [(mid, qos) for generation, mid, qos in segment.acks if generation == self._generation]
+            if acks and self._connected:
+                self._send_acks(acks)
+                self.stats.acked += len(acks)
+            stale = len(segment.acks) - (len(acks) if self._connected else 0)
+            if stale:
+                log.info(
+                    "segment %s is in the store; %d of its messages came on an earlier connection and "
+                    "were redelivered since (landed again: staging de-duplicates)",
+                    segment.name,
+                    stale,
+                )
 
     def _landing_failed(self, exc: OSError, stop: threading.Event) -> None:
         """Stop acknowledging, step away from the broker, wait for the disk, then resume."""
@@ -516,6 +577,7 @@ class Listener:
             unacked,
         )
         self._pending.clear()
+        self._awaiting_upload = []  # the connection is dropped: these come again and are landed again
         self.stats.received = self.stats.landed  # what was not landed will come again
         self.writer.abandon()
         self._set_state("landing_failed")
@@ -530,6 +592,8 @@ class Listener:
             try:
                 self.writer.probe()
                 self.writer.recover()
+                if self.uploader is not None:
+                    self.uploader.rescan()
             except OSError as again:
                 self.stats.last_error = f"raw zone refused a write: {again}"
                 log.warning("raw zone still refuses writes (%s); next check in %.0fs", again, delay)
@@ -562,6 +626,10 @@ class Listener:
                     self._connect_called = True
                     session = Properties(PacketTypes.CONNECT)
                     session.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+                    if self.uploader is not None:  # acks wait for uploads: a window that holds them
+                        from ingest.upload import RECEIVE_MAXIMUM
+
+                        session.ReceiveMaximum = RECEIVE_MAXIMUM
                     self.client.connect(
                         self.broker.host,
                         self.broker.port,
@@ -583,6 +651,8 @@ class Listener:
 
     def run(self, stop: threading.Event) -> ListenerStats:
         """Run until `stop` is set; then land, acknowledge and close what is open."""
+        if self.uploader is not None:
+            self.uploader.start()
         self._connect_with_backoff(stop)
         wait = 0.0
         while not stop.is_set():
@@ -633,8 +703,9 @@ class Listener:
                     or time.monotonic() - self._oldest_pending >= self.flush_max_delay_s
                 ):
                     self._commit(drained=not got_message)
-                if self.writer.due_to_roll():
+                if self.writer.due_to_roll() or self._unacknowledged_full():
                     self._roll()
+                self._ack_uploaded()
             except OSError as exc:
                 self._landing_failed(exc, stop)
                 wait = 0.0
@@ -644,6 +715,13 @@ class Listener:
             wait = 0.0 if got_message else 0.5
         self._shutdown()
         return self.stats
+
+    def _unacknowledged_full(self) -> bool:
+        if self.uploader is None:
+            return False
+        from ingest.upload import ROLL_AT_UNACKNOWLEDGED
+
+        return len(self._awaiting_upload) + len(self._pending) >= ROLL_AT_UNACKNOWLEDGED
 
     def _no_answer_to_mqtt5(self) -> bool:
         return (
@@ -662,6 +740,31 @@ class Listener:
             return min(0.5 * 2 ** (self._takeovers_in_a_row - 1), 30.0)
         return self._backoff
 
+    def _drain_uploads(self) -> None:
+        """Give the last segments their upload and their messages their acknowledgement."""
+        if self.uploader is None:
+            return
+        from ingest.upload import SHUTDOWN_WAIT_S
+
+        deadline = time.monotonic() + SHUTDOWN_WAIT_S
+        while self.uploader.busy and time.monotonic() < deadline:
+            # Nothing is read from the broker now (what it sends is redelivered after a restart);
+            # acknowledgements still go out as their segments reach the store.
+            self.uploader.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+            self._ack_uploaded()
+            if self._connected and self.client.want_write():
+                self.client.loop_write()
+        segments, messages = self.uploader.waiting()
+        if segments:
+            log.error(
+                "stopping with %d raw segments (%d messages) not yet in %s: they stay in %s and are "
+                "uploaded at the next start; the broker redelivers their unacknowledged messages",
+                segments,
+                messages,
+                self.uploader.store.url,
+                self.writer.directory,
+            )
+
     def _shutdown(self) -> None:
         self._set_state("stopping")
         try:
@@ -670,6 +773,7 @@ class Listener:
             self.stats.last_error = f"raw zone refused the last write: {exc}"
             log.error("could not land the last messages (%s); they were not acknowledged", exc)
             self.writer.abandon()
+        self._drain_uploads()
         deadline = time.monotonic() + 5.0
         while self._connected and self.client.want_write() and time.monotonic() < deadline:
             self.client.loop(timeout=0.05)
@@ -681,6 +785,8 @@ class Listener:
             self.writer.close()
         except OSError as exc:
             log.error("could not close the open segment (%s); the next start recovers it", exc)
+        if self.uploader is not None:
+            self.uploader.stop()
         self._set_state("stopped")
         log.info(
             "listener stopped: %d received, %d acknowledged, %d segments closed",
