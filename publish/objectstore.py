@@ -15,6 +15,9 @@ order that a reader can never catch half done (docs/scaling.md, "Object storage"
    publisher that switched it in between wins; this one gets `LatestMoved` and the pointer names
    one whole release either way.
 
+Then releases the data root no longer keeps (`CIVICFLOW_PUBLISH__KEEP_RELEASES`, or removed by
+an erasure) are deleted from the store too, manifest first, never the one `latest.json` names.
+
 Re-running after a failure is safe at any step: uploads are idempotent, the manifest is compared,
 and the pointer is switched only once. The local release (publish/release.py) is unchanged; this
 runs after it, from the release step (jobs/publication.py), when `CIVICFLOW_STORAGE__URL` is set.
@@ -31,7 +34,7 @@ from pathlib import Path
 
 from civicflow.errors import TerminalError, TransientError
 from civicflow.settings import StorageSettings
-from publish.release import MANIFEST, RELEASE_RE
+from publish.release import MANIFEST, RELEASE_RE, releases
 from warehouse.layout import Layout
 from warehouse.storage import Store, open_store
 
@@ -62,6 +65,7 @@ class StorePublication:
     uploaded: int
     copied: int
     switched: bool
+    removed: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -70,6 +74,7 @@ class StorePublication:
             "uploaded": self.uploaded,
             "copied": self.copied,
             "switched": self.switched,
+            "removed": list(self.removed),
         }
 
 
@@ -153,7 +158,9 @@ def publish_release(layout: Layout, store: Store, release_id: str) -> StorePubli
             ) from exc
         if current_id == release_id:
             _check_same_release(store, release_id, manifest_bytes)
-            return StorePublication(release_id, store.url, 0, 0, False)
+            return StorePublication(
+                release_id, store.url, 0, 0, False, prune_store(layout, store, release_id)
+            )
         ours, theirs = _number(release_id), _number(current_id)
         if ours is not None and theirs is not None and theirs > ours:
             raise StoreConflict(
@@ -184,7 +191,32 @@ def publish_release(layout: Layout, store: Store, release_id: str) -> StorePubli
         copied,
         current_id or "nothing",
     )
-    return StorePublication(release_id, store.url, uploaded, copied, True)
+    return StorePublication(
+        release_id, store.url, uploaded, copied, True, prune_store(layout, store, release_id)
+    )
+
+
+def prune_store(layout: Layout, store: Store, latest: str) -> tuple[str, ...]:
+    """Delete from the store the releases the data root no longer has (retention, erasure), but
+    never `latest`: each one's manifest first, so a release half deleted is visibly incomplete."""
+    kept = {p.name for p in releases(layout)} | {latest}
+    removed = []
+    for release_id in store.children(f"{RELEASES_PREFIX}/"):
+        if release_id in kept or not RELEASE_RE.match(release_id):
+            continue
+        keys = store.list(release_key(release_id) + "/")
+        manifest = release_key(release_id, MANIFEST)
+        store.delete_many([k for k in keys if k == manifest])
+        store.delete_many([k for k in keys if k != manifest])
+        removed.append(release_id)
+    if removed:
+        log.info(
+            "removed %d releases from %s that the data root no longer keeps: %s",
+            len(removed),
+            store.url,
+            ", ".join(removed),
+        )
+    return tuple(removed)
 
 
 def _check_same_release(store: Store, release_id: str, manifest_bytes: bytes) -> None:

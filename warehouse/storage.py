@@ -125,6 +125,16 @@ class Store(ABC):
         """Every key that starts with `prefix` (a string prefix, as S3's), sorted."""
 
     @abstractmethod
+    def children(self, prefix: str) -> list[str]:
+        """The names one level below `prefix` (which ends in "/"): objects and "directories"
+        (common prefixes), sorted, without listing everything beneath them."""
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove every object in `keys` (in batches where the store has them)."""
+        for key in keys:
+            self.delete(key)
+
+    @abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Write `data` at `key` only if no object is there; False (nothing written) if one is."""
 
@@ -274,6 +284,14 @@ class LocalStore(Store):
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    def children(self, prefix: str) -> list[str]:
+        if prefix and not prefix.endswith("/"):
+            raise ValueError(f"children() takes a prefix ending in '/', not {prefix!r}")
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if not p.name.endswith((TMP_SUFFIX, LOCK_SUFFIX)))
 
     @contextmanager
     def _locked(self, path: Path) -> Iterator[None]:
@@ -517,6 +535,38 @@ class S3Store(Store):
         except Exception as exc:
             raise self._error(exc, f"list {prefix!r}") from exc
         return sorted(keys)
+
+    def children(self, prefix: str) -> list[str]:
+        if prefix and not prefix.endswith("/"):
+            raise ValueError(f"children() takes a prefix ending in '/', not {prefix!r}")
+        full = self.prefix + prefix
+        names: set[str] = set()
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, Delimiter="/", PaginationConfig={"PageSize": self.page_size}
+            )
+            for page in pages:
+                names.update(p["Prefix"][len(full) :].rstrip("/") for p in page.get("CommonPrefixes", ()))
+                names.update(o["Key"][len(full) :] for o in page.get("Contents", ()))
+        except Exception as exc:
+            raise self._error(exc, f"list {prefix!r}") from exc
+        return sorted(names)
+
+    def delete_many(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):  # S3's largest DeleteObjects batch
+            batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
+            try:
+                response = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+            except Exception as exc:
+                raise self._error(exc, f"delete {len(batch)} objects") from exc
+            if response.get("Errors"):
+                first = response["Errors"][0]
+                raise TransientError(
+                    f"cannot delete {len(response['Errors'])} objects in {self._where}, e.g. "
+                    f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}; retrying can succeed"
+                )
 
     def _conditional_put(self, key: str, data: bytes, **condition: str) -> bool:
         """PUT with If-None-Match or If-Match; False when the condition does not hold."""

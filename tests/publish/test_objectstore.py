@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,7 +16,14 @@ import publish.objectstore as objectstore
 from civicflow.errors import TerminalError
 from civicflow.settings import StorageSettings
 from jobs.publication import gate_and_publish, release_step
-from publish.objectstore import LATEST_KEY, LatestMoved, StoreConflict, publish_release, release_key
+from publish.objectstore import (
+    LATEST_KEY,
+    LatestMoved,
+    StoreConflict,
+    prune_store,
+    publish_release,
+    release_key,
+)
 from publish.release import MANIFEST, Release, latest_release
 from transforms.stage import stage_segments
 from warehouse.layout import Layout
@@ -175,6 +183,24 @@ def test_a_rerun_after_losing_to_an_older_release_switches_forward(tmp_path, s3_
     done = publish_release(layout, store, second)  # the manifest is there: only the pointer moves
     assert (done.switched, done.uploaded, done.copied) == (True, 0, 0)
     assert store.get_bytes(LATEST_KEY) == (layout.releases / second / "release.json").read_bytes()
+
+
+def test_releases_the_data_root_no_longer_keeps_leave_the_store(tmp_path, s3_storage):
+    layout = Layout(tmp_path / "data")
+    store = open_store(s3_storage, layout.root)
+    ids = [make_release(layout, n, {"parking/a.parquet": b"day %d" % n}) for n in (1, 2, 3)]
+    for release_id in ids:
+        assert publish_release(layout, store, release_id).removed == ()
+    assert store.children("published/releases/") == ids
+    shutil.rmtree(layout.releases / ids[0])  # retention (or an erasure) removed it locally
+    done = publish_release(layout, store, ids[2])
+    assert (done.switched, done.removed) == (False, (ids[0],))
+    assert store.children("published/releases/") == ids[1:]
+    assert_store_holds(store, layout.releases / ids[1])
+    assert_store_holds(store, layout.releases / ids[2])
+    shutil.rmtree(layout.releases / ids[2])
+    assert prune_store(layout, store, ids[2]) == ()  # never the release latest.json names
+    assert store.children("published/releases/") == ids[1:]
 
 
 def test_a_store_that_ignores_conditional_writes_is_refused(tmp_path, s3_storage, monkeypatch):

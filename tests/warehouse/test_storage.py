@@ -68,6 +68,23 @@ def test_objects_are_written_read_listed_and_deleted(store, tmp_path):
     assert store.get_with_etag("raw/l2/x.seg") is None
 
 
+def test_children_name_one_level_and_delete_many_removes_them(store):
+    for key in [
+        "published/latest.json",
+        "published/releases/000001/a",
+        "published/releases/000001/b/c",
+        "published/releases/000002/a",
+    ]:
+        store.put_bytes(key, b"x")
+    assert store.children("published/") == ["latest.json", "releases"]
+    assert store.children("published/releases/") == ["000001", "000002"]
+    assert store.children("published/releases/000001/") == ["a", "b"]
+    assert store.children("nothing/") == []
+    store.delete_many(store.list("published/releases/000001/"))
+    assert store.list("published/") == ["published/latest.json", "published/releases/000002/a"]
+    store.delete_many([])
+
+
 def test_a_copy_inside_the_store_has_the_same_bytes(store):
     store.put_bytes("published/releases/000001/a.parquet", b"PAR1 rows PAR1")
     store.copy("published/releases/000001/a.parquet", "published/releases/000002/a.parquet")
