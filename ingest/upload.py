@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 S3_SEGMENT_MAX_AGE_S = 10.0
 """Segment age at which the listener closes a segment in object-storage mode (local mode: 300 s).
 Its messages are acknowledged once it is uploaded, so this bounds how long the broker holds them
-unacknowledged; it also makes at most 8,640 objects a day per listener."""
+unacknowledged; with readings arriving steadily it makes 8,640 objects a day per listener (more only
+when segments fill up first)."""
 RECEIVE_MAXIMUM = 65535
 """MQTT 5 Receive Maximum the listener asks for in object-storage mode: the most messages the broker
 sends it unacknowledged. Mosquitto takes it in place of its max_inflight_messages for this client."""
