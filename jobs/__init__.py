@@ -123,6 +123,7 @@ def publish_job(settings: Settings | None = None) -> dict:
             quality=settings.quality,
             registry=registry,
             publication=settings.publish,
+            storage=settings.storage,
         ).to_dict()
 
 
@@ -165,6 +166,7 @@ def release_job(settings: Settings | None = None, judged: list[str] | None = Non
             licences=registry.licences(),
             publication=settings.publish,
             judged=judged or (),
+            storage=settings.storage,
         )
     return {"release": outcome.release, "cut": outcome.cut, "released": outcome.marked}
 
