@@ -28,14 +28,16 @@ Runs when any `staged.<domain>` dataset changes.
 
 1. **plan** lists the staged partition versions (council x day) the gate has not judged yet.
 2. **judge** runs once per partition (a mapped task named after it: `traffic synthetic 2026-03-07
-   v3`): its Great Expectations suite decides what is published and what is held back - the whole
-   day for a partition rule, one device's day for a device rule (docs/publication.md). What passes
-   is written as Parquet and CSV under `data/published/<domain>/`, pending a release. A partition
-   that makes the gate raise is held back with `gate_error`; the others are judged as usual. Clear
-   one box to judge that day again.
-3. **release** runs whatever the judging tasks' states: it rebuilds the data packages and quality
-   summaries and switches `published/latest` to a release holding every pending publication. It
-   skips when nothing changed, so no `published.<domain>` Asset event is emitted for nothing.
+   v3`), all at once on as many workers as there are (it only reads the warehouse): its Great
+   Expectations suite decides what is published and what is held back - the whole day for a
+   partition rule, one device's day for a device rule (docs/publication.md) - and the decision is
+   kept beside its report under `data/validations/`. A partition that makes the gate raise is held
+   back with `gate_error`; the others are judged as usual. Clear one box to judge that day again.
+3. **release** runs whatever the judging tasks' states: it publishes what each kept decision lets
+   through (Parquet and CSV under `data/published/<domain>/`; a partition whose judging task failed
+   is planned again next run), rebuilds the data packages and quality summaries and switches
+   `published/latest` to a release holding every pending publication. It skips when nothing
+   changed, so no `published.<domain>` Asset event is emitted for nothing.
 
 `civicflow release list` shows what is held back; `civicflow release approve` publishes it.
 """,
@@ -47,8 +49,8 @@ def civicflow_publish():
 
         return plan_gate_job()
 
-    # One writer per DuckDB file: judging tasks of a run take the warehouse one at a time.
-    @task(map_index_template="{{ partitions }}", max_active_tis_per_dagrun=1)
+    # Judging only reads the warehouse: the tasks of a run go at once. The release task writes it.
+    @task(map_index_template="{{ partitions }}")
     def judge(refs: list[dict]) -> dict:
         from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowFailException
@@ -72,7 +74,7 @@ def civicflow_publish():
         from jobs import release_job
 
         try:
-            outcome = release_job(judged=sorted({r["domain"] for refs in plans for r in refs}))
+            outcome = release_job(refs=[r for refs in plans for r in refs])
         except TerminalError as exc:
             raise AirflowFailException(str(exc)) from exc
         if not outcome["cut"] and not outcome["released"]:

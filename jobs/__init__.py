@@ -137,13 +137,23 @@ def plan_gate_job(settings: Settings | None = None) -> list[list[dict]]:
 
 
 def judge_job(refs: list[dict], settings: Settings | None = None) -> dict:
-    """Judge a group of partition versions and publish what each decision lets through."""
-    from jobs.publication import judge_and_publish
+    """Judge a group of partition versions; keep each decision for `release_job` to publish.
+
+    Opens the warehouse read-only, so the judging tasks of a run go at once, on as many workers as
+    there are (they need the data root: the warehouse and the staged zone).
+    """
+    from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
+    from jobs.publication import judge_step
+    from warehouse.db import connect
+    from warehouse.layout import Layout
     from warehouse.partitions import PartitionRef
 
     settings = settings or Settings()
-    with _warehouse(settings) as (layout, con, registry):
-        return judge_and_publish(
+    layout = Layout(settings.data_root)
+    registry = load_registry(settings.registry_dir or DEFAULT_REGISTRY_DIR)
+    con = connect(layout.warehouse, read_only=True)
+    try:
+        return judge_step(
             layout,
             con,
             [PartitionRef.from_json(r) for r in refs],
@@ -151,24 +161,40 @@ def judge_job(refs: list[dict], settings: Settings | None = None) -> dict:
             quality=settings.quality,
             registry=registry,
         ).to_dict()
+    finally:
+        con.close()
 
 
-def release_job(settings: Settings | None = None, judged: list[str] | None = None) -> dict:
-    """Cut the release that holds every pending publication (nothing if nothing changed)."""
-    from jobs.publication import release_step
+def release_job(
+    settings: Settings | None = None, judged: list[str] | None = None, refs: list[dict] | None = None
+) -> dict:
+    """Publish what the judging tasks decided for `refs`, then cut the release that holds every
+    pending publication (nothing if nothing changed)."""
+    from jobs.publication import publish_judged, release_step
+    from warehouse.partitions import PartitionRef
 
     settings = settings or Settings()
+    now = datetime.now(tz=UTC)
     with _warehouse(settings) as (layout, con, registry):
+        gate = publish_judged(
+            layout, con, [PartitionRef.from_json(r) for r in refs or []], now=now, registry=registry
+        )
         outcome = release_step(
             layout,
             con,
-            now=datetime.now(tz=UTC),
+            now=now,
             licences=registry.licences(),
             publication=settings.publish,
-            judged=judged or (),
+            judged=sorted({*(judged or ()), *(r["domain"] for r in refs or [])}),
             storage=settings.storage,
         )
-    return {"release": outcome.release, "cut": outcome.cut, "released": outcome.marked}
+    return {
+        "release": outcome.release,
+        "cut": outcome.cut,
+        "released": outcome.marked,
+        "published": gate.published,
+        "held_back": gate.held_back,
+    }
 
 
 @contextmanager

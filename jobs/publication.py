@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -32,6 +34,8 @@ from civicflow.settings import PublishSettings, QualitySettings, Settings, Stora
 from warehouse.layout import Layout
 from warehouse.partitions import (
     GATE_ERROR,
+    Decision,
+    Hold,
     PartitionRef,
     current,
     domains_published,
@@ -111,9 +115,102 @@ def judge_and_publish(
     from expectations.judge import judge_partitions
     from publish.partition import publish_decisions
 
-    result = GateResult()
     decisions = judge_partitions(con, layout, refs, now=now, quality=quality, registry=registry)
-    for decision in publish_decisions(con, layout, decisions, now=now, registry=registry):
+    return gate_result(publish_decisions(con, layout, decisions, now=now, registry=registry))
+
+
+def judge_step(
+    layout: Layout,
+    con: duckdb.DuckDBPyConnection,
+    refs: Iterable[PartitionRef],
+    *,
+    now: datetime,
+    quality: QualitySettings | None = None,
+    registry: Registry | None = None,
+) -> GateResult:
+    """Judge partition versions and keep each decision beside its report, for `publish_judged`.
+
+    Reads the warehouse only, so many judging tasks run at once (civicflow_publish's mapped
+    `judge`). Returns what was decided (before publication, which may still hold a partition back).
+    """
+    from expectations.judge import judge_partitions
+
+    decisions = judge_partitions(con, layout, refs, now=now, quality=quality, registry=registry)
+    for decision in decisions:
+        _save_decision(layout, decision)
+    return gate_result(decisions)
+
+
+def publish_judged(
+    layout: Layout,
+    con: duckdb.DuckDBPyConnection,
+    refs: Iterable[PartitionRef],
+    *,
+    now: datetime,
+    registry: Registry | None = None,
+) -> GateResult:
+    """Carry out the decisions `judge_step` kept for these versions (the one writer of the warehouse).
+
+    A version with no kept decision (its judging task failed) is left unjudged: the next run plans
+    it again. Each decision's files are removed once it is recorded.
+    """
+    from publish.partition import publish_decisions
+
+    decisions = [d for d in (_load_decision(layout, ref) for ref in refs) if d is not None]
+    recorded = publish_decisions(con, layout, decisions, now=now, registry=registry)
+    for decision in recorded:
+        for path in _decision_files(layout, decision.ref):
+            path.unlink(missing_ok=True)
+    return gate_result(recorded)
+
+
+def _decision_files(layout: Layout, ref: PartitionRef) -> tuple[Path, Path]:
+    from expectations.docs import validation_dir
+
+    where = validation_dir(layout, ref.domain, ref.council, ref.event_date) / f"v{ref.version}"
+    return where / "decision.json", where / "decision.parquet"
+
+
+def _save_decision(layout: Layout, decision: Decision) -> None:
+    import orjson
+    import pyarrow.parquet as pq
+
+    meta, rows = _decision_files(layout, decision.ref)
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    if decision.rows is not None:
+        pq.write_table(decision.rows, rows.with_suffix(".tmp"), compression="zstd")
+        os.replace(rows.with_suffix(".tmp"), rows)
+    else:
+        rows.unlink(missing_ok=True)
+    doc = {
+        "ref": decision.ref.to_json(),
+        "success": decision.success,
+        "report": decision.report,
+        "holds": [h.__dict__ for h in decision.holds],
+        "rows": decision.rows is not None,
+    }
+    meta.with_suffix(".tmp").write_bytes(orjson.dumps(doc, default=str))
+    os.replace(meta.with_suffix(".tmp"), meta)
+
+
+def _load_decision(layout: Layout, ref: PartitionRef) -> Decision | None:
+    import orjson
+    import pyarrow.parquet as pq
+
+    meta, rows = _decision_files(layout, ref)
+    if not meta.exists():
+        log.warning("no decision kept for %s (its judging task failed?): it is judged again next run", ref)
+        return None
+    doc = orjson.loads(meta.read_bytes())
+    holds = [Hold(h["device_id"], tuple(h["rules"]), h["detail"], h["rows"]) for h in doc["holds"]]
+    table = pq.read_table(rows) if doc["rows"] else None
+    return Decision(ref, doc["success"], doc["report"], holds, table)
+
+
+def gate_result(decisions: Iterable[Decision]) -> GateResult:
+    """What the decisions judged, published, held back and warned of."""
+    result = GateResult()
+    for decision in decisions:
         ref = decision.ref
         where = {"dataset": ref.domain, "council": ref.council, "date": ref.event_date.isoformat()}
         result.validated += 1

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,7 +43,7 @@ from pyiceberg.exceptions import (
     NoSuchTableError,
     TableAlreadyExistsError,
 )
-from pyiceberg.manifest import ManifestEntryStatus
+from pyiceberg.manifest import DataFile, ManifestEntryStatus
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -247,16 +248,25 @@ class Lake:
         lost to a concurrent writer is retried up to `commit_retries` times with jittered back-off.
         """
         mine = {row.segment_id for row in ledger}
+        # The data files are written once and only the commit is retried: a lost commit costs a
+        # metadata read, not a second write of every file, and the window in which another
+        # worker's commit makes this one fail is that of the commit, not of the whole write.
+        # They are written again only if another writer staged some of these segments meanwhile.
+        files: list[DataFile] | None = None
+        left_out: set[str] = set()
         for attempt in range(self.commit_retries + 1):
             table = self.increments()
             already = mine & self.staged_segments(table)
             rows = [row for row in ledger if row.segment_id not in already]
             if not rows:
                 return AppendOutcome(None, (), tuple(sorted(already)), attempt + 1)
-            batch = readings
-            if already:
-                keep = pc.invert(pc.is_in(readings["segment_id"], value_set=pa.array(sorted(already))))
-                batch = readings.filter(keep)
+            if files is None or already != left_out:
+                batch = readings
+                if already:
+                    keep = pc.invert(pc.is_in(readings["segment_id"], value_set=pa.array(sorted(already))))
+                    batch = readings.filter(keep)
+                files = _write_data_files(table, batch.cast(arrow_schema(increment_columns())))
+                left_out = already
             properties = {
                 SUMMARY_KEY: orjson.dumps([r.to_json() for r in rows]).decode(),
                 SHARD_KEY: shard,
@@ -264,7 +274,9 @@ class Lake:
             if self.before_commit is not None:
                 self.before_commit(attempt)
             try:
-                table.append(batch.cast(arrow_schema(increment_columns())), snapshot_properties=properties)
+                with table.transaction() as tx, tx.update_snapshot(properties).fast_append() as append:
+                    for data_file in files:
+                        append.append_data_file(data_file)
             except CommitFailedException as exc:
                 log.info("shard %s lost a commit to a concurrent writer (%s); retrying", shard, exc)
                 _back_off(attempt)
@@ -385,6 +397,83 @@ class Lake:
         )
 
 
+def _write_data_files(table: Table, batch: pa.Table) -> list[DataFile]:
+    """Write `batch` as the table's data files, one or more per partition, uncommitted.
+
+    What `Table.append` writes, with the rows split by partition in one stable sort rather than
+    by a filter of the whole batch for each partition (pyiceberg's way, whose cost grows with
+    partitions × rows: a national commit spans thousands of council × domain × date partitions).
+    Within a partition the rows keep their order.
+    """
+    import itertools
+    import uuid
+
+    from pyiceberg.io.pyarrow import (
+        _check_pyarrow_schema_compatible,
+        bin_pack_arrow_table,
+        pyarrow_to_schema,
+        write_file,
+    )
+    from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
+    from pyiceberg.table import TableProperties, WriteTask
+    from pyiceberg.utils.properties import property_as_int
+
+    metadata = table.metadata
+    schema, spec = metadata.schema(), metadata.spec()
+    _check_pyarrow_schema_compatible(
+        schema, provided_schema=batch.schema, format_version=metadata.format_version
+    )
+    if batch.num_rows == 0:
+        return []
+    task_schema = pyarrow_to_schema(
+        batch.schema, name_mapping=schema.name_mapping, format_version=metadata.format_version
+    )
+    target = property_as_int(
+        metadata.properties,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
+    )
+    names = [schema.find_column_name(f.source_id) for f in spec.fields]
+    if names:
+        batch = batch.take(pc.sort_indices(batch, [(n, "ascending") for n in names]))  # stable
+        changes = np.zeros(batch.num_rows, dtype=bool)
+        changes[0] = True
+        for name in names:
+            column = batch.column(name).combine_chunks()
+            changes[1:] |= ~pc.fill_null(pc.equal(column[1:], column[:-1]), False).to_numpy(
+                zero_copy_only=False
+            )
+        starts = np.flatnonzero(changes).tolist()
+        runs = list(zip(starts, [*starts[1:], batch.num_rows], strict=True))
+    else:
+        runs = [(0, batch.num_rows)]
+    write_uuid, counter = uuid.uuid4(), itertools.count(0)
+    tasks = []
+    for start, stop in runs:
+        part = batch.slice(start, stop - start)
+        key = None
+        if names:
+            key = PartitionKey(
+                field_values=[
+                    PartitionFieldValue(field=f, value=part.column(n)[0].as_py())
+                    for f, n in zip(spec.fields, names, strict=True)
+                ],
+                partition_spec=spec,
+                schema=schema,
+            )
+        for batches in bin_pack_arrow_table(part.combine_chunks(), target):
+            tasks.append(
+                WriteTask(
+                    write_uuid=write_uuid,
+                    task_id=next(counter),
+                    record_batches=batches,
+                    partition_key=key,
+                    schema=task_schema,
+                )
+            )
+    return list(write_file(io=table.io, table_metadata=metadata, tasks=iter(tasks)))
+
+
 def _append_missing_ledger(lake: Lake, table: Table, rows: list[LedgerRow]) -> None:
     present: set[str] = set()
     if table.current_snapshot() is not None:
@@ -500,6 +589,25 @@ def _back_off(attempt: int) -> None:
 
 
 def open_lake(uri: str, location: str, *, properties: dict | None = None, commit_retries: int = 16) -> Lake:
-    """The catalogue at `uri` (SQLAlchemy URL), with tables under `location` (a file:// or s3:// URI)."""
-    catalog = SqlCatalog("civicflow", uri=uri, warehouse=location, **(properties or {}))
+    """The catalogue at `uri` (SQLAlchemy URL), with tables under `location` (a file:// or s3:// URI).
+
+    Opening a new catalogue creates its tables; workers that open it at the same moment race to
+    create them, and the losers try again once the winner's tables exist.
+    """
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(commit_retries + 1):
+        try:
+            catalog = SqlCatalog("civicflow", uri=uri, warehouse=location, **(properties or {}))
+            break
+        except (IntegrityError, ProgrammingError, OperationalError) as exc:
+            if attempt == commit_retries:
+                from sqlalchemy.engine import make_url
+
+                where = make_url(uri).render_as_string(hide_password=True)
+                raise TransientError(
+                    f"cannot open the Iceberg catalogue at {where}: {exc.orig or exc}; check that its "
+                    "database is up and CIVICFLOW_CATALOG__URI names it, then retry"
+                ) from exc
+            _back_off(attempt)
     return Lake(catalog, location, commit_retries)

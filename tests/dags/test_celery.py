@@ -49,7 +49,7 @@ from publish.release import latest_release
 from warehouse.layout import Layout
 
 STAGE_WORKER = Worker("worker-stage", ("civicflow-stage",), concurrency=2)
-WAREHOUSE_WORKER = Worker("worker-warehouse", ("civicflow-warehouse", "default"))
+WAREHOUSE_WORKER = Worker("worker-warehouse", ("civicflow-warehouse", "default"), concurrency=2)
 SHARDS = 2  # staging shards of the Celery deployment; `civicflow batch` stages with the default, 1
 RUN_TIMEOUT_S = 600  # generous: a loaded machine is slow, and the wait ends at the event anyway
 EMBEDDED_METADATA = "airflow_embedded"  # civicflow batch's metadata database: a copy of the migrated one
@@ -130,7 +130,7 @@ def test_stage_and_publish_on_two_celery_workers_release_what_civicflow_batch_re
     land(Layout(celery_root), one_input())
     shutil.copytree(celery_root / "raw", embedded_root / "raw")  # the same segments, byte for byte
 
-    assert airflow.import_pools() == {"civicflow_staging": 4}
+    assert airflow.import_pools() == {"civicflow_staging": 4, "civicflow_warehouse": 2}
     started = time.monotonic()
     for dag_id in ("civicflow_publish", "civicflow_stage"):  # unpausing stage runs its last hour now
         airflow.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
@@ -155,7 +155,7 @@ def test_stage_and_publish_on_two_celery_workers_release_what_civicflow_batch_re
     )
     airflow.timings["stage and publish runs"] = time.monotonic() - started
     tasks = airflow.query(
-        "SELECT dag_id, task_id, map_index, state, hostname, queue, pool,"
+        "SELECT dag_id, task_id, map_index, state, hostname, queue, pool || ':' || pool_slots,"
         " extract(epoch FROM end_date - start_date)::float, try_number FROM task_instance"
         " WHERE run_id = ANY(%s) ORDER BY start_date",
         (run_ids,),
@@ -164,19 +164,27 @@ def test_stage_and_publish_on_two_celery_workers_release_what_civicflow_batch_re
     for dag_id, task_id, index, state, host, _queue, _pool, seconds, tried in tasks:
         airflow.timings[f"{dag_id}.{task_id}[{index}] try {tried} on {host} ({state})"] = seconds
     assert [t[3] for t in tasks] == ["success"] * len(tasks), tasks
-    # Each task ran on the worker of its queue: the shards side by side on worker-stage, every
-    # task that writes the warehouse on worker-warehouse.
+    # Each task ran on the worker of its queue: the shards side by side on worker-stage, the tasks
+    # that open the warehouse on worker-warehouse: the judges sharing it (a slot each of the
+    # warehouse pool), every task that writes it alone (all its slots).
     assert sorted(
         (dag_id, task_id, index, host, queue, pool)
         for dag_id, task_id, index, _, host, queue, pool, *_ in tasks
     ) == [
-        ("civicflow_publish", "judge", 0, "worker-warehouse", "civicflow-warehouse", "default_pool"),
-        ("civicflow_publish", "judge", 1, "worker-warehouse", "civicflow-warehouse", "default_pool"),
-        ("civicflow_publish", "plan", -1, "worker-warehouse", "civicflow-warehouse", "default_pool"),
-        ("civicflow_publish", "release", -1, "worker-warehouse", "civicflow-warehouse", "default_pool"),
-        ("civicflow_stage", "decode", 0, "worker-stage", "civicflow-stage", "civicflow_staging"),
-        ("civicflow_stage", "decode", 1, "worker-stage", "civicflow-stage", "civicflow_staging"),
-        ("civicflow_stage", "merge", -1, "worker-warehouse", "civicflow-warehouse", "default_pool"),
+        ("civicflow_publish", "judge", 0, "worker-warehouse", "civicflow-warehouse", "civicflow_warehouse:1"),
+        ("civicflow_publish", "judge", 1, "worker-warehouse", "civicflow-warehouse", "civicflow_warehouse:1"),
+        ("civicflow_publish", "plan", -1, "worker-warehouse", "civicflow-warehouse", "civicflow_warehouse:2"),
+        (
+            "civicflow_publish",
+            "release",
+            -1,
+            "worker-warehouse",
+            "civicflow-warehouse",
+            "civicflow_warehouse:2",
+        ),
+        ("civicflow_stage", "decode", 0, "worker-stage", "civicflow-stage", "civicflow_staging:1"),
+        ("civicflow_stage", "decode", 1, "worker-stage", "civicflow-stage", "civicflow_staging:1"),
+        ("civicflow_stage", "merge", -1, "worker-warehouse", "civicflow-warehouse", "civicflow_warehouse:2"),
     ]
 
     # The embedded default: the same DAGs through dag.test in one process, one staging shard, the
@@ -255,21 +263,29 @@ def test_the_policy_sends_shards_to_the_stage_queue_and_warehouse_writers_to_one
     pools = json.loads((DEPLOY_AIRFLOW / "pools.json").read_text())
 
     def routed(dag_id: str, task_id: str, queue: str = "default", pool: str = "default_pool"):
-        task = SimpleNamespace(dag_id=dag_id, task_id=task_id, queue=queue, pool=pool)
+        task = SimpleNamespace(dag_id=dag_id, task_id=task_id, queue=queue, pool=pool, pool_slots=1)
         policy["task_policy"](task)
-        return task.queue, task.pool
+        return task.queue, task.pool, task.pool_slots
 
-    assert routed("civicflow_stage", "decode") == ("civicflow-stage", "civicflow_staging")
-    for dag_id, task_id in [
+    slots = pools["civicflow_warehouse"]["slots"]
+    assert slots == policy["WAREHOUSE_SLOTS"] == WAREHOUSE_WORKER.concurrency > 1
+    assert routed("civicflow_stage", "decode") == ("civicflow-stage", "civicflow_staging", 1)
+    # the judges only read the warehouse: they share it, a slot each
+    assert routed("civicflow_publish", "judge") == ("civicflow-warehouse", "civicflow_warehouse", 1)
+    for dag_id, task_id in [  # these write it: all the slots, so each runs alone
         ("civicflow_stage", "merge"),
-        ("civicflow_publish", "judge"),
+        ("civicflow_publish", "plan"),
+        ("civicflow_publish", "release"),
         ("civicflow_backfill", "replay_segments"),
         ("civicflow_maintenance", "enforce_retention"),
-        ("civicflow_future", "anything"),  # a task it does not know runs where the warehouse is
+        ("civicflow_future", "anything"),  # a task it does not know runs where the warehouse is, alone
     ]:
-        assert routed(dag_id, task_id) == ("civicflow-warehouse", "default_pool"), (dag_id, task_id)
-    assert routed("civicflow_stage", "decode", "fast", "mine") == ("fast", "mine")  # the DAG's choice
-    assert routed("someone_elses", "decode") == ("default", "default_pool")
+        assert routed(dag_id, task_id) == ("civicflow-warehouse", "civicflow_warehouse", slots), (
+            dag_id,
+            task_id,
+        )
+    assert routed("civicflow_stage", "decode", "fast", "mine") == ("fast", "mine", 1)  # the DAG's choice
+    assert routed("someone_elses", "decode") == ("default", "default_pool", 1)
     assert set(policy["POOLS"].values()) <= set(pools)
     assert all(pool["slots"] >= 1 and pool["description"] for pool in pools.values())
 
