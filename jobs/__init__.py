@@ -247,7 +247,8 @@ def replay_job(
 
 def retention_job(settings: Settings | None = None) -> dict:
     """Enforce the retention periods (`CIVICFLOW_RETENTION__*`): delete staged raw segments, strip
-    quarantine payloads and delete quarantine rows past theirs (docs/security.md, Personal data).
+    quarantine payloads and delete quarantine rows past theirs (docs/security.md, Personal data),
+    under the data root and in the object store (`CIVICFLOW_STORAGE__URL`) when there is one.
 
     When the warehouse changed, its file is rewritten so that no freed block keeps what was removed.
     """
@@ -260,7 +261,9 @@ def retention_job(settings: Settings | None = None) -> dict:
     layout = Layout(settings.data_root)
     con = connect(layout.warehouse)
     try:
-        result = enforce_retention(layout, con, settings.retention, now=datetime.now(tz=UTC))
+        result = enforce_retention(
+            layout, con, settings.retention, now=datetime.now(tz=UTC), storage=settings.storage
+        )
         if result["warehouse_changed"]:
             compact(con, layout.warehouse)
     finally:
@@ -281,7 +284,8 @@ def erase_job(
     settings: Settings | None = None,
 ) -> dict:
     """Erase what a device sent in a window (UTC dates or date-times of receipt; None: unbounded)
-    from the raw zone, quarantine and staging, republish what changes and record the erasure.
+    from the raw zone, quarantine and staging (in the object store too, when there is one),
+    republish what changes and record the erasure.
 
     Bounds are read as replay's are (a date as `end` means the end of that day). The warehouse file
     is rewritten afterwards, so that no freed block keeps an erased value.
@@ -311,6 +315,7 @@ def erase_job(
             publication=settings.publish,
             licences=registry.licences(),
             keep_old_releases=keep_old_releases,
+            storage=settings.storage,
         )
         compact(con, layout.warehouse)
     return result.to_dict()

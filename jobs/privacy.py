@@ -18,6 +18,12 @@ An erasure removes a device's messages received in a window from every zone that
 4. the releases kept as snapshots before the erasure are deleted, unless asked to keep them;
 5. the erasure is recorded (`published.erasures`) and the warehouse file is rewritten so that
    no freed block keeps an erased value.
+
+With an object store (`CIVICFLOW_STORAGE__URL`, docs/scaling.md) both also reach what is there:
+the raw segments the listeners uploaded and staging's quarantine files are purged, stripped,
+tombstoned and rewritten by the same rules (only the objects that change are written), and after
+an erasure the store's `latest.json` names the data root's latest release and the releases the
+data root no longer has are deleted from the store at once (`publish.objectstore`).
 """
 
 from __future__ import annotations
@@ -28,15 +34,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 from civicflow.contract import DATASETS, Domain, Zone
 from civicflow.errors import TerminalError
 from civicflow.registry import Registry
-from civicflow.settings import PublishSettings, QualitySettings, RetentionSettings
+from civicflow.settings import PublishSettings, QualitySettings, RetentionSettings, Settings, StorageSettings
 from warehouse.layout import Layout
+
+if TYPE_CHECKING:
+    from warehouse.privacy import StoredObject
+    from warehouse.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +56,27 @@ class ErasureError(TerminalError):
 
 
 def enforce_retention(
-    layout: Layout, con: duckdb.DuckDBPyConnection, retention: RetentionSettings, *, now: datetime
+    layout: Layout,
+    con: duckdb.DuckDBPyConnection,
+    retention: RetentionSettings,
+    *,
+    now: datetime,
+    storage: StorageSettings | None = None,
 ) -> dict[str, Any]:
     """Delete staged raw segments, quarantine payloads and quarantine rows past their periods.
 
+    Under the data root, and in the object store when there is one (`storage.url`; None:
+    `CIVICFLOW_STORAGE__URL` from the environment): its raw segments and quarantine files.
     Returns what was done, and whether the warehouse changed (then the caller compacts it).
     """
     from warehouse.partitions import transaction
-    from warehouse.privacy import expire_quarantine_files, expire_quarantine_rows, purge_raw_segments
+    from warehouse.privacy import (
+        expire_quarantine_files,
+        expire_quarantine_rows,
+        expire_stored_quarantine,
+        purge_raw_segments,
+        purge_stored_segments,
+    )
 
     raw_before = now - timedelta(days=retention.raw_segment_days)
     payload_before = now - timedelta(days=retention.quarantine_payload_days)
@@ -65,6 +88,13 @@ def enforce_retention(
     files_stripped, files_deleted, rewritten = expire_quarantine_files(
         _quarantine_root(layout), payload_before, record_before
     )
+    stored: list[str] = []
+    stored_stripped = stored_deleted = stored_rewritten = 0
+    if (store := object_store(layout, storage)) is not None:
+        stored = purge_stored_segments(store, staged, raw_before)
+        stored_stripped, stored_deleted, stored_rewritten = expire_stored_quarantine(
+            store, payload_before, record_before
+        )
     result = {
         "raw_segments_deleted": len(segments),
         "torn_files_deleted": len(torn),
@@ -77,6 +107,11 @@ def enforce_retention(
         "payload_before": payload_before.isoformat(),
         "record_before": record_before.isoformat(),
         "warehouse_changed": bool(stripped or deleted),
+        "store": store.url if store is not None else None,
+        "store_raw_segments_deleted": len(stored),
+        "store_quarantine_file_rows_stripped": stored_stripped,
+        "store_quarantine_file_rows_deleted": stored_deleted,
+        "store_quarantine_files_rewritten": stored_rewritten,
     }
     log.info(
         "retention: deleted %d staged raw segments opened before %s and %d torn tails; stripped %d "
@@ -91,7 +126,28 @@ def enforce_retention(
         record_before,
         rewritten,
     )
+    if store is not None:
+        log.info(
+            "retention in %s: deleted %d staged raw segments opened before %s; %d quarantine files "
+            "rewritten (%d rows stripped, %d deleted)",
+            store.url,
+            len(stored),
+            raw_before,
+            stored_rewritten,
+            stored_stripped,
+            stored_deleted,
+        )
     return result
+
+
+def object_store(layout: Layout, storage: StorageSettings | None) -> Store | None:
+    """The object store of `storage` (None: of the environment's settings), or None without one."""
+    from warehouse.storage import open_store
+
+    storage = storage if storage is not None else Settings().storage
+    if storage.url is None:
+        return None
+    return open_store(storage, layout.root)
 
 
 def _quarantine_root(layout: Layout) -> Path:
@@ -121,6 +177,8 @@ class ErasureResult:
     release: str | None = None
     releases_deleted: list[str] = field(default_factory=list)
     open_segments: list[str] = field(default_factory=list)
+    store: str | None = None
+    store_releases_deleted: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -143,21 +201,33 @@ def erase_device(
     publication: PublishSettings | None = None,
     licences: Mapping[str, dict] | None = None,
     keep_old_releases: bool = False,
+    storage: StorageSettings | None = None,
 ) -> ErasureResult:
     """Erase what a device sent between `start` and `end` (received time; None: unbounded).
+
+    With an object store (`storage.url`; None: `CIVICFLOW_STORAGE__URL` from the environment) its
+    raw segments and quarantine files are erased as the data root's are, the release is published
+    to it, and the releases deleted under the data root are deleted from it.
 
     Raises:
         ErasureError: If the council or device is blank or the window is empty.
     """
     from jobs.publication import gate_and_publish, release_step
-    from publish.release import prune_releases
+    from publish.objectstore import publish_to_store
+    from publish.release import latest_release, prune_releases
     from transforms.stage import export_partitions
     from warehouse.partitions import current
     from warehouse.privacy import (
         device_records,
         drop_quarantine_file_rows,
+        drop_stored_quarantine_rows,
         erase_device_rows,
+        erase_stored_records,
+        erasure_scratch,
+        in_parallel,
         record_erasure,
+        stored_quarantine_files,
+        stored_segments,
         update_ledger,
     )
     from warehouse.segments import OPEN_SUFFIX, erase_records
@@ -174,22 +244,39 @@ def erase_device(
         end.isoformat() if end else None,
     )
     published_before = _published_rows(con, council, device)
+    storage = storage if storage is not None else Settings().storage
+    store = object_store(layout, storage)
+    in_store = {s.segment_id: s for s in stored_segments(store)} if store is not None else {}
+    result.store = store.url if store is not None else None
 
     # 1. raw: what the decoder says is the device's, and what the warehouse traces to it
     records = _raw_records(layout, limits, registry, council, device, start, end)
+    if store is not None:
+        for sid, offsets in _stored_records(store, in_store, limits, registry, council, device, start, end):
+            records.setdefault(sid, set()).update(offsets)
     for sid, offsets in device_records(con, council, device, start, end).items():
         records.setdefault(sid, set()).update(offsets)
     staged_ids = {sid for (sid,) in con.execute("SELECT segment_id FROM raw.segments").fetchall()}
+    rewritten: dict[str, tuple[str, int]] = {}  # segment id -> (its new sha256, records erased)
     for sid, offsets in sorted(records.items()):
         path = layout.raw / f"{sid}.seg"
-        if not path.is_file():  # deleted at the end of its retention period
+        if not path.is_file():  # deleted at the end of its retention period, or in the store
             continue
         digest, erased = erase_records(path, offsets)
         if erased:
-            result.raw_segments += 1
-            result.raw_records += erased
-            if sid in staged_ids:
-                update_ledger(con, sid, digest, erased)
+            rewritten[sid] = (digest, erased)
+    if store is not None:  # the store's copy is the one staged (a local one is about to go)
+        todo = [in_store[sid] for sid in sorted(records) if sid in in_store]
+        with erasure_scratch(layout.root) as scratch:
+            done = in_parallel(lambda s: erase_stored_records(store, s, records[s.segment_id], scratch), todo)
+        for seg, (digest, erased) in zip(todo, done, strict=True):
+            if erased:
+                rewritten[seg.segment_id] = (digest, max(erased, rewritten.get(seg.segment_id, ("", 0))[1]))
+    for sid, (digest, erased) in sorted(rewritten.items()):
+        result.raw_segments += 1
+        result.raw_records += erased
+        if sid in staged_ids:
+            update_ledger(con, sid, digest, erased)
     # A segment the listener is still writing is its own: it is erased on a later run, once closed.
     result.open_segments = sorted(
         p.relative_to(layout.raw).as_posix()
@@ -202,6 +289,18 @@ def erase_device(
         sid = path.relative_to(_quarantine_root(layout)).as_posix().removesuffix(".parquet")
         result.quarantine_file_rows += drop_quarantine_file_rows(
             path, council, device, start, end, records.get(sid, set())
+        )
+    if store is not None:  # a segment opened at or after `end` cannot hold a record of the window
+        files = [
+            q for q in stored_quarantine_files(store) if end is None or q.opened is None or q.opened < end
+        ]
+        result.quarantine_file_rows += sum(
+            in_parallel(
+                lambda q: drop_stored_quarantine_rows(
+                    store, q.key, council, device, start, end, records.get(q.segment_id, set())
+                ),
+                files,
+            )
         )
     erased_rows = erase_device_rows(con, council, device, start, end, records, now)
     result.quarantine_rows = erased_rows.quarantine_rows
@@ -226,6 +325,7 @@ def erase_device(
             registry=registry,
             publication=publication,
             refs=refs,
+            storage=storage,
         )
         result.republished = gated.published
         result.release = gated.release
@@ -238,6 +338,7 @@ def erase_device(
             licences=licences,
             publication=publication,
             judged={d for d, _, _ in erased_rows.partitions},
+            storage=storage,
         )
         result.release = outcome.release
     result.published_rows = published_before - _published_rows(con, council, device)
@@ -245,6 +346,11 @@ def erase_device(
     # 4. older releases that may still carry the device's published readings
     if published_before and not keep_old_releases:
         result.releases_deleted = prune_releases(layout, keep=1)
+    # ... and from the store at once: `latest.json` names the data root's latest release (published
+    # again if it lags), then the releases the data root no longer has go (`prune_store`).
+    if store is not None and (latest := latest_release(layout)) is not None:
+        published = publish_to_store(layout, storage, latest.name)
+        result.store_releases_deleted = list(published.removed) if published is not None else []
 
     # 5. the record of the erasure
     from warehouse.partitions import transaction
@@ -327,34 +433,77 @@ def _raw_records(
     """The records of closed segments that decode to the device's readings or rejections, received
     in the window (a segment opened at or after `end` cannot hold one)."""
     from warehouse.privacy import segment_opened_at
-    from warehouse.segment_columns import scan_columns
     from warehouse.segments import CLOSED_SUFFIX, list_closed_segments
 
-    prefix = f"{limits.topic_prefix}/".encode()
-    mine = f"{limits.topic_prefix}/{council}/".encode()
-    lo = None if start is None else int(start.timestamp() * 1e9)
-    hi = None if end is None else int(end.timestamp() * 1e9)
     found: dict[str, set[int]] = {}
     for path in list_closed_segments(layout.raw):
         opened = segment_opened_at(path)
         if end is not None and opened is not None and opened >= end:
             continue
-        cols = scan_columns(path.read_bytes())
-        erased = cols.erased
-        for i in range(len(cols)):
-            ns = int(cols.received_at_ns[i])
-            if erased[i] or (lo is not None and ns < lo) or (hi is not None and ns >= hi):
-                continue
-            record = cols.record(i)
-            # a city topic names its council and device: another's is not decoded (LoRaWAN ones are)
-            parts = record.topic.split(b"/")
-            if record.topic.startswith(prefix) and (
-                not record.topic.startswith(mine) or len(parts) < 4 or parts[3] != device.encode()
-            ):
-                continue
-            if _owns(record, limits, registry, council, device):
-                sid = path.relative_to(layout.raw).as_posix().removesuffix(CLOSED_SUFFIX)
-                found.setdefault(sid, set()).add(record.offset)
+        offsets = _device_offsets(path.read_bytes(), limits, registry, council, device, start, end)
+        if offsets:
+            sid = path.relative_to(layout.raw).as_posix().removesuffix(CLOSED_SUFFIX)
+            found[sid] = offsets
+    return found
+
+
+def _stored_records(
+    store: Store,
+    segments: Mapping[str, StoredObject],
+    limits,
+    registry: Registry | None,
+    council: str,
+    device: str,
+    start: datetime | None,
+    end: datetime | None,
+) -> list[tuple[str, set[int]]]:
+    """`_raw_records` over the closed segments in the store (read several at once)."""
+    todo = [s for s in segments.values() if end is None or s.opened is None or s.opened < end]
+
+    def offsets(seg: StoredObject) -> set[int]:
+        try:
+            data = store.get_bytes(seg.key)
+        except FileNotFoundError:  # deleted meanwhile by retention
+            return set()
+        return _device_offsets(data, limits, registry, council, device, start, end)
+
+    from warehouse.privacy import in_parallel
+
+    return [(s.segment_id, o) for s, o in zip(todo, in_parallel(offsets, todo), strict=True) if o]
+
+
+def _device_offsets(
+    data: bytes,
+    limits,
+    registry: Registry | None,
+    council: str,
+    device: str,
+    start: datetime | None,
+    end: datetime | None,
+) -> set[int]:
+    """The offsets of a segment's live records received in the window that are the device's."""
+    from warehouse.segment_columns import scan_columns
+
+    prefix = f"{limits.topic_prefix}/".encode()
+    mine = f"{limits.topic_prefix}/{council}/".encode()
+    lo = None if start is None else int(start.timestamp() * 1e9)
+    hi = None if end is None else int(end.timestamp() * 1e9)
+    found: set[int] = set()
+    cols = scan_columns(data)
+    erased = cols.erased
+    for i in range(len(cols)):
+        ns = int(cols.received_at_ns[i])
+        if erased[i] or (lo is not None and ns < lo) or (hi is not None and ns >= hi):
+            continue
+        record = cols.record(i)
+        # a city topic names its council and device: another's is not decoded (LoRaWAN ones are)
+        parts = record.topic.split(b"/")
+        if record.topic.startswith(prefix) and (
+            not record.topic.startswith(mine) or len(parts) < 4 or parts[3] != device.encode()
+        ):
+            continue
+        if _owns(record, limits, registry, council, device):
+            found.add(record.offset)
     return found
 
 

@@ -12,6 +12,9 @@ segment has none and counts from `quarantined_at`). When a quarantine row's payl
 bytes are removed and the values its detail quotes (`got 'AB12 CDE'`) are masked; field names,
 reason, device and times are kept until the row itself expires. A `bad_topic` row loses its topic
 as well, since the topic is then the thing that was wrong and may hold anything.
+
+The same rules reach the raw segments and quarantine files in the object store, when there is one
+(the functions of "the object store" below).
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -30,8 +37,13 @@ import pyarrow.parquet as pq
 
 from civicflow.contract import DATASETS, Dataset
 from warehouse.partitions import replace_staged
-from warehouse.segments import CLOSED_SUFFIX, TORN_SUFFIX, fsync_dir
+from warehouse.segments import CLOSED_SUFFIX, TORN_SUFFIX, erase_records, fsync_dir
 from warehouse.tables import quarantine_schema
+
+if TYPE_CHECKING:
+    from warehouse.storage import Store
+
+T = TypeVar("T")
 
 ERASURE_DDL = [
     """CREATE TABLE IF NOT EXISTS published.erasures (
@@ -158,33 +170,44 @@ def expire_quarantine_files(
             opened = segment_opened_at(path)
             if opened is not None and opened >= payload_before:
                 continue
-            con.register("q", pq.read_table(path))
-            params = {"cut": payload_before, "quoted": QUOTED, "mask": MASK}
-            [(expired,)] = con.execute(
-                f"SELECT count(*) FROM q WHERE {_COLLECTED} < $cut", {"cut": record_before}
-            ).fetchall()
-            [(strip,)] = con.execute(
-                f"SELECT count(*) FROM q WHERE {_COLLECTED} < $cut AND {_NEEDS_STRIP} "
-                f"AND {_COLLECTED} >= $keep",
-                {"cut": payload_before, "quoted": QUOTED, "keep": record_before},
-            ).fetchall()
-            if expired or strip:
-                kept = con.sql(
-                    f"""SELECT * REPLACE ({_STRIPPED}) FROM q
-                        WHERE {_COLLECTED} >= $keep AND {_COLLECTED} < $cut
-                        UNION ALL BY NAME
-                        SELECT * FROM q WHERE {_COLLECTED} >= $cut
-                        ORDER BY record_offset, reading_index NULLS FIRST""",
-                    params=params | {"keep": record_before},
-                ).to_arrow_table()
+            kept, strip, expired = _expire_table(con, pq.read_table(path), payload_before, record_before)
+            if kept is not None:
                 _replace_file(path, kept)
                 rewritten += 1
-            con.unregister("q")
             stripped += strip
             deleted += expired
     finally:
         con.close()
     return int(stripped), int(deleted), rewritten
+
+
+def _expire_table(
+    con: duckdb.DuckDBPyConnection, table: pa.Table, payload_before: datetime, record_before: datetime
+) -> tuple[pa.Table | None, int, int]:
+    """A quarantine file's rows after the expiry (None: unchanged), the rows stripped and deleted."""
+    con.register("q", table)
+    try:
+        params = {"cut": payload_before, "quoted": QUOTED, "mask": MASK}
+        [(expired,)] = con.execute(
+            f"SELECT count(*) FROM q WHERE {_COLLECTED} < $cut", {"cut": record_before}
+        ).fetchall()
+        [(strip,)] = con.execute(
+            f"SELECT count(*) FROM q WHERE {_COLLECTED} < $cut AND {_NEEDS_STRIP} AND {_COLLECTED} >= $keep",
+            {"cut": payload_before, "quoted": QUOTED, "keep": record_before},
+        ).fetchall()
+        kept = None
+        if expired or strip:
+            kept = con.sql(
+                f"""SELECT * REPLACE ({_STRIPPED}) FROM q
+                    WHERE {_COLLECTED} >= $keep AND {_COLLECTED} < $cut
+                    UNION ALL BY NAME
+                    SELECT * FROM q WHERE {_COLLECTED} >= $cut
+                    ORDER BY record_offset, reading_index NULLS FIRST""",
+                params=params | {"keep": record_before},
+            ).to_arrow_table()
+        return kept, int(strip), int(expired)
+    finally:
+        con.unregister("q")
 
 
 def _replace_file(path: Path, table: pa.Table) -> None:
@@ -343,10 +366,26 @@ def drop_quarantine_file_rows(
     file (rewritten beside and renamed; deleted if nothing is left). Returns the rows removed."""
     if not path.is_file():
         return 0
+    kept, gone = _drop_rows(pq.read_table(path), council, device, start, end, offsets)
+    if kept is not None:
+        _replace_file(path, kept)
+    return gone
+
+
+def _drop_rows(
+    table: pa.Table,
+    council: str,
+    device: str,
+    start: datetime | None,
+    end: datetime | None,
+    offsets: Iterable[int],
+) -> tuple[pa.Table | None, int]:
+    """A quarantine file's rows without the device's in the window and those of `offsets` (None:
+    none of them was there), and how many went."""
     con = duckdb.connect(":memory:")
     try:
         con.execute("SET TimeZone = 'UTC'")
-        con.register("q", pq.read_table(path))
+        con.register("q", table)
         window = {
             "council": council,
             "device": device,
@@ -356,13 +395,13 @@ def drop_quarantine_file_rows(
         }
         where = f"({_DEVICE_IN_WINDOW}) OR list_contains($offsets, record_offset)"
         [(gone,)] = con.execute(f"SELECT count(*) FROM q WHERE {where}", window).fetchall()
-        if gone:
-            kept = con.sql(
-                f"SELECT * FROM q WHERE NOT ({where}) ORDER BY record_offset, reading_index NULLS FIRST",
-                params=window,
-            ).to_arrow_table()
-            _replace_file(path, kept)
-        return int(gone)
+        if not gone:
+            return None, 0
+        kept = con.sql(
+            f"SELECT * FROM q WHERE NOT ({where}) ORDER BY record_offset, reading_index NULLS FIRST",
+            params=window,
+        ).to_arrow_table()
+        return kept, int(gone)
     finally:
         con.close()
 
@@ -406,6 +445,177 @@ def record_erasure(
             release_id,
         ],
     )
+
+
+# --- the object store ------------------------------------------------------------------------
+#
+# With an object store (CIVICFLOW_STORAGE__URL) the listeners' closed segments are at
+# `raw/<listener>/<name>.seg` there and staging's quarantine files at
+# `quarantine/segments/<segment id>.parquet`; retention and erasure apply the same rules to them
+# as to the data root's. An object is read, changed and put back whole (a PUT replaces it in one
+# step, so a reader gets the old object or the new one); only objects that change are written.
+
+STORE_RAW = "raw/"
+STORE_QUARANTINE = "quarantine/segments/"
+STORE_WORKERS = 8
+"""Objects read (and rewritten) at once."""
+SCRATCH = ".erasure-scratch"
+"""Under the data root: where a stored segment is tombstoned (`erase_records` works on a file);
+emptied before and after each erasure, so an erasure that crashed leaves it for the next to clear."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A closed raw segment or a quarantine file in the store: its key, its segment and when that
+    segment was opened (from its name; None for a name not of the listener's form)."""
+
+    key: str
+    segment_id: str
+    opened: datetime | None
+
+
+def _stored(store: Store, prefix: str, suffix: str) -> list[StoredObject]:
+    found = []
+    for key in store.list(prefix):
+        if key.endswith(suffix):
+            sid = key.removeprefix(prefix).removesuffix(suffix)
+            found.append(StoredObject(key, sid, segment_opened_at(Path(key))))
+    return found
+
+
+def stored_segments(store: Store) -> list[StoredObject]:
+    """The closed raw segments in the store, in key order."""
+    return _stored(store, STORE_RAW, CLOSED_SUFFIX)
+
+
+def stored_quarantine_files(store: Store) -> list[StoredObject]:
+    """The quarantine files in the store, in key order."""
+    return _stored(store, STORE_QUARANTINE, ".parquet")
+
+
+def in_parallel(work: Callable[[StoredObject], T], objects: Iterable[StoredObject]) -> list[T]:
+    """`work` on every object, `STORE_WORKERS` at a time; the results in the objects' order."""
+    objects = list(objects)
+    if len(objects) <= 1:
+        return [work(o) for o in objects]
+    with ThreadPoolExecutor(max_workers=STORE_WORKERS) as pool:
+        return list(pool.map(work, objects))
+
+
+def purge_stored_segments(store: Store, staged: set[str], before: datetime) -> list[str]:
+    """`purge_raw_segments` in the store: delete the closed segments opened before `before` that the
+    ledger says are staged; a segment not yet staged is kept whatever its age. Returns their ids."""
+    gone = [
+        s
+        for s in stored_segments(store)
+        if s.opened is not None and s.opened < before and s.segment_id in staged
+    ]
+    store.delete_many([s.key for s in gone])
+    return [s.segment_id for s in gone]
+
+
+def _read_quarantine(store: Store, key: str) -> pa.Table | None:
+    try:
+        data = store.get_bytes(key)
+    except FileNotFoundError:  # deleted meanwhile (another erasure's or retention's last row)
+        return None
+    return pq.read_table(pa.BufferReader(data))
+
+
+def _put_quarantine(store: Store, key: str, table: pa.Table) -> None:
+    """Put a quarantine file's new rows back in the store (delete it if none is left)."""
+    if table.num_rows == 0:
+        store.delete(key)
+        return
+    sink = pa.BufferOutputStream()
+    schema = quarantine_schema()
+    pq.write_table(table.select(schema.names).cast(schema), sink, compression="zstd")
+    store.put_bytes(key, sink.getvalue().to_pybytes())
+
+
+def expire_stored_quarantine(
+    store: Store, payload_before: datetime, record_before: datetime
+) -> tuple[int, int, int]:
+    """`expire_quarantine_files` in the store; returns (rows stripped, rows deleted, files rewritten).
+
+    The file of a segment opened after `payload_before` is not read, as on local disk.
+    """
+
+    def one(obj: StoredObject) -> tuple[int, int, int]:
+        table = _read_quarantine(store, obj.key)
+        if table is None:
+            return 0, 0, 0
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            kept, strip, expired = _expire_table(con, table, payload_before, record_before)
+        finally:
+            con.close()
+        if kept is None:
+            return strip, expired, 0
+        _put_quarantine(store, obj.key, kept)
+        return strip, expired, 1
+
+    due = [q for q in stored_quarantine_files(store) if q.opened is None or q.opened < payload_before]
+    done = in_parallel(one, due)
+    return sum(d[0] for d in done), sum(d[1] for d in done), sum(d[2] for d in done)
+
+
+def drop_stored_quarantine_rows(
+    store: Store,
+    key: str,
+    council: str,
+    device: str,
+    start: datetime | None,
+    end: datetime | None,
+    offsets: Iterable[int],
+) -> int:
+    """`drop_quarantine_file_rows` for a quarantine file in the store (put back without the rows,
+    deleted if nothing is left; untouched if none of them was there). Returns the rows removed."""
+    table = _read_quarantine(store, key)
+    if table is None:
+        return 0
+    kept, gone = _drop_rows(table, council, device, start, end, offsets)
+    if kept is not None:
+        _put_quarantine(store, key, kept)
+    return gone
+
+
+@contextmanager
+def erasure_scratch(data_root: Path) -> Iterator[Path]:
+    """An empty `SCRATCH` directory under the data root for the erasure's copies, removed after."""
+    scratch = data_root / SCRATCH
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def erase_stored_records(
+    store: Store, obj: StoredObject, offsets: set[int], scratch: Path
+) -> tuple[str, int]:
+    """Tombstone the records at `offsets` of a segment in the store; return (sha256, how many).
+
+    The segment is copied into `scratch`, tombstoned there by `warehouse.segments.erase_records`
+    (the format is the local one, byte for byte) and put back at its key if a record changed;
+    the copy is deleted either way.
+    """
+    try:
+        data = store.get_bytes(obj.key)
+    except FileNotFoundError:  # deleted since it was listed (its retention period ended)
+        return "", 0
+    path = scratch / f"{obj.segment_id}{CLOSED_SUFFIX}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.write_bytes(data)
+        digest, erased = erase_records(path, offsets)
+        if erased:
+            store.put_bytes(obj.key, path.read_bytes())
+        return digest, erased
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def compact(con: duckdb.DuckDBPyConnection, path: Path) -> None:
