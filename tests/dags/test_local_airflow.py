@@ -90,9 +90,10 @@ def in_session(sid: int) -> list[int]:
 
 
 @pytest.mark.integration
-def test_the_ui_shows_the_batch_runs_and_airflow_listens_on_loopback_only(tmp_path):
+def test_the_ui_shows_the_batch_runs_and_airflow_listens_on_loopback_only(tmp_path, airflow_home_for):
     data_root = tmp_path / "data"
     land(Layout(data_root), [car_park("p1", "2016-10-04T08:00:00Z", 10)])
+    airflow_home_for(data_root / "airflow")  # the default home, with a copy of a migrated database
     outcome = run_batch(Settings(data_root=data_root), dag_ids=("civicflow_stage",))
     assert outcome.ok, outcome
 
