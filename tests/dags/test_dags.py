@@ -9,7 +9,10 @@ import subprocess
 import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
+from itertools import groupby
 from pathlib import Path
+from types import SimpleNamespace
+from typing import NamedTuple
 
 import pyarrow.parquet as pq
 import pytest
@@ -20,7 +23,6 @@ from app.status import dag_runs, pipeline_status
 from civicflow.contract import DATASETS, Zone
 from civicflow.settings import Settings
 from ingest.samples import birmingham_parking_messages
-from jobs import stage_job
 from publish.release import latest_release, read_manifest
 from warehouse.db import connect
 from warehouse.layout import Layout
@@ -126,37 +128,62 @@ def test_each_dag_runs_through_dag_test_on_real_data(tmp_path, airflow_home, mon
     land(layout, [*sample, car_park("p9", "2016-10-05T08:00:00Z", 101), poisoned, *counts])
     home = airflow_home
 
+    # Staging, publication, then an hourly staging run with nothing new: one `civicflow batch`
+    # process runs the three DAG runs in turn, as the scheduler would.
     told: list[tuple[str, float]] = []
-    staged = run_batch(
-        settings, dag_ids=("civicflow_stage",), airflow_home=home, on_progress=lambda *p: told.append(p)
+    outcome = run_batch(
+        settings,
+        dag_ids=("civicflow_stage", "civicflow_publish", "civicflow_stage"),
+        airflow_home=home,
+        on_progress=lambda *p: told.append(p),
     )
-    assert [(r.dag_id, r.state) for r in staged.runs] == [("civicflow_stage", "success")]
-    # the progress display was told which DAG ran, for a time that only grows (no bound on it: a
-    # loaded machine may take any time to run or to end the child process)
-    assert {dag for dag, _ in told} == {"civicflow_stage"}
-    assert [s for _, s in told] == sorted(s for _, s in told) and told[0][1] >= 0
+    assert [(r.dag_id, r.state) for r in outcome.runs] == [
+        ("civicflow_stage", "success"),
+        ("civicflow_publish", "success"),
+        ("civicflow_stage", "success"),
+    ]
+    # the progress display was told which DAG ran, for a time that only grows while that DAG runs
+    # (no bound on it: a loaded machine may take any time to run or to end the child process)
+    shown = [(dag, [s for _, s in run]) for dag, run in groupby(told, key=lambda p: p[0])]
+    assert [dag for dag, _ in shown][:2] == ["civicflow_stage", "civicflow_publish"]
+    assert [dag for dag, _ in shown] in (
+        ["civicflow_stage", "civicflow_publish"],  # the idle run may end between two looks
+        ["civicflow_stage", "civicflow_publish", "civicflow_stage"],
+    )
+    assert all(times == sorted(times) and times[0] >= 0 for _, times in shown)
+    stage, publish, idle = runs = dag_run_table(home)
+    assert [(r.dag_id, r.state) for r in runs] == [
+        ("civicflow_stage", "success"),
+        ("civicflow_publish", "success"),
+        ("civicflow_stage", "success"),
+    ]
+    assert stage.ended <= publish.started and publish.ended <= idle.started  # one after the other
     con = connect(layout.warehouse, read_only=True)
     (staged_rows,) = con.execute(
         "SELECT (SELECT count(*) FROM staged.parking) + (SELECT count(*) FROM staged.traffic)"
     ).fetchone()
     (quarantined,) = con.execute("SELECT count(*) FROM quarantine.readings").fetchone()
-    (published_before,) = con.execute("SELECT count(*) FROM published.releases").fetchone()
+    (first_published,) = con.execute("SELECT min(published_at) FROM published.releases").fetchone()
     (zero_time,) = con.execute(
         "SELECT reason FROM quarantine.readings WHERE council = 'southtown'"
     ).fetchone()
     con.close()
-    assert staged_rows > 2000 and quarantined >= 3 and published_before == 0
+    assert staged_rows > 2000 and quarantined >= 3
+    # staging published nothing: the first reading was published once the publish run had started
+    assert first_published >= publish.started
     assert zero_time == "timestamp_out_of_range"  # staging keeps it from the gate
 
-    published = run_batch(settings, dag_ids=("civicflow_publish",), airflow_home=home)
-    assert [(r.dag_id, r.state) for r in published.runs] == [("civicflow_publish", "success")]
-    runs = {r["dag_id"]: r for r in dag_runs(f"sqlite:///{home / 'airflow.db'}")}
-    assert {d: (r["state"], r["failed_tasks"]) for d, r in runs.items()} == {
+    # civicflow status reads the last run of each DAG from the metadata database
+    last = {r["dag_id"]: r for r in dag_runs(f"sqlite:///{home / 'airflow.db'}")}
+    assert {d: (r["state"], r["failed_tasks"]) for d, r in last.items()} == {
         "civicflow_stage": ("success", []),
         "civicflow_publish": ("success", []),
     }
-    assert runs["civicflow_stage"]["started"] < runs["civicflow_publish"]["started"]
-    assert runs["civicflow_publish"]["last_success"] >= runs["civicflow_publish"]["started"]
+    assert (last["civicflow_stage"]["run_id"], last["civicflow_publish"]["run_id"]) == (
+        idle.run_id,
+        publish.run_id,
+    )
+    assert last["civicflow_publish"]["last_success"] >= last["civicflow_publish"]["started"]
     # One judging task per partition, named after it.
     judged = [t for t in task_states(home, "civicflow_publish", "judge") if t[0] >= 0]
     days = [f"parking birmingham 2016-10-{d:02d} v1" for d in range(4, 10)]
@@ -192,6 +219,12 @@ def test_each_dag_runs_through_dag_test_on_real_data(tmp_path, airflow_home, mon
     assert len(readings) == 2 * 6  # Parquet and CSV for 2016-10-04..09
     assert len(package["resources"]) == 4 * 2 * 6  # and the hourly, daily and council aggregates
 
+    # The hourly staging run with nothing new skipped: no Asset event, so no publish run follows.
+    assert [state for *_, state in task_states(home, "civicflow_stage", "merge")] == ["skipped", "success"]
+    events = asset_events_by_run(home)
+    assert events[stage.run_id] > 0 and events[publish.run_id] > 0  # they announced their datasets
+    assert events.get(idle.run_id, 0) == 0
+
     # A data engineer approves one held device's day: it is in `latest` when the command returns.
     from typer.testing import CliRunner
 
@@ -223,14 +256,6 @@ def test_each_dag_runs_through_dag_test_on_real_data(tmp_path, airflow_home, mon
         + target.rows
     )
 
-    # An hourly staging run with nothing new skips: no Asset event, so no publish run follows.
-    events = asset_events(home)
-    assert events > 0  # the runs above announced their staged and published datasets
-    idle = run_batch(settings, dag_ids=("civicflow_stage",), airflow_home=home)
-    assert [(r.dag_id, r.state) for r in idle.runs] == [("civicflow_stage", "success")]
-    assert task_states(home, "civicflow_stage", "merge")[0][2] == "skipped"
-    assert asset_events(home) == events
-
 
 def task_states(home: Path, dag_id: str, task_id: str) -> list[tuple]:
     """(map index, its name, state) of a task's instances, newest run first."""
@@ -246,10 +271,34 @@ def task_states(home: Path, dag_id: str, task_id: str) -> list[tuple]:
         db.close()
 
 
-def asset_events(home: Path) -> int:
+class DagRun(NamedTuple):
+    dag_id: str
+    state: str
+    run_id: str
+    started: datetime
+    ended: datetime
+
+
+def dag_run_table(home: Path) -> list[DagRun]:
+    """Every DAG run in the metadata database, oldest first, with its times in UTC."""
     db = sqlite3.connect(home / "airflow.db")
     try:
-        return db.execute("SELECT count(*) FROM asset_event").fetchone()[0]
+        rows = db.execute(
+            "SELECT dag_id, state, run_id, start_date, end_date FROM dag_run ORDER BY id"
+        ).fetchall()
+    finally:
+        db.close()
+    return [
+        DagRun(dag_id, state, run_id, *(datetime.fromisoformat(t).replace(tzinfo=UTC) for t in (start, end)))
+        for dag_id, state, run_id, start, end in rows
+    ]
+
+
+def asset_events_by_run(home: Path) -> dict[str, int]:
+    """How many Asset events each DAG run emitted, by run id."""
+    db = sqlite3.connect(home / "airflow.db")
+    try:
+        return dict(db.execute("SELECT source_run_id, count(*) FROM asset_event GROUP BY 1").fetchall())
     finally:
         db.close()
 
@@ -286,46 +335,83 @@ def test_a_failing_task_fails_the_batch_and_says_where_to_look(tmp_path, airflow
     ]
 
 
-@pytest.mark.integration
-def test_backfill_dag_replays_a_range_and_publish_follows(tmp_path, airflow_home):
-    settings = Settings(data_root=tmp_path / "data")
+PLATE = {"observed_at": "2016-10-04T08:05:00Z", "occupied_spots": 1, "total_spots": 9, "plate": "AB12 CDE"}
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory, airflow_home_for) -> SimpleNamespace:
+    """One data root through the DAG runs the backfill, retention and replay-bound tests read.
+
+    `civicflow batch`; a row lost from the warehouse and a published file damaged; a replay whose
+    publish run cannot release; the file repaired; then one batch of the publish run that releases
+    what was pending, the retention run (every staged segment past its period, a segment landed
+    since not yet staged) and a backfill with a bound that is not a date, which fails and so comes
+    last. What a test reads of a state that a later run changes is kept here as it was.
+    """
+    root = tmp_path_factory.mktemp("replayed")
+    settings = Settings(data_root=root / "data")
     layout = Layout(settings.data_root)
-    land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 10)], received_at_ns=1_475_600_000 * 10**9)
-    land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 12), car_park("p2", "2016-10-05T08:00:00Z", 3)])
-    home = airflow_home
-    assert run_batch(settings, airflow_home=home).ok
+    home = airflow_home_for(root / "airflow-home")
+    run = SimpleNamespace(settings=settings, layout=layout, home=home)
+    run.segments = [
+        land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 10)], received_at_ns=1_475_600_000 * 10**9),
+        land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 12), car_park("p2", "2016-10-05T08:00:00Z", 3)]),
+        # a council with nothing else: its one reading, which carries a number plate, is quarantined
+        land(layout, [("city/easttown/parking/e1", PLATE)]),
+    ]
+    first = run_batch(settings, airflow_home=home)
+    assert first.ok, first
     con = connect(layout.warehouse)  # a row goes missing from the warehouse; raw still has it
     con.execute("DELETE FROM staged.parking WHERE device_id = 'p2'")
-    before = con.execute("SELECT * FROM published.releases ORDER BY ALL").fetchall()
+    run.releases_before = con.execute("SELECT * FROM published.releases ORDER BY ALL").fetchall()
     con.close()
 
     # A fault between the ledger and the release: a published file of another day no longer
     # matches what the ledger recorded of it, so the release cannot be cut (and must not be).
     [csv] = layout.published_dataset("parking").glob("council=testtown/date=2016-10-04/*.csv")
     original = csv.read_bytes()
-    released_before = latest_release(layout)
+    run.latest_before = latest_release(layout)
     (csv.parent / "damaged.tmp").write_bytes(original[:-10])
     os.replace(csv.parent / "damaged.tmp", csv)  # a new file: the released copy stays intact
 
     today = datetime.now(tz=UTC).date()
     conf = {"civicflow_backfill": {"from": str(today - timedelta(days=1)), "to": str(today)}}
-    outcome = run_batch(settings, dag_ids=REPLAY_DAGS, airflow_home=home, conf=conf)
-    assert [(r.dag_id, r.state) for r in outcome.runs] == [
+    run.replay = run_batch(settings, dag_ids=REPLAY_DAGS, airflow_home=home, conf=conf)
+    con = connect(layout.warehouse, read_only=True)
+    run.pending_after_replay = pending(con)
+    con.close()
+    run.latest_after_replay = latest_release(layout)
+
+    (csv.parent / "repaired.tmp").write_bytes(original)
+    os.replace(csv.parent / "repaired.tmp", csv)
+    run.unstaged = land(layout, [car_park("p3", "2016-10-04T08:00:00Z", 3)], listener="l2")
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("RAW_SEGMENT_DAYS", "QUARANTINE_PAYLOAD_DAYS"):
+            env.setenv(f"CIVICFLOW_RETENTION__{name}", "0")
+        run.last = run_batch(
+            settings,
+            dag_ids=("civicflow_publish", "civicflow_maintenance", "civicflow_backfill"),
+            airflow_home=home,
+            conf={"civicflow_backfill": {"from": "yesterday!", "to": str(today)}},
+        )
+    return run
+
+
+@pytest.mark.integration
+def test_backfill_dag_replays_a_range_and_publish_follows(replayed):
+    layout = replayed.layout
+    assert [(r.dag_id, r.state) for r in replayed.replay.runs] == [
         ("civicflow_backfill", "success"),
         ("civicflow_publish", "failed"),
     ]
-    assert "cannot release" in Path(outcome.runs[1].log_path).read_text()
-    con = connect(layout.warehouse, read_only=True)
-    [waiting] = pending(con)  # recorded, but claimed by no release
-    con.close()
+    assert "cannot release" in Path(replayed.replay.runs[1].log_path).read_text()
+    [waiting] = replayed.pending_after_replay  # recorded, but claimed by no release
     assert (waiting.event_date.isoformat(), waiting.version) == ("2016-10-05", 2)
-    assert latest_release(layout) == released_before
+    assert replayed.latest_after_replay == replayed.latest_before
 
     # Repaired, the next publish run judges nothing again and releases what was pending.
-    (csv.parent / "repaired.tmp").write_bytes(original)
-    os.replace(csv.parent / "repaired.tmp", csv)
-    again = run_batch(settings, dag_ids=("civicflow_publish",), airflow_home=home)
-    assert [(r.dag_id, r.state) for r in again.runs] == [("civicflow_publish", "success")]
+    assert replayed.last.runs[0].dag_id == "civicflow_publish"
+    assert replayed.last.runs[0].state == "success"
     manifest = read_manifest(latest_release(layout))
     assert sorted((p["event_date"], p["version"]) for p in manifest["partitions"]) == [
         ("2016-10-04", 1),
@@ -337,41 +423,31 @@ def test_backfill_dag_replays_a_range_and_publish_follows(tmp_path, airflow_home
     assert staged == [("p1", 12), ("p2", 3)]
     releases = "SELECT event_date::VARCHAR, partition_version FROM published.releases ORDER BY ALL"
     assert con.execute(releases).fetchall() == [("2016-10-04", 1), ("2016-10-05", 2)]
-    assert [(r[2].isoformat(), r[3]) for r in before] == [("2016-10-04", 1), ("2016-10-05", 1)]
+    assert [(r[2].isoformat(), r[3]) for r in replayed.releases_before] == [
+        ("2016-10-04", 1),
+        ("2016-10-05", 1),
+    ]
     con.close()
 
-    bad = run_batch(
-        settings,
-        dag_ids=("civicflow_backfill",),
-        airflow_home=home,
-        conf={"civicflow_backfill": {"from": "yesterday!", "to": str(today)}},
-    )
-    assert [r.state for r in bad.runs] == ["failed"]
-    log = Path(bad.runs[0].log_path).read_text()
+
+@pytest.mark.integration
+def test_a_replay_bound_that_is_not_a_date_fails_the_backfill_without_a_retry(replayed):
+    assert [(r.dag_id, r.state) for r in replayed.last.runs][-1] == ("civicflow_backfill", "failed")
+    log = Path(replayed.last.runs[-1].log_path).read_text()
     assert "cannot read replay bound 'yesterday!'" in log
     assert log.count("Task failed with exception") == 1  # terminal: no retry
 
 
 @pytest.mark.integration
-def test_maintenance_dag_enforces_retention(tmp_path, airflow_home, monkeypatch):
-    settings = Settings(data_root=tmp_path / "data")
-    layout = Layout(settings.data_root)
-    plate = {
-        "observed_at": "2016-10-04T08:05:00Z",
-        "occupied_spots": 1,
-        "total_spots": 9,
-        "plate": "AB12 CDE",
-    }
-    staged = land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 10), ("city/testtown/parking/p1", plate)])
-    stage_job(settings)
-    unstaged = land(layout, [car_park("p2", "2016-10-04T08:00:00Z", 3)], listener="l2")
-    for name in ("RAW_SEGMENT_DAYS", "QUARANTINE_PAYLOAD_DAYS"):
-        monkeypatch.setenv(f"CIVICFLOW_RETENTION__{name}", "0")
-
-    outcome = run_batch(settings, dag_ids=("civicflow_maintenance",), airflow_home=airflow_home)
-    assert [(r.dag_id, r.state) for r in outcome.runs] == [("civicflow_maintenance", "success")]
-    assert task_states(airflow_home, "civicflow_maintenance", "enforce_retention") == [(-1, None, "success")]
-    assert not staged.exists() and unstaged.exists()  # a segment not yet staged is never deleted
+def test_maintenance_dag_enforces_retention(replayed):
+    layout, home = replayed.layout, replayed.home
+    assert [(r.dag_id, r.state) for r in replayed.last.runs][:2] == [
+        ("civicflow_publish", "success"),
+        ("civicflow_maintenance", "success"),
+    ]
+    assert task_states(home, "civicflow_maintenance", "enforce_retention") == [(-1, None, "success")]
+    assert [p.exists() for p in replayed.segments] == [False, False, False]  # staged, past 0 days
+    assert replayed.unstaged.exists()  # a segment not yet staged is never deleted
     con = connect(layout.warehouse, read_only=True)
     rows = con.execute("SELECT reason, detail, payload FROM quarantine.readings").fetchall()
     con.close()
