@@ -97,6 +97,9 @@ def test_scheduler_runs_stage_then_publish_on_the_asset_with_localexecutor(tmp_p
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__API__WORKERS": "1",
+        # The DAG processor parses the DAG files when it starts; parsing them again every 30 s
+        # (the default) while the runs happen would only compete with them for the CPU.
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex * 2,
