@@ -88,8 +88,8 @@ def gated(n: int, stretch: int, gates: list[threading.Event]) -> Iterator[tuple[
         yield from paced(readings(min(n, start + stretch), start), per_second=4_000)
 
 
-def test_sigkill_ten_times_during_200k_messages_loses_nothing_and_publishes_each_once(tmp_path):
-    n, stretch = 200_000, 20_000
+def test_sigkill_ten_times_during_100k_messages_loses_nothing_and_publishes_each_once(tmp_path):
+    n, stretch = 100_000, 10_000
     data_root = tmp_path / "data"
     log = tmp_path / "listener.log"
     kills = 0
@@ -97,7 +97,7 @@ def test_sigkill_ten_times_during_200k_messages_loses_nothing_and_publishes_each
     with run_mosquitto(tmp_path, persistence=True) as broker:
         listener = ListenerProcess(data_root, broker.port, log).start()
         listener.wait_subscribed()
-        # Ten stretches of 20,000 readings, each paced over about 5 s and released once the
+        # Ten stretches of 10,000 readings, each paced over about 2.5 s and released once the
         # listener before it was killed: each process is killed while its stretch is arriving
         # (or queued at the broker), however slowly the machine restarts it.
         publisher = publish_in_background(
