@@ -98,6 +98,9 @@ TABLE_PROPERTIES = {
     "write.update.isolation-level": "snapshot",
     "write.merge.isolation-level": "snapshot",
     "write.parquet.compression-codec": "zstd",
+    # Manifests keep no column bounds (they would hold device ids and values after an erasure):
+    # tables are pruned by their partitions (domain, council, event date), which need none.
+    "write.metadata.metrics.default": "counts",
     # Every commit writes a new metadata file; keep a bounded history of them.
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "20",

@@ -1,21 +1,23 @@
-"""The DAGs on many Airflow workers: CeleryExecutor, Redis broker, PostgreSQL metadata database.
+"""The whole pipeline on many machines' engines, on this one: a clustered-capable broker, two
+listeners, an object store, staging and the gate on two Celery workers, Iceberg tables with a
+PostgreSQL catalogue, a release on the object store.
 
 One deployment per session (tests/distributed.py): a throwaway PostgreSQL cluster and redis-server,
-and Airflow configured from deploy/airflow/ (celery.env, the cluster policy and pools.json) with an
-API server, a scheduler, a DAG processor and two Celery workers, as docs/airflow.md ("Many
-workers") lays them out: `worker-stage` takes the `civicflow-stage` queue (the staging shards, two
-at a time), `worker-warehouse` takes `civicflow-warehouse` (every task that writes the DuckDB
-warehouse) and `default`. Two staging shards, and the Iceberg catalogue in PostgreSQL.
+an S3-compatible store (moto's server, tests/objectstores.py), and Airflow configured from
+deploy/airflow/ (celery.env, the cluster policy and pools.json) with an API server, a scheduler, a
+DAG processor and two Celery workers, as docs/airflow.md ("Many workers") lays them out:
+`worker-stage` takes the `civicflow-stage` queue (the staging shards, two at a time),
+`worker-warehouse` takes `civicflow-warehouse` (every task that opens the DuckDB warehouse, the
+judges two at a time) and `default`. Two staging shards, the Iceberg catalogue in PostgreSQL, every
+zone in the store (`CIVICFLOW_STORAGE__URL`).
 
-The integration test lands one real input, unpauses the DAGs, waits for the scheduler to run
-`civicflow_stage` and, on its Asset events, `civicflow_publish`, and checks that each task ran on
-the worker its queue names, and that the release equals, file by file, what `civicflow batch`
-(dag.test in one process, one shard, the catalogue in SQLite) releases from the same input.
-Skipped, saying what is missing, without initdb/postgres or redis-server.
-
-The unit tests check the examples themselves: every setting is one Airflow 3.3 knows, the policy
-routes each task where the documentation says, and the pod template is one the KubernetesExecutor
-accepts.
+The integration test publishes one real input through NATS Server with JetStream (deploy/nats/) to
+two listeners, one per council, which upload their segments to the store; unpauses the DAGs, waits
+for the scheduler to run `civicflow_stage` and, on its Asset events, `civicflow_publish`, and checks
+that each task ran on the worker its queue names, that the release is what `civicflow batch`
+(dag.test in one process, one shard, the catalogue in SQLite, a local data root) releases from the
+same segments, file by file, and that the release on the store is that release, named by its
+`latest.json`. Skipped, saying what is missing, without initdb/postgres or redis-server.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import configparser
 import importlib.util
 import json
 import runpy
-import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,15 +41,20 @@ from distributed import (
     run_redis,
     wait_for,
 )
-from factories import car_park, land
+from factories import car_park
+from listeners import ListenerProcess
+from natsbroker import USERS, Gateway, single_node
+from objectstores import CREDENTIALS, aws_credentials, shared_moto
 
 from app.batch import run_batch
 from civicflow.settings import Settings
 from ingest.samples import birmingham_parking_messages
 from publish.release import latest_release
 from warehouse.layout import Layout
+from warehouse.storage import open_store
 
 STAGE_WORKER = Worker("worker-stage", ("civicflow-stage",), concurrency=2)
+FIXTURES = (aws_credentials,)  # tests/objectstores.py: the store's credentials in the environment
 WAREHOUSE_WORKER = Worker("worker-warehouse", ("civicflow-warehouse", "default"), concurrency=2)
 SHARDS = 2  # staging shards of the Celery deployment; `civicflow batch` stages with the default, 1
 RUN_TIMEOUT_S = 600  # generous: a loaded machine is slow, and the wait ends at the event anyway
@@ -62,6 +68,8 @@ def celery_airflow(tmp_path_factory):
     if missing := missing_binaries():
         pytest.skip("; ".join(missing))
     workdir = tmp_path_factory.mktemp("celery-airflow")
+    store = shared_moto()  # the S3-compatible store every worker and listener uses
+    storage = store.storage(store.create_bucket("civicflow-celery"))
     with run_postgres(workdir / "postgres") as postgres, run_redis(workdir / "redis") as redis:
         catalog = postgres.create_database("civicflow_catalog")
         with run_celery_airflow(
@@ -73,14 +81,73 @@ def celery_airflow(tmp_path_factory):
             civicflow_env={
                 "CIVICFLOW_STAGE__SHARDS": str(SHARDS),
                 "CIVICFLOW_CATALOG__URI": postgres.url(catalog),
+                **storage_env(storage),
             },
             copy_metadata_to=EMBEDDED_METADATA,
         ) as airflow:
+            airflow.storage = storage
             yield airflow
             stopping = time.monotonic()
         airflow.timings["teardown"] = time.monotonic() - stopping
         # Where the time goes (seen with pytest -s): start-up, runs, each task, CPU per component.
         print(f"\nCelery deployment, seconds: {json.dumps(airflow.timings, indent=1)}")
+
+
+def storage_env(storage) -> dict[str, str]:
+    """The settings and credentials of the object store, for listeners and Airflow workers."""
+    return {
+        "CIVICFLOW_STORAGE__URL": storage.url,
+        "CIVICFLOW_STORAGE__ENDPOINT_URL": storage.endpoint_url,
+        **CREDENTIALS,
+    }
+
+
+def land_through_nats(tmp_path: Path, storage, messages: list[tuple[str, bytes]]) -> None:
+    """Publish `messages` through NATS Server with JetStream (deploy/nats/) to two listeners, one
+    per council (the broker has no shared subscriptions), each on its own spool directory, that
+    upload their segments to the store and acknowledge only what is there."""
+    server = single_node(tmp_path / "nats", ack_wait='"60s"').start()
+    councils = {"birmingham": "civicflow-listener-1", "leeds": "civicflow-listener-2"}
+    listeners = [
+        ListenerProcess(
+            tmp_path / f"spool-{n}",
+            server.mqtt_port,
+            tmp_path / f"{user}.log",
+            client_id=user,
+            CIVICFLOW_MQTT__USERNAME=user,
+            CIVICFLOW_MQTT__PASSWORD=USERS[user],
+            CIVICFLOW_MQTT__COUNCILS=council,
+            CIVICFLOW_MQTT__LORAWAN_TOPICS="false",
+            **storage_env(storage),
+        )
+        for n, (council, user) in enumerate(councils.items(), 1)
+    ]
+    expected = {c: sum(t.split("/")[1] == c for t, _ in messages) for c in councils}
+    try:
+        for listener in listeners:
+            listener.start().wait_subscribed()
+        gateways = [
+            Gateway(
+                server.mqtt_port, f"gw-{council}-1", [m for m in messages if m[0].split("/")[1] == council]
+            )
+            for council in councils
+        ]
+        for gateway in gateways:
+            gateway.finish()
+        for listener, council in zip(listeners, councils, strict=True):
+            listener.wait_for(
+                lambda listener=listener, council=council: (
+                    listener.health()[1].get("acked", 0) >= expected[council]
+                ),
+                120,
+                f"{council}'s readings acknowledged, so uploaded",
+            )
+        for listener in listeners:
+            assert listener.terminate() == 0
+    finally:
+        for listener in listeners:
+            listener.ensure_stopped()
+        server.stop()
 
 
 def one_input() -> list:
@@ -89,7 +156,7 @@ def one_input() -> list:
     parking = [m for m in birmingham_parking_messages() if '"2016-10-04' in m[1].decode()]
     counts = [
         (
-            f"city/northtown/traffic/{device}",
+            f"city/leeds/traffic/{device}",
             {"observed_at": f"2016-10-04T{h:02d}:{m:02d}:00Z", "intensity": n},
         )
         for device, h, m, n in [
@@ -99,7 +166,7 @@ def one_input() -> list:
             *(("a65", 9, m, 30) for m in range(0, 60, 5)),
         ]
     ]
-    return [*parking, *counts, car_park("p8", "0001-01-01T00:00:00Z", 5, council="southtown")]
+    return [*parking, *counts, car_park("p8", "0001-01-01T00:00:00Z", 5, council="leeds")]
 
 
 def release_files(layout: Layout) -> tuple[str, dict[str, bytes]]:
@@ -123,12 +190,20 @@ def comparable(document, release: str):
 
 @pytest.mark.integration
 def test_stage_and_publish_on_two_celery_workers_release_what_civicflow_batch_releases(
-    celery_airflow, tmp_path, monkeypatch
+    celery_airflow, aws_credentials, tmp_path, monkeypatch
 ):
     airflow = celery_airflow
     celery_root, embedded_root = airflow.data_root, tmp_path / "embedded"
-    land(Layout(celery_root), one_input())
-    shutil.copytree(celery_root / "raw", embedded_root / "raw")  # the same segments, byte for byte
+    store = open_store(airflow.storage, celery_root)
+    messages = [(t, p if isinstance(p, bytes) else json.dumps(p).encode()) for t, p in one_input()]
+    land_through_nats(tmp_path, airflow.storage, messages)
+    # The embedded default stages the same segments, byte for byte, from its own raw zone.
+    keys = [k for k in store.list("raw/") if k.endswith(".seg")]
+    assert {k.split("/")[1] for k in keys} == {"civicflow-listener-1", "civicflow-listener-2"}
+    for key in keys:
+        (embedded_root / key).parent.mkdir(parents=True, exist_ok=True)
+        (embedded_root / key).write_bytes(store.get_bytes(key))
+    assert not (celery_root / "raw").exists()  # the workers read the raw zone in the store
 
     assert airflow.import_pools() == {"civicflow_staging": 4, "civicflow_warehouse": 2}
     started = time.monotonic()
@@ -202,7 +277,7 @@ def test_stage_and_publish_on_two_celery_workers_release_what_civicflow_batch_re
     assert sorted(ours) == sorted(theirs)
     assert {
         "parking/council=birmingham/date=2016-10-04/parking-birmingham-2016-10-04.parquet",
-        "traffic/council=northtown/date=2016-10-04/traffic-northtown-2016-10-04.csv",
+        "traffic/council=leeds/date=2016-10-04/traffic-leeds-2016-10-04.csv",
     } <= set(ours)
     # Data files, schemas and data packages byte for byte; the JSON that names the release or the
     # time of the run, once those are set aside.
@@ -212,6 +287,12 @@ def test_stage_and_publish_on_two_celery_workers_release_what_civicflow_batch_re
         assert comparable(json.loads(ours[path]), our_release) == comparable(
             json.loads(theirs[path]), their_release
         ), path
+    # ... and the release on the object store is that release, file for file, named by latest.json.
+    latest = json.loads(store.get_bytes("published/latest.json"))
+    assert our_release in json.dumps(latest)
+    prefix = f"published/releases/{our_release}/"
+    on_store = {k.removeprefix(prefix): store.get_bytes(k) for k in store.list(prefix) if not k.endswith("/")}
+    assert on_store == ours
 
 
 # ---------------------------------------------------------------------------------------------
