@@ -58,6 +58,7 @@ from pyiceberg.types import (
     StringType,
     TimestamptzType,
 )
+from sqlalchemy.exc import OperationalError
 
 from civicflow.contract import DATASETS, Column
 from civicflow.errors import TransientError
@@ -389,11 +390,12 @@ class Lake:
         return {"snapshots_expired": expired, "orphans_removed": remove_orphan_files(self, now=now)}
 
     def _commit(self, load: Callable[[], Table], change: Callable[[Table], None]) -> None:
+        # Each change checks what is done already, so repeating one that landed does nothing.
         for attempt in range(self.commit_retries + 1):
             try:
                 change(load())
                 return
-            except CommitFailedException:
+            except (CommitFailedException, OperationalError):
                 _back_off(attempt)
         raise TransientError(
             f"lost {self.commit_retries + 1} commits in a row to concurrent writers; retry the task"

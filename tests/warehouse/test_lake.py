@@ -179,13 +179,18 @@ def _readings(segments: list[str]) -> tuple[pa.Table, list[LedgerRow]]:
 def _append_worker(root: str, catalog: str, name: str, rounds: list[list[str]], barrier, results) -> None:
     """Append one batch per round, committing only once the other worker is ready to commit too:
     both commits are based on the same metadata, so one of them must lose and retry."""
-    lake = lake_at(Path(root), catalog)
-    lake.commit_retries = 3
-    lake.before_commit = lambda attempt: barrier.wait() if attempt == 0 else None
-    for segments in rounds:
-        outcome = lake.append(*_readings(segments), shard=name)
-        results.put((name, outcome.segments, outcome.already_staged, outcome.attempts))
-        barrier.wait()  # the round is over for both before the next begins
+    try:
+        lake = lake_at(Path(root), catalog)
+        lake.commit_retries = 3
+        lake.before_commit = lambda attempt: barrier.wait(timeout=300) if attempt == 0 else None
+        for segments in rounds:
+            outcome = lake.append(*_readings(segments), shard=name)
+            results.put((name, outcome.segments, outcome.already_staged, outcome.attempts))
+            barrier.wait(timeout=300)  # the round is over for both before the next begins
+    except BaseException as exc:  # the test reports it, and the other worker stops waiting
+        barrier.abort()
+        results.put((name, "error", repr(exc), 0))
+        raise
 
 
 def test_concurrent_commits_with_forced_conflicts_lose_nothing_and_duplicate_nothing(tmp_path, catalog):
@@ -203,7 +208,10 @@ def test_concurrent_commits_with_forced_conflicts_lose_nothing_and_duplicate_not
     ]
     for p in procs:
         p.start()
-    got = [results.get(timeout=600) for _ in range(6)]
+    got: list[tuple] = []
+    while len(got) < 6 and not any(g[1] == "error" for g in got):
+        got.append(results.get(timeout=600))
+    assert [g for g in got if g[1] == "error"] == [], got
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0
