@@ -1,9 +1,11 @@
-"""`civicflow airflow` on one machine: the Airflow home `civicflow batch` uses, and 127.0.0.1 only.
+"""`civicflow batch` and `civicflow airflow` on one machine: one Airflow home, 127.0.0.1 only.
 
-The integration test runs `civicflow_stage` once with `run_batch` (as `civicflow batch` and `make
-demo` do), then starts `civicflow airflow` on the same data root with a SQLite metadata database,
-and checks that its API lists that run, that every socket its processes listen on is on
-127.0.0.1, and that a SIGTERM to `civicflow airflow` alone stops every component it started.
+The integration tests share one `civicflow batch` run of `civicflow_stage` (as `civicflow batch`
+and `make demo` run it) on a data root whose warehouse file is not a DuckDB database: the batch
+fails and says where to look, and `civicflow status` says which task failed. Then `civicflow
+airflow` starts on the same data root with its SQLite metadata database, and the test checks that
+its API lists that run, that every socket its processes listen on is on 127.0.0.1, and that a
+SIGTERM to `civicflow airflow` alone stops every component it started.
 """
 
 from __future__ import annotations
@@ -16,14 +18,22 @@ import subprocess
 import sys
 import time
 from contextlib import suppress
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 from factories import car_park, land
 
-from app.batch import COMPONENTS, client_host, default_airflow_home, run_batch, standalone_env
-from app.status import airflow_databases
+from app.batch import (
+    COMPONENTS,
+    BatchOutcome,
+    client_host,
+    default_airflow_home,
+    run_batch,
+    standalone_env,
+)
+from app.status import airflow_databases, pipeline_status
 from civicflow.settings import Settings
 from warehouse.layout import Layout
 
@@ -89,13 +99,51 @@ def in_session(sid: int) -> list[int]:
     return alive
 
 
+@pytest.fixture(scope="module")
+def failed_batch(tmp_path_factory, airflow_home_for) -> tuple[Settings, BatchOutcome]:
+    """A `civicflow batch` run of civicflow_stage on a data root whose warehouse file is not a
+    DuckDB database, in the default Airflow home under the data root (a copy of a migrated
+    metadata database)."""
+    settings = Settings(data_root=tmp_path_factory.mktemp("failed-batch") / "data")
+    layout = Layout(settings.data_root)
+    layout.warehouse.parent.mkdir(parents=True)
+    layout.warehouse.write_bytes(b"this is not a DuckDB file")
+    land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 1)])
+    airflow_home_for(settings.data_root / "airflow")
+    return settings, run_batch(settings, dag_ids=("civicflow_stage",))  # the default home
+
+
 @pytest.mark.integration
-def test_the_ui_shows_the_batch_runs_and_airflow_listens_on_loopback_only(tmp_path, airflow_home_for):
-    data_root = tmp_path / "data"
-    land(Layout(data_root), [car_park("p1", "2016-10-04T08:00:00Z", 10)])
-    airflow_home_for(data_root / "airflow")  # the default home, with a copy of a migrated database
-    outcome = run_batch(Settings(data_root=data_root), dag_ids=("civicflow_stage",))
-    assert outcome.ok, outcome
+def test_a_failing_task_fails_the_batch_and_says_where_to_look(failed_batch):
+    settings, outcome = failed_batch
+    assert not outcome.ok
+    [run] = outcome.runs
+    assert run.state == "failed"
+    log = Path(run.log_path).read_text()
+    assert "not a valid DuckDB database" in log and "Restore it from a backup" in log
+    assert log.count("Task failed with exception") == 1  # terminal: no retry
+
+    # civicflow status reads the run from Airflow's metadata database and says which task failed
+    report = pipeline_status(settings, probe=False)
+    [seen] = report.airflow
+    assert (seen["dag_id"], seen["state"], seen["failed_tasks"], seen["last_success"]) == (
+        "civicflow_stage",
+        "failed",
+        ["merge"],  # the decode task needs no warehouse; the merge opens it
+        None,
+    )
+    assert seen["seconds"] is not None and seen["seconds"] >= 0
+    assert [p for p in report.problems if p.startswith("DAG civicflow_stage")] == [
+        f"DAG civicflow_stage: last run {seen['run_id']} failed in merge; see its task log "
+        f"(airflow tasks states-for-dag-run civicflow_stage {seen['run_id']})"
+    ]
+
+
+@pytest.mark.integration
+def test_the_ui_shows_the_batch_runs_and_airflow_listens_on_loopback_only(tmp_path, failed_batch):
+    settings, outcome = failed_batch
+    data_root = settings.data_root
+    assert [r.state for r in outcome.runs] == ["failed"]
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")} | {
@@ -131,7 +179,7 @@ def test_the_ui_shows_the_batch_runs_and_airflow_listens_on_loopback_only(tmp_pa
             headers={"Authorization": f"Bearer {token}"},
             timeout=10,
         ).json()["dag_runs"]
-        assert [r["state"] for r in runs] == ["success"]
+        assert [r["state"] for r in runs] == ["failed"]  # the batch run above
         time.sleep(5)  # the scheduler and triggerer are up by now: a log server would be listening
         sockets = listening(proc.pid)
         assert ("127.0.0.1", port) in sockets
