@@ -308,7 +308,7 @@ PLATE = {"observed_at": "2016-10-04T08:05:00Z", "occupied_spots": 1, "total_spot
 
 
 @pytest.fixture(scope="module")
-def replayed(tmp_path_factory, airflow_home_for) -> SimpleNamespace:
+def replayed(tmp_path_factory) -> SimpleNamespace:
     """One data root through the DAG runs the backfill, retention and replay-bound tests read.
 
     Staged and published by the jobs the DAGs call (test_each_dag_runs_through_dag_test_on_real_data
@@ -322,7 +322,7 @@ def replayed(tmp_path_factory, airflow_home_for) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("replayed")
     settings = Settings(data_root=root / "data")
     layout = Layout(settings.data_root)
-    home = airflow_home_for(root / "airflow-home")
+    home = root / "airflow-home"
     run = SimpleNamespace(settings=settings, layout=layout, home=home)
     run.segments = [
         land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 10)], received_at_ns=1_475_600_000 * 10**9),

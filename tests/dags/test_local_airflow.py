@@ -100,16 +100,14 @@ def in_session(sid: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def failed_batch(tmp_path_factory, airflow_home_for) -> tuple[Settings, BatchOutcome]:
+def failed_batch(tmp_path_factory) -> tuple[Settings, BatchOutcome]:
     """A `civicflow batch` run of civicflow_stage on a data root whose warehouse file is not a
-    DuckDB database, in the default Airflow home under the data root (a copy of a migrated
-    metadata database)."""
+    DuckDB database, in the default Airflow home under the data root."""
     settings = Settings(data_root=tmp_path_factory.mktemp("failed-batch") / "data")
     layout = Layout(settings.data_root)
     layout.warehouse.parent.mkdir(parents=True)
     layout.warehouse.write_bytes(b"this is not a DuckDB file")
     land(layout, [car_park("p1", "2016-10-04T08:00:00Z", 1)])
-    airflow_home_for(settings.data_root / "airflow")
     return settings, run_batch(settings, dag_ids=("civicflow_stage",))  # the default home
 
 
