@@ -58,7 +58,7 @@ from pyiceberg.types import (
     StringType,
     TimestamptzType,
 )
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from civicflow.contract import DATASETS, Column
 from civicflow.errors import TransientError
@@ -216,7 +216,9 @@ class Lake:
             return self.catalog.load_table(ident)
         except NoSuchTableError:
             pass
-        with contextlib.suppress(NamespaceAlreadyExistsError):
+        # Workers that meet a new catalogue at the same moment race to create its namespaces and
+        # tables: the loser's insert violates the catalogue's keys, and it takes the winner's.
+        with contextlib.suppress(NamespaceAlreadyExistsError, IntegrityError):
             self.catalog.create_namespace(ident[0])
         schema = iceberg_schema(columns)
         try:
@@ -227,7 +229,7 @@ class Lake:
                 partition_spec=_identity_spec(schema, partition_by),
                 properties=TABLE_PROPERTIES,
             )
-        except TableAlreadyExistsError:  # another worker created it first
+        except (TableAlreadyExistsError, IntegrityError):  # another worker created it first
             return self.catalog.load_table(ident)
 
     # -- the ledger ---------------------------------------------------------------------------
