@@ -81,15 +81,18 @@ def _iso(seconds: int, fraction_ms: int | None = None, offset: str = "Z") -> str
     return text + offset
 
 
-def make_readings(n: int, seed: int = 2026) -> Iterator[tuple[str, str, str, dict[str, Any], int]]:
+def make_readings(
+    n: int, seed: int = 2026, councils: tuple[str, ...] = COUNCILS
+) -> Iterator[tuple[str, str, str, dict[str, Any], int]]:
     """The first `n` messages of the fleet's backlog: (council, domain, device_id, reading, received_ns).
 
     Deterministic for a given `seed`: a smaller run is a prefix of a larger one. Every reading is
     valid under the contract and has its own natural key, so staging must keep all of them.
+    Each of `councils` has the same fleet.
     """
     rng = random.Random(seed)
     fleet: list[tuple[str, str, str, int, list[Any]]] = []  # council, domain, device, offset_s, state
-    for council in COUNCILS:
+    for council in councils:
         c = council[:3]
         fleet += [
             (council, "traffic", f"{c}-tc{j:04d}", 0, [rng.randint(5, 60)]) for j in range(TRAFFIC_COUNTERS)
@@ -189,14 +192,21 @@ def make_readings(n: int, seed: int = 2026) -> Iterator[tuple[str, str, str, dic
         slot += 1
 
 
-def write_backlog(n: int, data_root: Path, ndjson_dir: Path) -> dict[str, Any]:
-    """Land `n` messages as the listener would (raw segments) and as NDJSON; return what was written."""
+def write_backlog(
+    n: int,
+    data_root: Path,
+    ndjson_dir: Path,
+    segment_max_bytes: int = SEGMENT_MAX_BYTES,
+    councils: tuple[str, ...] = COUNCILS,
+) -> dict[str, Any]:
+    """Land `n` messages of `councils`' fleets as the listener would (raw segments of at most
+    `segment_max_bytes`) and as NDJSON; return what was written."""
     from warehouse.segments import SegmentWriter
 
     clock = [float(START_S)]
     raw_dir = data_root / "raw" / LISTENER_ID
     writer = SegmentWriter(
-        raw_dir, max_bytes=SEGMENT_MAX_BYTES, max_age_s=1e12, fsync=False, clock=lambda: clock[0]
+        raw_dir, max_bytes=segment_max_bytes, max_age_s=1e12, fsync=False, clock=lambda: clock[0]
     )
     ndjson_dir.mkdir(parents=True, exist_ok=True)
     files = {d: (ndjson_dir / f"{d}.ndjson").open("wb") for d in DOMAINS}
@@ -205,7 +215,7 @@ def write_backlog(n: int, data_root: Path, ndjson_dir: Path) -> dict[str, Any]:
     days: set[str] = set()
     count = 0
     try:
-        for council, domain, device, reading, received_ns in make_readings(n):
+        for council, domain, device, reading, received_ns in make_readings(n, councils=councils):
             clock[0] = received_ns / 1e9
             payload = orjson.dumps(reading)
             writer.append(f"city/{council}/{domain}/{device}".encode(), payload, received_ns)
@@ -282,12 +292,15 @@ def child_stage(workdir: Path, profile: Path | None) -> dict[str, Any]:
     return {"seconds": seconds, "cpu_s": cpu, "vm_hwm_kib": _vm_hwm_kib(), "result": result}
 
 
-def child_ceiling(workdir: Path, partitioned: bool) -> dict[str, Any]:
-    """Time DuckDB's `read_json` → zstd Parquet for each domain's NDJSON."""
+def child_ceiling(workdir: Path, partitioned: bool, threads: int | None = None) -> dict[str, Any]:
+    """Time DuckDB's `read_json` → zstd Parquet for each domain's NDJSON (on `threads` threads;
+    None: DuckDB's default, one per core)."""
     import duckdb
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    if threads is not None:
+        con.execute(f"SET threads = {int(threads)}")
     out = workdir / ("ceiling" if partitioned else "ceiling-plain")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -535,13 +548,17 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_docs(path: Path, block: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if DOCS_BEGIN not in text or DOCS_END not in text:
-        text = text.rstrip("\n") + f"\n\n{DOCS_BEGIN}\n{DOCS_END}\n"
-    head, rest = text.split(DOCS_BEGIN, 1)
-    _, tail = rest.split(DOCS_END, 1)
-    path.write_text(f"{head}{DOCS_BEGIN}\n{block}\n{DOCS_END}{tail}")
+def update_docs(
+    path: Path, block: str, begin: str = DOCS_BEGIN, end: str = DOCS_END, title: str = "# Benchmarks"
+) -> None:
+    """Replace what lies between the `begin` and `end` markers of `path` with `block` (markers
+    appended at the end first if missing; the file created with `title` if absent)."""
+    text = path.read_text() if path.exists() else f"{title}\n"
+    if begin not in text or end not in text:
+        text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{block}\n{end}{tail}")
 
 
 def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
