@@ -37,15 +37,19 @@ test-unit: $(STAMP) ## run only the fast unit tests
 fuzz: $(STAMP) ## fuzz ingestion end to end: 100,000 hostile messages through Mosquitto, the listener and civicflow batch (FUZZ_ARGS: --messages N --seed S)
 	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
 
-.PHONY: bench bench-stage bench-portal bench-publish
-bench: $(STAMP) ## the benchmarks: backlog drain (BENCH_ARGS), staging (BENCH_STAGE_ARGS), portal API (BENCH_PORTAL_ARGS), publication (BENCH_PUBLISH_ARGS)
+.PHONY: bench bench-stage bench-scale bench-portal bench-publish
+bench: $(STAMP) ## the benchmarks: backlog drain (BENCH_ARGS), staging (BENCH_STAGE_ARGS), staging on many workers (BENCH_SCALE_ARGS), portal API (BENCH_PORTAL_ARGS), publication (BENCH_PUBLISH_ARGS)
 	$(BIN)/python -m bench.drain $(BENCH_ARGS)
 	$(BIN)/python -m bench.stage $(BENCH_STAGE_ARGS)
+	$(BIN)/python -m bench.scale $(BENCH_SCALE_ARGS)
 	$(BIN)/python -m bench.portal $(BENCH_PORTAL_ARGS)
 	$(BIN)/python -m bench.publish $(BENCH_PUBLISH_ARGS)
 
 bench-stage: $(STAMP) ## stage 0.5-5 million raw readings vs DuckDB read_json -> Parquet
 	$(BIN)/python -m bench.stage $(BENCH_STAGE_ARGS)
+
+bench-scale: $(STAMP) ## staging with 1 and 2 workers on 1 million readings vs DuckDB read_json -> Parquet; the national projection
+	$(BIN)/python -m bench.scale $(BENCH_SCALE_ARGS)
 
 .PHONY: screenshot
 screenshot: $(STAMP) ## publish the Birmingham car parks and screenshot their dataset page (docs/images/)
