@@ -283,8 +283,10 @@ class Lake:
                 with table.transaction() as tx, tx.update_snapshot(properties).fast_append() as append:
                     for data_file in files:
                         append.append_data_file(data_file)
-            except CommitFailedException as exc:
-                log.info("shard %s lost a commit to a concurrent writer (%s); retrying", shard, exc)
+            except (CommitFailedException, OperationalError) as exc:
+                # Lost to a concurrent writer, or the catalogue's database was busy or went away
+                # mid-commit (the commit may even have landed): the retry re-reads the ledger.
+                log.info("shard %s: commit did not go through (%s); retrying", shard, exc)
                 _back_off(attempt)
                 continue
             snapshot = table.current_snapshot()
