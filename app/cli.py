@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from civicflow.settings import Settings
 
@@ -326,14 +327,15 @@ def main() -> None:
 
     from civicflow.errors import CivicflowError
 
+    errors = Console(stderr=True)
     try:
         app()
     except (CivicflowError, FileNotFoundError, PermissionError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise SystemExit(2) from None
     except ValidationError as exc:
-        console.print(f"[red]a CIVICFLOW_ setting is not valid:[/] {exc}")
-        console.print("Settings are listed in docs/operations.md; fix or unset the variable named above.")
+        errors.print(f"[red]a CIVICFLOW_ setting is not valid:[/] {escape(str(exc))}", soft_wrap=True)
+        errors.print("Settings are listed in docs/operations.md; fix or unset the variable named above.")
         raise SystemExit(2) from None
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from functools import cached_property
+import difflib
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from civicflow.contract import is_name
+from civicflow.errors import TerminalError
 
 
 class TlsSettings(BaseModel):
@@ -280,10 +286,26 @@ class StageSettings(BaseModel):
     )
 
 
-class Settings(BaseSettings):
-    """Civicflow settings, from `CIVICFLOW_*` environment variables (`__` nests)."""
+ENV_PREFIX = "CIVICFLOW_"
 
-    model_config = SettingsConfigDict(env_prefix="CIVICFLOW_", env_nested_delimiter="__", extra="ignore")
+NOT_SETTINGS = {
+    "CIVICFLOW_LOG_JSON": "`civicflow listen|batch|replay|erase --log-json`",
+}
+"""`CIVICFLOW_*` variables that are not fields of `Settings` but are read elsewhere, and by what."""
+
+TOOLING_PREFIXES = ("CIVICFLOW_TEST_", "CIVICFLOW_BENCH_", "CIVICFLOW_FUZZ_")
+"""Name spaces of the variables of the test suite (tests/), the benchmarks (bench/) and the fuzzer."""
+
+
+class Settings(BaseSettings):
+    """Civicflow settings, from `CIVICFLOW_*` environment variables (`__` nests).
+
+    A `CIVICFLOW_*` variable that names no setting (`CIVICFLOW_MQTT_HOST` for
+    `CIVICFLOW_MQTT__HOST`) is refused with a `TerminalError` naming the closest setting, rather
+    than ignored: a misspelt variable would otherwise leave its default in place without a word.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
 
     data_root: Path = Field(default=Path("data"))
     registry_dir: Path | None = Field(
@@ -303,6 +325,10 @@ class Settings(BaseSettings):
     catalog: CatalogSettings = CatalogSettings()
     stage: StageSettings = StageSettings()
 
+    def __init__(self, **values: Any) -> None:
+        refuse_unknown_variables(os.environ)
+        super().__init__(**values)
+
     @cached_property
     def warehouse_path(self) -> Path:
         return self.data_root / "warehouse" / "civicflow.duckdb"
@@ -313,3 +339,57 @@ class Settings(BaseSettings):
         if self.catalog.uri:
             return self.catalog.uri
         return f"sqlite:///{(self.data_root / 'warehouse' / 'catalog.db').resolve()}"
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds (`TlsSettings`, or `TlsSettings | None`), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next(filter(None, map(_nested_model, typing.get_args(annotation))), None)
+    return None
+
+
+def _names(model: type[BaseModel], prefix: str) -> Iterable[str]:
+    for name, field in model.model_fields.items():
+        variable = f"{prefix}{name.upper()}"
+        yield variable  # a nested model's variable takes the whole model as JSON
+        if (nested := _nested_model(field.annotation)) is not None:
+            yield from _names(nested, f"{variable}__")
+
+
+@cache
+def setting_variables() -> tuple[str, ...]:
+    """Every variable `Settings` reads: `CIVICFLOW_DATA_ROOT`, `CIVICFLOW_MQTT__TLS__ENABLED`..."""
+    return tuple(_names(Settings, ENV_PREFIX))
+
+
+def refuse_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Raise `TerminalError` if a `CIVICFLOW_*` variable is neither a setting nor a known other one.
+
+    Names compare without case, as `Settings` reads them. The error names each unknown variable
+    and the closest valid name.
+    """
+    known = {*setting_variables(), *NOT_SETTINGS}
+    unknown = sorted(
+        name
+        for name in environ
+        if (upper := name.upper()).startswith(ENV_PREFIX)
+        and upper not in known
+        and not upper.startswith(TOOLING_PREFIXES)
+    )
+    if not unknown:
+        return
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    lines = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.6)
+        guess = f"did you mean {suffixes[close[0]]}?" if close else "no setting has a similar name."
+        lines.append(f"{name} is not a Civicflow setting: {guess}")
+    raise TerminalError(
+        "\n".join(lines)
+        + "\nRename or unset "
+        + ("it" if len(unknown) == 1 else "them")
+        + " (a name Civicflow does not know would leave the setting it meant at its default). The "
+        "settings are listed in docs/operations.md; `__` separates a nested name (CIVICFLOW_MQTT__HOST)."
+    )
