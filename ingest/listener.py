@@ -286,6 +286,7 @@ class Listener:
                 "and the broker's ACL",
                 self.broker,
                 reason_code,
+                extra={"broker": str(self.broker), "reason_code": str(reason_code)},
             )
             self._set_state("refused")
             return
@@ -309,6 +310,7 @@ class Listener:
             self.broker,
             flags.session_present,
             ", ".join(self.topic_filters),
+            extra={"broker": str(self.broker), "session_present": bool(flags.session_present)},
         )
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -575,6 +577,7 @@ class Listener:
             self.writer.directory,
             exc,
             unacked,
+            extra={"directory": str(self.writer.directory), "unacknowledged": unacked},
         )
         self._pending.clear()
         self._awaiting_upload = []  # the connection is dropped: these come again and are landed again
@@ -644,7 +647,13 @@ class Listener:
                 return
             except (OSError, ssl.SSLError) as exc:
                 self.stats.last_error = f"cannot reach broker: {exc}"
-                log.warning("cannot reach broker %s (%s); retrying in %.1fs", self.broker, exc, self._backoff)
+                log.warning(
+                    "cannot reach broker %s (%s); retrying in %.1fs",
+                    self.broker,
+                    exc,
+                    self._backoff,
+                    extra={"broker": str(self.broker), "retry_in_s": round(self._backoff, 3)},
+                )
                 self._set_state("disconnected")
                 stop.wait(self._backoff)
                 self._backoff = min(self._backoff * 2, 30.0)
@@ -793,4 +802,9 @@ class Listener:
             self.stats.received,
             self.stats.acked,
             len(self.stats.segments_closed),
+            extra={
+                "received": self.stats.received,
+                "acknowledged": self.stats.acked,
+                "segments_closed": len(self.stats.segments_closed),
+            },
         )

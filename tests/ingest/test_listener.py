@@ -151,9 +151,16 @@ def test_log_json_writes_one_json_object_per_line(tmp_path):
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     lines = [json.loads(line) for line in out.splitlines() if line.strip()]
-    assert lines and all({"event", "level", "logger", "timestamp"} <= set(doc) for doc in lines)
-    assert any(d["level"] == "warning" and "cannot reach broker" in d["event"] for d in lines)
-    assert lines[-1]["event"].startswith("listener stopped")
+    assert lines and all(list(doc)[:4] == ["time", "level", "logger", "message"] for doc in lines)
+    [unreachable, *_] = [d for d in lines if d["message"].startswith("cannot reach broker")]
+    broker = env["CIVICFLOW_MQTT__HOST"] + ":" + env["CIVICFLOW_MQTT__PORT"]
+    assert (unreachable["level"], unreachable["logger"], unreachable["broker"]) == (
+        "warning",
+        "ingest.listener",
+        f"mqtt://{broker}",
+    )
+    assert lines[-1]["message"].startswith("listener stopped")
+    assert (lines[-1]["received"], lines[-1]["acknowledged"], lines[-1]["segments_closed"]) == (0, 0, 0)
 
 
 # Topics a plain broker delivers to the listener's subscriptions (city/#, v3/+/devices/+/up,
