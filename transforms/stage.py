@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -547,9 +548,25 @@ def stage_segments(
 # -- Staging on many workers: shards decode into Iceberg increments, one step merges them ----------
 
 
+_SEQUENCED = re.compile(r"(?P<listener>.+)/[^/]*-(?P<seq>\d+)\.seg")
+
+
+def _stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
 def shard_of(segment: str, shards: int) -> int:
-    """The staging shard a segment belongs to: a stable hash of its id, so every worker agrees."""
-    return int.from_bytes(hashlib.blake2b(segment.encode(), digest_size=8).digest(), "big") % shards
+    """The staging shard a segment belongs to, the same for every worker.
+
+    A listener numbers its segments in sequence (`<stamp>-<sequence>.seg`), so its consecutive
+    segments go to consecutive shards, round-robin from a shard chosen by a hash of the listener:
+    every shard gets an even share of each listener's segments, which a hash of each segment's id
+    gives only on average (41 segments hashed 23/18). Any other id is hashed.
+    """
+    match = _SEQUENCED.fullmatch(segment)
+    if match is None:
+        return _stable_hash(segment) % shards
+    return (_stable_hash(match["listener"]) + int(match["seq"])) % shards
 
 
 def _to_increment(domain: Domain, table: pa.Table, schema: pa.Schema) -> pa.Table:

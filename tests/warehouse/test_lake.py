@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
@@ -25,6 +26,8 @@ from ingest.samples import (
 from transforms.stage import decode_shard, merge_increments, shard_of, stage_segments
 from warehouse.db import connect
 from warehouse.lake import (
+    INCREMENTS,
+    TABLE_PROPERTIES,
     LedgerRow,
     arrow_schema,
     increment_columns,
@@ -150,6 +153,45 @@ def test_two_staging_workers_build_the_warehouse_one_process_builds(tmp_path):
     assert lake.increments().scan().to_arrow().num_rows == 0
     assert remove_orphan_files(lake, older_than=timedelta(0)) >= 2  # the two increments' data files
     assert decode_shard(sharded, lake, LIMITS).segments == 0  # nothing is pending after the fold
+    con.close()
+
+
+def test_increments_of_an_earlier_partitioning_are_conformed_and_merged(tmp_path):
+    """A table created partitioned by domain, council and date (zstd) takes today's partitioning
+    and codec on first use; files written before and after merge into the same warehouse."""
+    direct = Layout(tmp_path / "direct" / "data")
+    land_everything(direct)
+    sharded = Layout(tmp_path / "sharded" / "data")
+    shutil.copytree(direct.raw, sharded.raw)
+    con = connect(direct.warehouse)
+    stage_segments(direct, con, LIMITS)
+    expected_state = warehouse_state(con)
+    con.close()
+
+    old = lake_at(tmp_path / "sharded")
+    old._create(INCREMENTS, increment_columns(), ("domain", "council", "event_date"), TABLE_PROPERTIES)
+    old._conformed.add(INCREMENTS)  # an earlier Civicflow, which knew no conforming
+    first = decode_shard(sharded, old, LIMITS, shard=0, shards=2)
+    before = old.increments()
+    assert [f.name for f in before.spec().fields] == ["domain", "council", "event_date"]
+    assert before.properties["write.parquet.compression-codec"] == "zstd"
+
+    lake = lake_at(tmp_path / "sharded")
+    table = lake.increments()
+    assert [f.name for f in table.spec().fields] == ["domain"]
+    assert table.properties["write.parquet.compression-codec"] == "snappy"
+    second = decode_shard(sharded, lake, LIMITS, shard=1, shards=2)
+    assert first.segments > 0 and second.segments > 0 and first.segments + second.segments == 8
+    widths = sorted({len(task.file.partition) for task in lake.increments().scan().plan_files()})
+    assert widths == [1, 3]  # each file keeps the partitioning it was written with
+
+    con = connect(sharded.warehouse)
+    merged, consumed = merge_increments(sharded, con, lake)
+    assert len(consumed) == 2 and merged.segments == 8
+    assert warehouse_state(con) == expected_state
+    assert staged_files(sharded) == staged_files(direct)
+    lake.fold(consumed)
+    assert lake.increments().scan().to_arrow().num_rows == 0
     con.close()
 
 
@@ -289,3 +331,17 @@ def test_shards_partition_the_segments():
         assert set(owners) == set(range(shards))
         assert owners == [shard_of(s, shards) for s in segments]  # stable
     assert [shard_of(s, 2) for s in segments[:8]] == [shard_of(s, 2) for s in list(segments[:8])]
+
+
+def test_shards_split_each_listeners_segments_evenly():
+    # Listeners number their segments in sequence: 41 of one listener split 21/20, and 3
+    # listeners' 10 each split 10/10/10 over 3 shards, wherever each listener's round starts.
+    one = [f"civicflow-listener/20260302T{i:06d}000000Z-{i:08d}.seg" for i in range(1, 42)]
+    assert sorted(Counter(shard_of(s, 2) for s in one).values()) == [20, 21]
+    several = [
+        f"civicflow-listener-{k}/20260302T000000{i:06d}Z-{i:08d}.seg" for k in range(3) for i in range(1, 11)
+    ]
+    for k in range(3):
+        mine = [shard_of(s, 3) for s in several if s.startswith(f"civicflow-listener-{k}/")]
+        assert sorted(Counter(mine).values()) == [3, 3, 4]
+        assert all((b - a) % 3 == 1 for a, b in zip(mine, mine[1:], strict=False))  # round-robin
