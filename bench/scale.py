@@ -753,10 +753,10 @@ def markdown(report: dict[str, Any]) -> str:
         + ".",
         f"- Backlog: {g['messages']:,} readings of bench/stage.py's fleet ({cfg['councils']} councils, "
         f"{MESSAGES_PER_SLOT // len(COUNCILS) * cfg['councils']:,} messages per 5 min, {days} event dates; "
-        f"{s['files_per_commit']:,.0f} data files, one per council × domain × date, a decode commit) in "
+        f"{s['files_per_commit']:,.0f} data files, one per dataset, a decode commit) in "
         f"{g['segments']} raw segments of "
         f"{cfg['segment_max_bytes'] / 2**20:.3g} MiB ({g['segment_bytes'] / 2**20:,.0f} MiB). With 2 shards "
-        f"the segment ids hashed {s['shard_segments'][0]}/{s['shard_segments'][1]} segments, "
+        f"`shard_of` split them {s['shard_segments'][0]}/{s['shard_segments'][1]} segments, "
         f"{s['shard_readings'][0]:,}/{s['shard_readings'][1]:,} readings: at best "
         f"{s['balance_ideal_speedup']:.2f}× with 2 workers.",
         f"- {cfg['repeat']} repeat(s), medians shown; configurations "
@@ -826,8 +826,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{bpr['increments']:.1f}, staged Parquet {bpr['staged_parquet']:.1f}, DuckDB warehouse "
         f"{bpr['warehouse']:.1f}; Iceberg metadata {s['metadata_bytes_per_segment']:,.0f} bytes per segment "
         f"awaiting its merge.",
-        "- Verified in every run: each shard decoded exactly the segments hashed to it, `staged.increments` "
-        "held every reading once, the merge took all of them with no duplicate, correction or quarantine, "
+        "- Verified in every run: each shard decoded exactly the segments `shard_of` gives it, "
+        "`staged.increments` held every reading once, the merge took all of them with no duplicate, "
+        "correction or quarantine, "
         "`staged.*` and the Parquet files hold exactly the generated readings, and the ledger "
         + ("is identical in every run." if s["ledger_identical"] else "DIFFERS between runs."),
         "",

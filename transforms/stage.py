@@ -548,7 +548,7 @@ def stage_segments(
 # -- Staging on many workers: shards decode into Iceberg increments, one step merges them ----------
 
 
-_SEQUENCED = re.compile(r"(?P<listener>.+)/[^/]*-(?P<seq>\d+)\.seg")
+_SEQUENCED = re.compile(r"(?P<listener>.+)/[^/]*-(?P<seq>\d+)")  # <listener>/<stamp>-<sequence>
 
 
 def _stable_hash(text: str) -> int:
@@ -558,7 +558,7 @@ def _stable_hash(text: str) -> int:
 def shard_of(segment: str, shards: int) -> int:
     """The staging shard a segment belongs to, the same for every worker.
 
-    A listener numbers its segments in sequence (`<stamp>-<sequence>.seg`), so its consecutive
+    A listener numbers its segments in sequence (ids `<listener>/<stamp>-<sequence>`), so its consecutive
     segments go to consecutive shards, round-robin from a shard chosen by a hash of the listener:
     every shard gets an even share of each listener's segments, which a hash of each segment's id
     gives only on average (41 segments hashed 23/18). Any other id is hashed.
