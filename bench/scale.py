@@ -822,7 +822,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"a catalogue commit {s['decode_commit_s_median'] * 1000:.0f} ms (median; at most "
         f"{s['decode_commit_s_max'] * 1000:.0f}), {s['commits_failed']} lost to the other worker. The merge "
         f"made {s['two_merge_commits']:g} commits (the fold) and spent {s['two_fold_s']:.2f} s folding.",
-        f"- Bytes per reading: raw segments {bpr['raw']:.0f}, increments (zstd Parquet, until merged) "
+        f"- Bytes per reading: raw segments {bpr['raw']:.0f}, increments (Snappy Parquet, until merged) "
         f"{bpr['increments']:.1f}, staged Parquet {bpr['staged_parquet']:.1f}, DuckDB warehouse "
         f"{bpr['warehouse']:.1f}; Iceberg metadata {s['metadata_bytes_per_segment']:,.0f} bytes per segment "
         f"awaiting its merge.",
