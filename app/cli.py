@@ -1,7 +1,9 @@
 """The `civicflow` command: listen, status, batch, replay, erase, airflow, demo, sql.
 
 An entry point: it reads the settings and imports stage packages inside each command, so
-`civicflow --help` stays fast and a command only loads what it runs.
+`civicflow --help` stays fast and a command only loads what it runs. Each command prints through
+`app.progress.output_console()`: a terminal's width on a terminal, full-width lines elsewhere.
+Data (values, paths, messages) is printed literally, never read as rich markup.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from app.progress import output_console
 from civicflow.settings import Settings
 
 app = typer.Typer(
@@ -23,7 +25,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,  # a traceback must never print a password
 )
-console = Console()
 
 
 def _logging(verbose: bool, json: bool = False) -> None:
@@ -34,8 +35,14 @@ def _logging(verbose: bool, json: bool = False) -> None:
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages too.")]
 LogJson = Annotated[
-    bool, typer.Option("--log-json", envvar="CIVICFLOW_LOG_JSON", help="Log one JSON object per line.")
+    bool,
+    typer.Option(
+        "--log-json",
+        envvar="CIVICFLOW_LOG_JSON",
+        help="Log one JSON object per line (time, level, logger, message, fields; docs/operations.md).",
+    ),
 ]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
 
 
 @app.command()
@@ -51,7 +58,7 @@ def listen(verbose: Verbose = False, log_json: LogJson = False) -> None:
         settings = Settings()
         listener = Listener.from_settings(settings)
     except (ValueError, RuntimeError, OSError) as exc:  # ssl.SSLError is an OSError
-        console.print(f"[red]cannot start the listener:[/] {exc}")
+        output_console(stderr=True).print(f"[red]cannot start the listener:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     if settings.metrics.port:
         listener.serve_metrics(settings.metrics.host, settings.metrics.port)
@@ -63,7 +70,7 @@ def listen(verbose: Verbose = False, log_json: LogJson = False) -> None:
 
 @app.command()
 def status(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    as_json: AsJson = False,
     probe: Annotated[
         bool, typer.Option(help="Connect to the broker (CIVICFLOW_MQTT__HOST) to check it answers.")
     ] = True,
@@ -86,32 +93,58 @@ def status(
     else:
         from app.status_view import print_status
 
-        print_status(console, report, settings)
+        print_status(output_console(), report, settings)
     if not report.healthy:
         raise typer.Exit(1)
 
 
 @app.command()
-def batch(verbose: Verbose = False, log_json: LogJson = False) -> None:
+def batch(verbose: Verbose = False, log_json: LogJson = False, as_json: AsJson = False) -> None:
     """Run the batch DAGs once through Airflow on whatever has landed, then summarise.
 
     Stages every closed raw segment (civicflow_stage), then validates and publishes what changed
     (civicflow_publish), with dag.test() in the Airflow home <data root>/airflow, which
-    `civicflow airflow` shares: its UI shows these runs.
+    `civicflow airflow` shares: its UI shows these runs. With --json the summary is one JSON
+    document on stdout and the progress lines go to stderr.
 
     Example: CIVICFLOW_DATA_ROOT=/srv/civicflow civicflow batch
     """
-    from app.batch import run_batch
-    from app.progress import dag_progress
-    from app.summary import print_summary, warehouse_summary
-
     _logging(verbose, log_json)
     settings = Settings()
-    with dag_progress(console) as on_progress:
-        outcome = run_batch(settings, on_progress=on_progress)
-    print_summary(console, warehouse_summary(settings), outcome)
+    outcome = _run_dags(settings, as_json)
+    if as_json:
+        _echo_json(_summary(settings, outcome))
+    else:
+        _print_summary(settings, outcome)
     if not outcome.ok:
         raise typer.Exit(1)
+
+
+def _echo_json(doc: object) -> None:
+    import json
+
+    typer.echo(json.dumps(doc, indent=2, default=str))
+
+
+def _run_dags(settings: Settings, as_json: bool, dag_ids: tuple[str, ...] | None = None):
+    """Run DAGs through Airflow with a progress display, on stderr when stdout carries JSON."""
+    from app.batch import BATCH_DAGS, run_batch
+    from app.progress import dag_progress
+
+    with dag_progress(output_console(stderr=as_json)) as on_progress:
+        return run_batch(settings, dag_ids=dag_ids or BATCH_DAGS, on_progress=on_progress)
+
+
+def _summary(settings: Settings, outcome) -> dict:
+    from app.summary import summary_document, warehouse_summary
+
+    return summary_document(warehouse_summary(settings), outcome)
+
+
+def _print_summary(settings: Settings, outcome) -> None:
+    from app.summary import print_summary, warehouse_summary
+
+    print_summary(output_console(), warehouse_summary(settings), outcome)
 
 
 @app.command()
@@ -125,34 +158,41 @@ def replay(
     ] = True,
     verbose: Verbose = False,
     log_json: LogJson = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help='Print one JSON document, {"replay": ..., "publish": <the summary>}, instead of tables.',
+        ),
+    ] = False,
 ) -> None:
     """Re-stage the raw segments opened in a time range, then publish the partitions that changed.
 
     Example: civicflow replay --from 2026-03-01 --to 2026-03-07
     """
-    import json
-
-    from app.progress import dag_progress, segment_progress
+    from app.progress import segment_progress
     from civicflow.errors import CivicflowError
     from jobs import replay_job
 
     _logging(verbose, log_json)
     settings = Settings()
     try:
-        with segment_progress(console) as progress:
+        with segment_progress(output_console(stderr=as_json)) as progress:
             result = replay_job(start, end, settings, progress=progress)
     except CivicflowError as exc:
-        console.print(f"[red]replay failed:[/] {exc}")
+        output_console(stderr=True).print(f"[red]replay failed:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
-    typer.echo(json.dumps(result, indent=2))
+    if not as_json:
+        _echo_json(result)
     if not publish:
+        if as_json:
+            _echo_json({"replay": result})
         return
-    from app.batch import run_batch
-    from app.summary import print_summary, warehouse_summary
-
-    with dag_progress(console) as on_progress:
-        outcome = run_batch(settings, dag_ids=("civicflow_publish",), on_progress=on_progress)
-    print_summary(console, warehouse_summary(settings), outcome)
+    outcome = _run_dags(settings, as_json, dag_ids=("civicflow_publish",))
+    if as_json:
+        _echo_json({"replay": result, "publish": _summary(settings, outcome)})
+    else:
+        _print_summary(settings, outcome)
     if not outcome.ok:
         raise typer.Exit(1)
 
@@ -190,11 +230,11 @@ def erase(
     for everything else); the device's quarantine rows and files, staged rows and corrections are
     deleted; the days that changed are judged and published again and a release is cut; older
     releases are deleted; the erasure is recorded in published.erasures without the values.
+    Prints what was erased as JSON on stdout; warnings go to stderr.
 
     Example: civicflow erase --council leeds --device anpr-7 --from 2026-03-01 --reference DSAR-0042
     """
     import getpass
-    import json
     import os
 
     from civicflow.errors import CivicflowError
@@ -202,6 +242,7 @@ def erase(
 
     _logging(verbose, log_json)
     who = os.environ.get("USER") or getpass.getuser()
+    errors = output_console(stderr=True)
     try:
         result = erase_job(
             council,
@@ -214,13 +255,13 @@ def erase(
             settings=Settings(),
         )
     except CivicflowError as exc:
-        console.print(f"[red]erase failed:[/] {exc}")
+        errors.print(f"[red]erase failed:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
-    typer.echo(json.dumps(result, indent=2))
+    _echo_json(result)
     if result["open_segments"]:
-        console.print(
+        errors.print(
             "[yellow]segments still being written were not erased:[/] "
-            + ", ".join(result["open_segments"])
+            + escape(", ".join(result["open_segments"]))
             + "; run the same command again once the listener has closed them "
             "(within CIVICFLOW_LANDING__SEGMENT_MAX_AGE_S)"
         )
@@ -254,9 +295,11 @@ def airflow(
     settings = Settings()
     port = port or int(os.environ.get("AIRFLOW__API__PORT", "8080"))
     home = (airflow_home or default_airflow_home(settings)).resolve()
-    console.print(
-        f"Airflow home {home}; UI on http://{client_host(host)}:{port}/ as user admin, password "
-        f"in {home / 'simple_auth_manager_passwords.json.generated'} (docs/airflow.md)"
+    output_console().print(
+        escape(
+            f"Airflow home {home}; UI on http://{client_host(host)}:{port}/ as user admin, password "
+            f"in {home / 'simple_auth_manager_passwords.json.generated'} (docs/airflow.md)"
+        )
     )
     raise typer.Exit(run_standalone(settings, airflow_home=home, port=port, host=host))
 
@@ -275,12 +318,21 @@ def demo(
     from app.demo import run_demo
 
     _logging(verbose)
-    raise typer.Exit(run_demo(console, data_root))
+    raise typer.Exit(run_demo(output_console(), data_root))
 
 
 @app.command()
-def sql(query: str) -> None:
+def sql(
+    query: str,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print a JSON array, one object per row, instead of a table."),
+    ] = False,
+) -> None:
     """Query the warehouse read-only (DuckDB SQL over the raw, staged, published and quarantine schemas).
+
+    Values print literally, square brackets included. With --json: one object per row, dates and
+    times in ISO 8601, NaN and infinities as null.
 
     Example: civicflow sql "SELECT device_id, avg(occupancy) FROM published.parking GROUP BY 1"
     """
@@ -290,20 +342,68 @@ def sql(query: str) -> None:
 
     settings = Settings()
     con = connect(settings.warehouse_path, read_only=True)
+    errors = output_console(stderr=True)
     try:
         rel = con.sql(query)
+        columns, rows = (rel.columns, rel.fetchall()) if rel is not None else ([], [])
     except duckdb.Error as exc:
-        console.print(f"[red]query failed:[/] {exc}")
-        console.print("The schemas are raw, staged, published and quarantine; docs/queries.md has examples.")
+        errors.print(f"[red]query failed:[/] {escape(str(exc))}")
+        errors.print("The schemas are raw, staged, published and quarantine; docs/queries.md has examples.")
         raise typer.Exit(2) from exc
+    finally:
+        con.close()
+    if as_json:
+        if len(set(columns)) < len(columns):
+            twice = sorted({c for c in columns if columns.count(c) > 1})
+            errors.print(
+                f"[red]cannot print JSON:[/] {escape(', '.join(twice))} name more than one column; "
+                "give each a name of its own with AS (SELECT a.id AS a_id, b.id AS b_id ...)"
+            )
+            raise typer.Exit(2)
+        typer.echo(_json_rows(columns, rows))
+        return
     if rel is None:
         return
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(*rel.columns)
-    for row in rel.fetchall():
-        table.add_row(*("" if v is None else str(v) for v in row))
-    console.print(table)
+    table = Table()
+    for column in columns:
+        table.add_column(Text(column))
+    for row in rows:
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))
+    output_console().print(table)
+
+
+def _json_value(value: object) -> object:
+    """A DuckDB value as JSON holds it (the standard's numbers, strings, arrays and objects)."""
+    import datetime
+    import decimal
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else None
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)  # UUID, timedelta, ...
+
+
+def _json_rows(columns: list[str], rows: list[tuple]) -> str:
+    """A JSON array with one row object per line."""
+    import json
+
+    lines = [json.dumps(dict(zip(columns, map(_json_value, row), strict=True))) for row in rows]
+    return "[" + ",\n ".join(lines) + "]"
 
 
 def _register_subcommands() -> None:
@@ -321,20 +421,20 @@ def main() -> None:
     """The `civicflow` executable: a failure the user can fix prints its message, not a traceback.
 
     Civicflow's own errors, a missing file and a setting that does not validate say what to do
-    next; anything else is a bug and keeps its traceback.
+    next, on stderr, exit code 2; anything else is a bug and keeps its traceback.
     """
     from pydantic import ValidationError
 
     from civicflow.errors import CivicflowError
 
-    errors = Console(stderr=True)
     try:
         app()
     except (CivicflowError, FileNotFoundError, PermissionError) as exc:
-        errors.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        output_console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}")
         raise SystemExit(2) from None
     except ValidationError as exc:
-        errors.print(f"[red]a CIVICFLOW_ setting is not valid:[/] {escape(str(exc))}", soft_wrap=True)
+        errors = output_console(stderr=True)
+        errors.print(f"[red]a CIVICFLOW_ setting is not valid:[/] {escape(str(exc))}")
         errors.print("Settings are listed in docs/operations.md; fix or unset the variable named above.")
         raise SystemExit(2) from None
 

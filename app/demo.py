@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from civicflow.settings import Settings
 
@@ -203,7 +204,7 @@ def run_demo(console: Console, data_root: Path) -> int:
         else:
             stack.enter_context(nullcontext())
             host, port, kind = base.mqtt.host, base.mqtt.port, "broker from CIVICFLOW_MQTT__HOST"
-        console.print(f"[bold]1.[/] MQTT: {kind} at {host}:{port}")
+        console.print(f"[bold]1.[/] MQTT: {kind} at {escape(host)}:{port}")
 
         env = os.environ | {
             "CIVICFLOW_DATA_ROOT": str(data_root),
@@ -231,7 +232,7 @@ def run_demo(console: Console, data_root: Path) -> int:
             )
             console.print(
                 f"[bold]2.[/] listener (pid {listener.pid}) subscribed to "
-                f"{base.mqtt.topic_prefix}/# with QoS 1"
+                f"{escape(base.mqtt.topic_prefix)}/# with QoS 1"
             )
             password = base.mqtt.password.get_secret_value() if base.mqtt.password else None
             started = time.monotonic()
@@ -278,7 +279,7 @@ def run_demo(console: Console, data_root: Path) -> int:
             f"stopped with exit code {listener.returncode}"
         )
         if listener.returncode != 0:
-            console.print(f"[red]listener failed; see {run_dir / 'listener.log'}[/]")
+            console.print(f"[red]listener failed; see {escape(str(run_dir / 'listener.log'))}[/]")
             return 1
 
     settings = Settings(data_root=data_root)
@@ -298,6 +299,7 @@ def print_next_steps(console: Console, data_root: Path) -> None:
     """Where to look next: the portal over what the demo published, and the one-screen status."""
     root = os.path.relpath(data_root) if data_root.is_relative_to(Path.cwd()) else str(data_root)
     cli = os.path.relpath(Path(sys.executable).parent / "civicflow")
+    root, cli = escape(root), escape(cli)
     console.print()
     console.print(
         f"[bold]Open-data portal[/] over this release: run\n"

@@ -1,15 +1,21 @@
-"""Progress displays for the CLI's long operations: replays, DAG runs, the demo's gateways.
+"""How the CLI writes: its consoles, and progress displays for replays, DAG runs and the demo.
 
-Each is a context manager that yields the callback the operation takes. On a terminal they draw
-rich progress bars; elsewhere (a log file, CI) rich draws nothing and only the final lines remain.
+On a terminal, rich as usual: tables as wide as the terminal, progress bars and spinners. Anywhere
+else (a log file, a pipe, CI, cron) tables are printed at their full width, never cut or wrapped
+at 80 columns, and progress is a few plain lines (each phase's start, every tenth of the way, its
+end) instead of bars redrawn in place. `COLUMNS` still sets the width when it is set.
+
+Each progress display is a context manager that yields the callback the operation takes.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,10 +26,26 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+UNBOUNDED_WIDTH = 1_000_000
+"""The width of a console that is not a terminal: wider than any line a command prints."""
+
 PHASES = {
     "replay": "re-staging the segments in the range",
     "context": "reading the staged segments that feed the same partitions",
 }
+
+
+def output_console(*, stderr: bool = False) -> Console:
+    """A console on stdout (or stderr) as it is now: a terminal's width, or no width limit at all.
+
+    Not a terminal and no `COLUMNS`: lines and table cells are never cropped or wrapped (a table
+    is as wide as its widest row), and colours are off as rich does. Make one per command: it
+    reads what stdout is when it is made.
+    """
+    console = Console(stderr=stderr)
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return console
+    return Console(stderr=stderr, width=UNBOUNDED_WIDTH, soft_wrap=True)
 
 
 def _bar(console: Console) -> Progress:
@@ -39,9 +61,25 @@ def _bar(console: Console) -> Progress:
     )
 
 
+def _tenths(done: int, total: int) -> int:
+    """How many tenths of the way `done` is: 0 to 10 (10 only when finished)."""
+    return 10 if total <= 0 or done >= total else done * 10 // total
+
+
 @contextmanager
 def segment_progress(console: Console) -> Iterator[Callable[[str, int, int], None]]:
     """A bar per phase of a replay, fed `(phase, done, total)` in segments."""
+    if not console.is_terminal:
+        shown: dict[str, int] = {}
+
+        def line(phase: str, done: int, total: int) -> None:
+            step = _tenths(done, total)
+            if shown.get(phase, -1) < step:
+                shown[phase] = step
+                console.print(f"{escape(PHASES.get(phase, phase))}: {done:,}/{total:,} segments")
+
+        yield line
+        return
     with _bar(console) as bar:
         tasks: dict[str, int] = {}
 
@@ -55,11 +93,26 @@ def segment_progress(console: Console) -> Iterator[Callable[[str, int, int], Non
 
 @contextmanager
 def dag_progress(console: Console) -> Iterator[Callable[[str, float], None]]:
-    """A spinner naming the DAG Airflow is running and for how long, fed `(dag_id, seconds)`."""
-    with console.status("starting Airflow (migrating its metadata database)...") as status:
+    """A spinner naming the DAG Airflow is running and for how long, fed `(dag_id, seconds)`.
+
+    Not on a terminal: a line when Airflow starts and one when it starts each DAG.
+    """
+    starting = "starting Airflow (migrating its metadata database)..."
+    if not console.is_terminal:
+        console.print(starting)
+        running: list[str] = []
+
+        def line(dag_id: str, seconds: float) -> None:
+            if running[-1:] != [dag_id]:
+                running.append(dag_id)
+                console.print(f"Airflow is running {escape(dag_id)}")
+
+        yield line
+        return
+    with console.status(starting) as status:
 
         def update(dag_id: str, seconds: float) -> None:
-            status.update(f"Airflow is running {dag_id} ({seconds:.0f} s)")
+            status.update(f"Airflow is running {escape(dag_id)} ({seconds:.0f} s)")
 
         yield update
 
@@ -67,6 +120,21 @@ def dag_progress(console: Console) -> Iterator[Callable[[str, float], None]]:
 @contextmanager
 def message_progress(console: Console, total: int) -> Iterator[Callable[[int, int], None]]:
     """Two bars for a replay of gateway messages, fed `(published, acknowledged)`."""
+    if not console.is_terminal:
+        shown: list[tuple[int, int]] = []
+
+        def line(sent: int, acked: int) -> None:
+            acked = min(acked, total)
+            step = (_tenths(sent, total), _tenths(acked, total))
+            if shown[-1:] != [step]:
+                shown.append(step)
+                console.print(
+                    f"published by the gateways {sent:,}/{total:,}, "
+                    f"landed and acknowledged by the listener {acked:,}/{total:,}"
+                )
+
+        yield line
+        return
     with _bar(console) as bar:
         published = bar.add_task("published by the gateways", total=total)
         landed = bar.add_task("landed and acknowledged by the listener", total=total)

@@ -15,9 +15,11 @@ from datetime import UTC, date, datetime
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from app.progress import output_console
 from civicflow.contract import Domain
 from civicflow.settings import Settings
 
@@ -27,12 +29,14 @@ release_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
 
 
 @release_app.command("list")
 def list_held_back(
     domain: Annotated[Domain | None, typer.Option(help="Only this dataset.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON array, one object per hold, instead of a table.")
+    ] = False,
 ) -> None:
     """Show what is held back: whole days, and devices' days, with the rules they failed.
 
@@ -41,12 +45,20 @@ def list_held_back(
     from warehouse.db import connect
     from warehouse.partitions import held_back
 
+    console = output_console()
     settings = Settings()
     con = connect(settings.warehouse_path, read_only=True)
     try:
         held = held_back(con, domain.value if domain else None)
     finally:
         con.close()
+    if as_json:
+        import json
+
+        from app.summary import held_back_document
+
+        typer.echo(json.dumps([held_back_document(h, settings.data_root) for h in held], indent=2))
+        return
     if not held:
         console.print("No partition is held back.")
         return
@@ -56,15 +68,20 @@ def list_held_back(
     for h in held:
         docs = str(settings.data_root / h.data_docs) if h.data_docs else ""
         table.add_row(
-            h.domain,
-            h.council,
-            h.event_date.isoformat(),
-            str(h.version),
-            h.device_id or "(whole day)",
-            f"{h.rows:,}",
-            h.held_at.isoformat(timespec="seconds"),
-            h.reasons(),
-            docs,
+            *map(
+                Text,
+                (
+                    h.domain,
+                    h.council,
+                    h.event_date.isoformat(),
+                    str(h.version),
+                    h.device_id or "(whole day)",
+                    f"{h.rows:,}",
+                    h.held_at.isoformat(timespec="seconds"),
+                    h.reasons(),
+                    docs,
+                ),
+            )
         )
     console.print(table)
 
@@ -92,6 +109,7 @@ def approve(
     from warehouse.db import connect
     from warehouse.layout import Layout
 
+    console = output_console()
     settings = Settings()
     layout = Layout(settings.data_root)
     who = os.environ.get("USER") or getpass.getuser()
@@ -117,14 +135,16 @@ def approve(
         finally:
             con.close()
     except CivicflowError as exc:
-        console.print(f"[red]cannot approve:[/] {exc}")
+        output_console(stderr=True).print(f"[red]cannot approve:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     what = f"{done['domain']} {done['council']} {done['date']} v{done['version']}"
     if done["device_id"]:
         what += f" device {done['device_id']}"
     if not done["published"]:
-        console.print(f"[red]approved {what}, but it could not be published:[/] see `civicflow release list`")
+        output_console(stderr=True).print(
+            f"[red]approved {escape(what)}, but it could not be published:[/] see `civicflow release list`"
+        )
         raise typer.Exit(1)
-    console.print(f"approved and published {what} as {done['approved_by']}: {done['reason']}")
-    console.print(f"  overridden: {', '.join(done['failed'])}")
-    console.print(f"  in release {done['release']} (published/latest)")
+    console.print(escape(f"approved and published {what} as {done['approved_by']}: {done['reason']}"))
+    console.print(escape(f"  overridden: {', '.join(done['failed'])}"))
+    console.print(escape(f"  in release {done['release']} (published/latest)"))

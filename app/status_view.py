@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from app.status import PipelineStatus
 from civicflow.settings import Settings
@@ -29,17 +31,18 @@ def _yes(ok: bool) -> str:
 def print_status(console: Console, report: PipelineStatus, settings: Settings) -> None:
     root = settings.data_root.resolve()
     verdict = "[green]healthy[/]" if report.healthy else f"[red]{len(report.problems)} problem(s)[/]"
-    console.print(f"[bold]Civicflow[/] data root {root}: {verdict}")
+    console.print(f"[bold]Civicflow[/] data root {escape(str(root))}: {verdict}")
 
     if report.broker is None:
         console.print("broker: not checked (CIVICFLOW_MQTT__HOST is unset, or --no-probe)")
     elif report.broker["accepted"]:
         console.print(
-            f"broker: {report.broker['broker']} [green]accepts connections[/] "
+            f"broker: {escape(str(report.broker['broker']))} [green]accepts connections[/] "
             f"({report.broker['latency_ms']} ms)"
         )
     else:
-        console.print(f"broker: {report.broker['broker']} [red]{report.broker['problem']}[/]")
+        broker, problem = (escape(str(report.broker[k])) for k in ("broker", "problem"))
+        console.print(f"broker: {broker} [red]{problem}[/]")
 
     listeners = Table(
         "listener",
@@ -56,14 +59,14 @@ def print_status(console: Console, report: PipelineStatus, settings: Settings) -
     )
     for r in report.listeners:
         listeners.add_row(
-            r["client_id"],
+            Text(str(r["client_id"])),
             _yes(r["healthy"]),
-            r.get("state", "?"),
+            Text(str(r.get("state", "?"))),
             f"{r.get('received', 0):,}",
             f"{r.get('acked', 0):,}",
             f"{r.get('closed_backlog', '?')} segment(s)",
             f"{r.get('open_segment_age_s', 0):.0f} s old",
-            r["source"],
+            Text(str(r["source"])),
         )
     if report.listeners:
         console.print(listeners)
@@ -81,12 +84,12 @@ def print_status(console: Console, report: PipelineStatus, settings: Settings) -
     )
     for run in sorted(report.airflow, key=lambda r: r["dag_id"]):
         colour = {"success": "green", "failed": "red"}.get(run["state"], "yellow")
-        state = f"[{colour}]{run['state']}[/]"
+        state = f"[{colour}]{escape(str(run['state']))}[/]"
         if run["failed_tasks"]:
-            state += f" ({', '.join(run['failed_tasks'])})"
+            state += escape(f" ({', '.join(run['failed_tasks'])})")
         runs.add_row(
-            run["dag_id"],
-            f"{run['run_type']}",
+            Text(run["dag_id"]),
+            Text(f"{run['run_type']}"),
             state,
             _ago(run["started"]),
             "" if run["seconds"] is None else f"{run['seconds']:.0f} s",
@@ -101,7 +104,9 @@ def print_status(console: Console, report: PipelineStatus, settings: Settings) -
         )
 
     if report.release:
-        console.print(f"release: {report.release['release']} published {report.release['published_at']}")
+        console.print(
+            escape(f"release: {report.release['release']} published {report.release['published_at']}")
+        )
     gate = Table(
         "dataset",
         "council",
@@ -119,15 +124,15 @@ def print_status(console: Console, report: PipelineStatus, settings: Settings) -
     for d in report.datasets:
         colour = {"passed": "green", "warnings": "yellow"}.get(d["gate"], "red")
         gate.add_row(
-            d["dataset"],
-            d["council"],
-            f"[{colour}]{d['gate']}[/]",
+            Text(d["dataset"]),
+            Text(d["council"]),
+            f"[{colour}]{escape(d['gate'])}[/]",
             str(d["partitions_published"]),
             str(d["partitions_with_warnings"]),
             f"{d['rows_published']:,}",
             "" if d["completeness_pct"] is None else f"{d['completeness_pct']:.1f} %",
             "" if d["flagged_pct"] is None else f"{d['flagged_pct']:.1f} %",
-            "\n".join(d["held_back"]),
+            Text("\n".join(d["held_back"])),
         )
     if report.datasets:
         console.print(gate)
@@ -135,6 +140,6 @@ def print_status(console: Console, report: PipelineStatus, settings: Settings) -
         console.print("datasets: nothing judged by the quality gate yet")
 
     for line in report.problems:
-        console.print(f"[red]problem:[/] {line}")
+        console.print(f"[red]problem:[/] {escape(line)}")
     for line in report.review:
-        console.print(f"[yellow]review:[/] {line}")
+        console.print(f"[yellow]review:[/] {escape(line)}")

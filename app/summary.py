@@ -7,15 +7,17 @@ raw segment, which is cheap for a demo and wasteful for a production raw zone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
 from itertools import groupby
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from civicflow.contract import DATASETS
 from civicflow.settings import Settings
@@ -245,10 +247,11 @@ def print_summary(
 
     def row(label: str, values: list[int | None] | None, total: int, end_section: bool = False) -> None:
         cells = ["" if v is None else f"{v:,}" for v in (values or [None] * len(DOMAINS))]
-        table.add_row(label, *cells, f"{total:,}", end_section=end_section)
+        table.add_row(Text(label), *cells, f"{total:,}", end_section=end_section)
 
     if sources:
-        table.add_row("data", *(sources.get(d, ("", ""))[0] for d in DOMAINS), "", end_section=True)
+        kinds = (Text(sources.get(d, ("", ""))[0]) for d in DOMAINS)
+        table.add_row("data", *kinds, "", end_section=True)
     received = [d.received for d in domains]
     row("messages received", received if any(v is not None for v in received) else None, s.messages)
     row("raw segments staged", None, s.segments)
@@ -273,23 +276,58 @@ def print_summary(
     row("  flagged (qc_flag)", flagged, sum(flagged))
     console.print(table)
     for domain, (kind, description) in (sources or {}).items():
-        console.print(f"{domain} data ({kind}): {description}")
+        console.print(escape(f"{domain} data ({kind}): {description}"))
     if outcome is not None:
         for run in outcome.runs:
             console.print(
-                f"Airflow DAG [bold]{run.dag_id}[/]: {run.state} in {run.seconds:.1f}s (log: {run.log_path})"
+                f"Airflow DAG [bold]{escape(run.dag_id)}[/]: "
+                + escape(f"{run.state} in {run.seconds:.1f}s (log: {run.log_path})")
             )
     print_held_back(console, s.held_back, data_root=s.data_root)
     if s.catalog:
-        console.print(f"DCAT-AP catalogue of the current release: [bold]{s.catalog}[/] (and .ttl)")
+        console.print(f"DCAT-AP catalogue of the current release: [bold]{escape(s.catalog)}[/] (and .ttl)")
     if s.data_docs:
         console.print(
-            f"Great Expectations Data Docs of every validation: [bold]{s.data_docs}[/]"
-            "/<domain>/council=<c>/date=<d>/v<version>/index.html"
+            f"Great Expectations Data Docs of every validation: [bold]{escape(s.data_docs)}[/]"
+            + escape("/<domain>/council=<c>/date=<d>/v<version>/index.html")
         )
     console.print("Published data packages:")
     for domain in DOMAINS:
         path = s.domains[domain].published_path
-        console.print(f"  {domain}: [bold]{path}[/]" if path else f"  {domain}: none published")
+        console.print(f"  {domain}: [bold]{escape(path)}[/]" if path else f"  {domain}: none published")
         if s.domains[domain].quality_path:
-            console.print(f"    quality summary: {s.domains[domain].quality_path}")
+            console.print(f"    quality summary: {escape(s.domains[domain].quality_path)}")
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON holds it: dates and times in ISO 8601, paths as strings, containers walked."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def held_back_document(h: HeldBack, data_root: Path) -> dict[str, Any]:
+    """One hold as `civicflow release list --json` and `batch --json` print it."""
+    doc = _plain(asdict(h))
+    doc["data_docs"] = str(data_root / h.data_docs) if h.data_docs else None
+    return doc
+
+
+def summary_document(s: WarehouseSummary, outcome=None) -> dict[str, Any]:
+    """What `print_summary` prints, as `civicflow batch --json` and `replay --json` print it.
+
+    The totals and `domains` (each domain's numbers) of `WarehouseSummary`, `held_back` as
+    `civicflow release list --json` lists it, and with an outcome `ok` and the DAG runs.
+    """
+    doc = _plain({k: v for k, v in asdict(s).items() if k != "held_back"})
+    doc["held_back"] = [held_back_document(h, s.data_root) for h in s.held_back]
+    if outcome is not None:
+        doc["ok"] = outcome.ok
+        doc["dag_runs"] = [_plain(asdict(run)) for run in outcome.runs]
+    return doc

@@ -108,7 +108,7 @@ def test_status_screen_and_json_exit_1_on_a_problem(gated):
     env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
     screen = subprocess.run(
         [sys.executable, "-m", "app.cli", "status"],
-        env=env | {"COLUMNS": "200"},
+        env={k: v for k, v in env.items() if k != "COLUMNS"},  # a pipe: full width, not 80 columns
         capture_output=True,
         text=True,
         timeout=120,
@@ -155,7 +155,7 @@ def test_an_empty_data_root_says_no_listener_has_run_and_how_to_start_one(tmp_pa
 def test_batch_summary_counts_and_lists_held_back_days_and_devices_days(gated):
     from rich.console import Console
 
-    from app.summary import DOMAINS, print_summary, warehouse_summary
+    from app.summary import DOMAINS, print_summary, summary_document, warehouse_summary
 
     s = warehouse_summary(gated)
     parking = s.domains["parking"]
@@ -167,8 +167,9 @@ def test_batch_summary_counts_and_lists_held_back_days_and_devices_days(gated):
     # testtown 2016-10-04 and 2026-11-23 (p2 only), leeds 2016-10-04, york 2016-10-01 to 03.
     assert (s.published_partitions, s.published_rows) == (6, 28)
     console = Console(record=True, width=200)
-    print_summary(console, s)
+    print_summary(console, s, sources={"traffic": ("synthetic", "counters [a-z]+ from a [bold]generator")})
     out = console.export_text()
+    assert "traffic data (synthetic): counters [a-z]+ from a [bold]generator" in out
     assert "held back parking testtown 2026-11-23 v1: devices p1 (no_future, 2 rows)" in out
     assert "held back parking york 2016-10-04 v1: whole day (volume, 1 row)" in out
     # One Data Docs page: both were judged in the same Great Expectations run.
@@ -180,3 +181,12 @@ def test_batch_summary_counts_and_lists_held_back_days_and_devices_days(gated):
 
     assert cells("days held back") == dict.fromkeys(DOMAINS, "0") | {"parking": "1", "total": "1"}
     assert cells("devices' days held back") == dict.fromkeys(DOMAINS, "0") | {"parking": "1", "total": "1"}
+
+    doc = json.loads(json.dumps(summary_document(s)))  # what civicflow batch --json prints
+    assert (doc["published_partitions"], doc["published_rows"]) == (6, 28)
+    assert (doc["domains"]["parking"]["days_held"], doc["domains"]["parking"]["device_days_held"]) == (1, 1)
+    assert [(h["council"], h["event_date"], h["device_id"], h["rules"]) for h in doc["held_back"]] == [
+        ("testtown", "2026-11-23", "p1", ["no_future"]),
+        ("york", "2016-10-04", None, ["volume"]),
+    ]
+    assert all(h["data_docs"].startswith(str(gated.data_root)) for h in doc["held_back"])

@@ -424,10 +424,8 @@ def test_quality_settings_come_from_the_environment(monkeypatch):
 
 
 def test_release_commands_list_and_approve_a_held_back_partition(tmp_path, monkeypatch):
-    from rich.console import Console
     from typer.testing import CliRunner
 
-    from app import release_cli
     from app.release_cli import release_app
 
     layout = Layout(tmp_path / "data")
@@ -441,9 +439,6 @@ def test_release_commands_list_and_approve_a_held_back_partition(tmp_path, monke
     monkeypatch.setenv("CIVICFLOW_DATA_ROOT", str(layout.root))
     monkeypatch.setenv("CIVICFLOW_REGISTRY_DIR", str(registry_dir))
     monkeypatch.setenv("USER", "ana")
-    monkeypatch.setenv("COLUMNS", "200")
-    # the command's console read its width when the module was first imported, maybe by another test
-    monkeypatch.setattr(release_cli, "console", Console(width=200))
     runner = CliRunner()
 
     listed = runner.invoke(release_app, ["list"])
@@ -451,6 +446,16 @@ def test_release_commands_list_and_approve_a_held_back_partition(tmp_path, monke
     [row] = [line for line in listed.output.splitlines() if "testtown" in line]
     for shown in (DAY, "p9", "quarantine_share"):
         assert shown in row, (shown, listed.output)
+    as_json = runner.invoke(release_app, ["list", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    [held] = json.loads(as_json.stdout)
+    assert (held["domain"], held["council"], held["event_date"], held["device_id"], held["rules"]) == (
+        "parking",
+        "testtown",
+        DAY,
+        "p9",
+        ["quarantine_share"],
+    )
 
     refused = runner.invoke(release_app, ["approve", "parking", "testtown", "2016-10-05", "--reason", "x"])
     assert refused.exit_code == 2 and "not held back" in refused.output
