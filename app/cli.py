@@ -27,6 +27,37 @@ app = typer.Typer(
 )
 
 
+def installed_version(distribution: str = "civicflow") -> str:
+    """The installed distribution's version; in a checkout that is not installed, the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        import civicflow
+
+        checkout = Path(civicflow.__file__).resolve().parent.parent
+        return f"{civicflow.__version__} (not installed: the source checkout at {checkout})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"civicflow {installed_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the installed version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 def _logging(verbose: bool, json: bool = False) -> None:
     from civicflow.logs import configure
 

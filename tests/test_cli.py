@@ -208,3 +208,21 @@ def test_replay_json_is_one_document_and_its_progress_goes_to_stderr(staged):
     doc = json.loads(done.stdout)
     assert list(doc) == ["replay"] and doc["replay"]["segments"] == 1, doc
     assert "re-staging the segments in the range: 1/1 segments" in done.stderr.splitlines()
+
+
+# --- civicflow --version --------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    import civicflow
+    from app.cli import app, installed_version
+
+    done = CliRunner().invoke(app, ["--version"])
+    assert (done.exit_code, done.stdout) == (0, f"civicflow {version('civicflow')}\n")
+    checkout = installed_version("civicflow-never-installed")
+    assert checkout.startswith(f"{civicflow.__version__} (not installed: the source checkout at /")
