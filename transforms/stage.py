@@ -620,17 +620,19 @@ def decode_shard(
     try:
         while todo:
             ledger: list[dict] = []
-            parts: list[pa.Table] = []
+            # grouped by dataset, in the order of the increments' partitions: no sort to write them
+            parts: dict[Domain, list[pa.Table]] = {d: [] for d in sorted(DATASETS, key=lambda d: d.value)}
             readings = 0
             while todo and readings < max_readings_per_commit:
                 path = todo.pop(0)
                 for part in _decode_parts(layout, path, decoder, now, result, ledger, [], zone):
                     for domain, tables in part.tables.items():
                         for table in tables:
-                            parts.append(_to_increment(domain, table, schema))
+                            parts[domain].append(_to_increment(domain, table, schema))
                             readings += table.num_rows
+            tables = [t for domain_parts in parts.values() for t in domain_parts]
             outcome = lake.append(
-                pa.concat_tables(parts) if parts else schema.empty_table(),
+                pa.concat_tables(tables) if tables else schema.empty_table(),
                 [LedgerRow(**row) for row in ledger],
                 shard=name,
             )

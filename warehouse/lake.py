@@ -500,19 +500,13 @@ def _write_data_files(table: Table, batch: pa.Table) -> list[DataFile]:
         TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
     )
     names = [schema.find_column_name(f.source_id) for f in spec.fields]
+    runs = [(0, batch.num_rows)]
     if names:
-        batch = batch.take(pc.sort_indices(batch, [(n, "ascending") for n in names]))  # stable
-        changes = np.zeros(batch.num_rows, dtype=bool)
-        changes[0] = True
-        for name in names:
-            column = batch.column(name).combine_chunks()
-            changes[1:] |= ~pc.fill_null(pc.equal(column[1:], column[:-1]), False).to_numpy(
-                zero_copy_only=False
-            )
-        starts = np.flatnonzero(changes).tolist()
-        runs = list(zip(starts, [*starts[1:], batch.num_rows], strict=True))
-    else:
-        runs = [(0, batch.num_rows)]
+        runs = _partition_runs(batch, names)
+        if runs is None:  # not in partition order yet: sort (stable), a copy of every column
+            batch = batch.take(pc.sort_indices(batch, [(n, "ascending") for n in names]))
+            runs = _partition_runs(batch, names)
+            assert runs is not None
     write_uuid, counter = uuid.uuid4(), itertools.count(0)
     tasks = []
     for start, stop in runs:
@@ -527,7 +521,7 @@ def _write_data_files(table: Table, batch: pa.Table) -> list[DataFile]:
                 partition_spec=spec,
                 schema=schema,
             )
-        for batches in bin_pack_arrow_table(part.combine_chunks(), target):
+        for batches in bin_pack_arrow_table(part, target):
             tasks.append(
                 WriteTask(
                     write_uuid=write_uuid,
@@ -538,6 +532,24 @@ def _write_data_files(table: Table, batch: pa.Table) -> list[DataFile]:
                 )
             )
     return list(write_file(io=table.io, table_metadata=metadata, tasks=iter(tasks)))
+
+
+def _partition_runs(batch: pa.Table, names: list[str]) -> list[tuple[int, int]] | None:
+    """The (start, stop) of each run of equal partition values, if the runs are in ascending
+    order of those values (each partition one run), else None. Staging hands its readings grouped
+    by dataset, so they need no sort."""
+    changes = np.zeros(batch.num_rows, dtype=bool)
+    changes[0] = True
+    for name in names:
+        column = batch.column(name).combine_chunks()
+        changes[1:] |= ~pc.fill_null(pc.equal(column[1:], column[:-1]), False).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(changes)
+    heads = batch.select(names).take(pa.array(starts)).to_pylist()
+    keys = [tuple((v is not None, v) for v in row.values()) for row in heads]  # nulls first
+    if any(a >= b for a, b in zip(keys, keys[1:], strict=False)):
+        return None
+    bounds = starts.tolist()
+    return list(zip(bounds, [*bounds[1:], batch.num_rows], strict=True))
 
 
 def _append_missing_ledger(lake: Lake, table: Table, rows: list[LedgerRow]) -> None:
