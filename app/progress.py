@@ -35,15 +35,24 @@ PHASES = {
 }
 
 
+def on_a_terminal(console: Console) -> bool:
+    """Whether the console's stream is a terminal, whatever FORCE_COLOR says about colours."""
+    isatty = getattr(console.file, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
 def output_console(*, stderr: bool = False) -> Console:
     """A console on stdout (or stderr) as it is now: a terminal's width, or no width limit at all.
 
     Not a terminal and no `COLUMNS`: lines and table cells are never cropped or wrapped (a table
-    is as wide as its widest row), and colours are off as rich does. Make one per command: it
-    reads what stdout is when it is made.
+    is as wide as its widest row); colours as rich decides (off, unless FORCE_COLOR). Make one
+    per command: it reads what stdout is when it is made.
     """
     console = Console(stderr=stderr)
-    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+    if on_a_terminal(console) or os.environ.get("COLUMNS", "").isdigit():
         return console
     return Console(stderr=stderr, width=UNBOUNDED_WIDTH, soft_wrap=True)
 
@@ -69,7 +78,7 @@ def _tenths(done: int, total: int) -> int:
 @contextmanager
 def segment_progress(console: Console) -> Iterator[Callable[[str, int, int], None]]:
     """A bar per phase of a replay, fed `(phase, done, total)` in segments."""
-    if not console.is_terminal:
+    if not on_a_terminal(console):
         shown: dict[str, int] = {}
 
         def line(phase: str, done: int, total: int) -> None:
@@ -98,7 +107,7 @@ def dag_progress(console: Console) -> Iterator[Callable[[str, float], None]]:
     Not on a terminal: a line when Airflow starts and one when it starts each DAG.
     """
     starting = "starting Airflow (migrating its metadata database)..."
-    if not console.is_terminal:
+    if not on_a_terminal(console):
         console.print(starting)
         running: list[str] = []
 
@@ -120,7 +129,7 @@ def dag_progress(console: Console) -> Iterator[Callable[[str, float], None]]:
 @contextmanager
 def message_progress(console: Console, total: int) -> Iterator[Callable[[int, int], None]]:
     """Two bars for a replay of gateway messages, fed `(published, acknowledged)`."""
-    if not console.is_terminal:
+    if not on_a_terminal(console):
         shown: list[tuple[int, int]] = []
 
         def line(sent: int, acked: int) -> None:
