@@ -656,6 +656,18 @@ def decode_shard(
     return result
 
 
+def _by_domain(rows: pa.Table) -> Iterator[tuple[Domain, pa.Table]]:
+    """Each run of one dataset's readings, as a slice (no copy): an increment's files each hold
+    one dataset (or, written before, runs sorted by dataset)."""
+    if rows.num_rows == 0:
+        return
+    domains = rows.column("domain").combine_chunks()
+    changes = np.flatnonzero(~pc.equal(domains[1:], domains[:-1]).to_numpy(zero_copy_only=False)) + 1
+    bounds = [0, *changes.tolist(), rows.num_rows]
+    for start, stop in zip(bounds, bounds[1:], strict=False):
+        yield Domain(domains[start].as_py()), rows.slice(start, stop - start)
+
+
 def merge_increments(
     layout: Layout,
     con: duckdb.DuckDBPyConnection,
@@ -701,10 +713,8 @@ def merge_increments(
         while todo and readings < max_readings_per_txn:
             inc = todo.pop(0)
             rows = lake.read_increment(table, inc.snapshot_id)
-            for domain in DATASETS:
-                part = rows.filter(pc.equal(rows["domain"], domain.value))
-                if part.num_rows:
-                    pending.setdefault(domain, []).append(part)
+            for domain, part in _by_domain(rows):
+                pending.setdefault(domain, []).append(part)
             readings += rows.num_rows
             for row in inc.ledger:
                 if row.segment_id in ledgered:  # cannot happen through the lake; never count twice
