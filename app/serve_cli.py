@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from civicflow.settings import PortalSettings
+    from portal.ratelimit import RateLimit
 
 
 def serve(
@@ -14,6 +18,9 @@ def serve(
     """Serve the portal (catalogue, dataset pages, downloads, DCAT-AP catalogue) and the API.
 
     Read-only, over the latest published release; the API is described at /docs and /openapi.json.
+    Each client address may make CIVICFLOW_PORTAL__RATE_LIMIT_BURST requests at once and
+    CIVICFLOW_PORTAL__RATE_LIMIT_PER_MINUTE a minute (0: no limit); behind a proxy, set uvicorn's
+    FORWARDED_ALLOW_IPS to its address so that each client is counted, not the proxy.
 
     Example: CIVICFLOW_DATA_ROOT=data/demo civicflow serve --port 8000
     """
@@ -24,4 +31,14 @@ def serve(
     from warehouse.layout import Layout
 
     settings = Settings()
-    uvicorn.run(create_app(Layout(settings.data_root)), host=host, port=port, log_level="info")
+    app = create_app(Layout(settings.data_root), rate_limit=rate_limit(settings.portal))
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def rate_limit(settings: PortalSettings) -> RateLimit | None:
+    """The portal's limit per client address, from CIVICFLOW_PORTAL__RATE_LIMIT_* (None: no limit)."""
+    from portal.ratelimit import RateLimit
+
+    if settings.rate_limit_per_minute == 0:
+        return None
+    return RateLimit(settings.rate_limit_per_minute, settings.rate_limit_burst)

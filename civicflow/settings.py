@@ -138,6 +138,28 @@ class PublishSettings(BaseModel):
     ckan: CkanSettings = CkanSettings()
 
 
+class PortalSettings(BaseModel):
+    """`civicflow serve`: the portal and API (docs/publication.md, "The portal's API over HTTP")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_limit_per_minute: int = Field(
+        default=600,
+        ge=0,
+        le=1_000_000,
+        description="Requests one client address may make a minute, sustained, before it is answered "
+        "429 with Retry-After; 0: no limit. Anonymous access stays open: this only shares the "
+        "portal fairly",
+    )
+    rate_limit_burst: int = Field(
+        default=120,
+        ge=1,
+        le=1_000_000,
+        description="Requests one client address may make at once (a page of links, a parallel "
+        "download) before the per-minute rate applies",
+    )
+
+
 class QualitySettings(BaseModel):
     """Thresholds of the quality gate's expectations (docs/warehouse.md, "Publication").
 
@@ -320,6 +342,7 @@ class Settings(BaseSettings):
     max_batch_readings: int = Field(default=10_000, ge=1)
     publish_csv: bool = True
     publish: PublishSettings = PublishSettings()
+    portal: PortalSettings = PortalSettings()
     retention: RetentionSettings = RetentionSettings()
     storage: StorageSettings = StorageSettings()
     catalog: CatalogSettings = CatalogSettings()

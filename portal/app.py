@@ -1,13 +1,18 @@
 """The portal's web app: catalogue and dataset pages, downloads, the DCAT-AP catalogue and the API.
 
-Read-only, and over the latest published release only: every request resolves `published/latest`
-once (portal.release) and reads nothing else, except the Data Docs page of a partition that release
-holds. Pages are rendered on the server and work without JavaScript.
+Read-only: every request resolves `published/latest` once (portal.release), or the kept release
+its URL names (a download, an API page pinned with `release=`), and reads nothing else, except
+the Data Docs page of a partition that release holds. Pages are rendered on the server and work
+without JavaScript. Around the routes (docs/publication.md, "The portal's API over HTTP"): CORS
+for reading from any site, a rate limit per client address when one is given, and gzip where the
+client accepts it.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
+import time as clocks
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from enum import StrEnum
@@ -19,16 +24,28 @@ import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Message, Receive, Scope, Send
 
 from civicflow.contract import DATASETS, Domain
 from portal.apidoc import operations
 from portal.chart import hourly_chart
+from portal.http import (
+    EXPOSED_HEADERS,
+    IMMUTABLE,
+    LATEST,
+    PARQUET,
+    CompressWhenAccepted,
+    etag_of,
+    file_answer,
+    matches,
+    not_modified,
+)
 from portal.query import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -42,7 +59,18 @@ from portal.query import (
     to_parquet,
 )
 from portal.query import Query as RowQuery
-from portal.release import KINDS, DatasetRelease, NoRelease, ReleaseView, load_release, released_file
+from portal.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
+from portal.release import (
+    KINDS,
+    RELEASE_ID,
+    DatasetRelease,
+    NoRelease,
+    ReleaseGone,
+    ReleaseView,
+    UnknownRelease,
+    load_release,
+    released_file,
+)
 from publish.catalog import RESOLUTION_S
 from warehouse.layout import Layout
 
@@ -73,6 +101,20 @@ TIME_FORMS = (
     "(without an offset, UTC), or a date such as 2016-10-04 (midnight UTC)"
 )
 WINDOW_FROM, WINDOW_UNTIL = (f"{t:%Y-%m-%dT%H:%M:%SZ}" for t in (WINDOW_START, WINDOW_END))
+ANSWERS = f"1/{importlib.metadata.version('civicflow')}"
+"""What an API answer's bytes depend on besides its release and its query, in its ETag: bump the
+first number when the same query of the same release would answer other bytes."""
+
+
+def _release_id(value: Any) -> Any:
+    """`release` as given, or a 422 saying what a release id looks like."""
+    if isinstance(value, str) and not re.fullmatch(RELEASE_ID, value):
+        raise PydanticCustomError(
+            "release_id",
+            "release must be a release id such as 000042-20261123T120000Z: the one the first page "
+            "named in X-Civicflow-Release and in its next link",
+        )
+    return value
 
 
 def _time(name: str) -> Callable[[Any], Any]:
@@ -150,26 +192,64 @@ class GetAndHeadRoute(APIRoute):
         await self.app(scope, receive, headers_only)
 
 
-def create_app(layout: Layout) -> FastAPI:
-    """The portal over `layout`'s published zone."""
+def create_app(
+    layout: Layout, *, rate_limit: RateLimit | None = None, clock: Callable[[], float] = clocks.monotonic
+) -> FastAPI:
+    """The portal over `layout`'s published zone.
+
+    `rate_limit`: requests per client address (None: no limit); `clock` counts its seconds.
+    """
     app = FastAPI(
         title="Civicflow open data",
         description=(
-            "Read-only access to the latest published release: datasets, readings and aggregates. "
-            "Every GET also answers HEAD (same status and headers, no body). A parameter that "
-            "cannot be used as given gets 422, with `detail` naming it and saying what is allowed."
+            "Read-only access to the published releases: datasets, readings and aggregates of the "
+            "latest release, or of a kept release a paged download pinned. Every GET also answers "
+            "HEAD (same status and headers, no body). A parameter that cannot be used as given gets "
+            "422, with `detail` naming it and saying what is allowed. Answers carry an ETag "
+            "(If-None-Match gives 304) and Cache-Control; they are gzip-compressed when the client "
+            "accepts it, readable from any site (CORS), and a client past its rate limit gets 429 "
+            "with Retry-After."
         ),
         version="1",
         docs_url=None,  # /docs is the portal's own page: no JavaScript, nothing from a CDN
         redoc_url=None,
     )
     app.router.route_class = GetAndHeadRoute  # every route below answers HEAD as well as GET
+    # The last added is the outermost: CORS headers reach every answer, a 429 included.
+    app.add_middleware(CompressWhenAccepted)
+    if rate_limit is not None:
+        app.add_middleware(RateLimitMiddleware, buckets=TokenBuckets(rate_limit, clock))
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_credentials=False,
+        allow_methods=["GET", "HEAD", "OPTIONS"],
+        allow_headers=["If-None-Match", "Range"],
+        expose_headers=list(EXPOSED_HEADERS),
+        max_age=86400,
+    )
 
-    def release() -> ReleaseView:
+    def release(pinned: str | None = None, *, restart: str = "") -> ReleaseView:
+        """The latest release, or the kept release `pinned` names (404 or 410 saying what to do)."""
         try:
-            return load_release(layout)
+            return load_release(layout, pinned)
         except NoRelease as exc:
             raise HTTPException(404, "nothing has been published yet") from exc
+        except ReleaseGone as exc:
+            raise HTTPException(
+                410,
+                f"release {exc.release_id} is no longer kept (older releases are removed as new ones "
+                f"are published): {restart or 'read'} the latest release, {exc.latest}",
+            ) from exc
+        except UnknownRelease as exc:
+            raise HTTPException(
+                404, f"there is no release {pinned}: {restart or 'read'} the latest release instead"
+            ) from exc
+
+    def page(request: Request, template: str, context: dict) -> Response:
+        answer = TEMPLATES.TemplateResponse(request, template, context)
+        answer.headers["Cache-Control"] = LATEST
+        return answer
 
     def dataset_of(current: ReleaseView, name: str) -> DatasetRelease:
         found = current.datasets.get(name)
@@ -220,7 +300,7 @@ def create_app(layout: Layout) -> FastAPI:
             "councils": councils,
             "domains": sorted(current.datasets),
         }
-        return TEMPLATES.TemplateResponse(request, "catalogue.html", context)
+        return page(request, "catalogue.html", context)
 
     @app.get("/datasets/{dataset}", response_class=HTMLResponse, include_in_schema=False)
     def dataset_page(request: Request, dataset: str, council: str = "", device: str = "", measure: str = ""):
@@ -256,12 +336,12 @@ def create_app(layout: Layout) -> FastAPI:
             "chart": _chart(ds, council or ds.councils[0], device, measure),
             "base": f"/releases/{current.id}/{dataset}",
         }
-        return TEMPLATES.TemplateResponse(request, "dataset.html", context)
+        return page(request, "dataset.html", context)
 
     @app.get(
         "/datasets/{dataset}/data-docs/{council}/{day}", response_class=HTMLResponse, include_in_schema=False
     )
-    def data_docs(dataset: str, council: str, day: date):
+    def data_docs(request: Request, dataset: str, council: str, day: date):
         ds = dataset_of(release(), dataset)
         if day not in ds.days(council):
             raise HTTPException(404, f"{dataset} has no published partition for {council} on {day}")
@@ -282,17 +362,24 @@ def create_app(layout: Layout) -> FastAPI:
         page = (layout.root / named).resolve() if named else None
         if page is None or not page.is_relative_to(layout.validations.resolve()) or not page.is_file():
             raise HTTPException(404, f"no Data Docs for {dataset} {council} {day}")
-        return FileResponse(page, media_type="text/html")
+        return file_answer(request, page, cache_control=LATEST)
 
     @app.get("/releases/{release_id}/{dataset}/{path:path}", include_in_schema=False)
-    def download(release_id: str, dataset: str, path: str):
-        current = release()
-        if release_id != current.id:
-            raise HTTPException(404, f"release {release_id} is not the latest ({current.id})")
+    def download(request: Request, release_id: str, dataset: str, path: str):
+        """A file of a kept release: immutable, so cached for a year and validated by its sha256."""
+        current = release(release_id, restart="download the file from")
         found = released_file(current, dataset, path)
         if found is None:
             raise HTTPException(404, f"{dataset}/{path} is not in release {current.id}")
-        return FileResponse(found, filename=found.name)
+        listed = current.datasets[dataset].resource(path)
+        return file_answer(
+            request,
+            found,
+            etag=f'"{listed.hash.removeprefix("sha256:")}"' if listed is not None else None,
+            cache_control=IMMUTABLE,
+            filename=found.name,
+            headers={"X-Civicflow-Release": current.id},
+        )
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def api_docs(request: Request):
@@ -314,21 +401,50 @@ def create_app(layout: Layout) -> FastAPI:
             "base": str(request.base_url).rstrip("/"),
             "example": example | {"next_day": example["day"] + timedelta(days=1)},
         }
-        return TEMPLATES.TemplateResponse(request, "api.html", context)
+        return page(request, "api.html", context)
+
+    def catalogue_file(request: Request, form: str) -> Response:
+        path = layout.catalog(form)
+        if not path.is_file():
+            raise HTTPException(
+                404, "nothing has been published yet: the catalogue comes with the first release"
+            )
+        return file_answer(request, path, cache_control=LATEST)
 
     @app.get("/catalog.jsonld", include_in_schema=False)
-    def catalog_jsonld():
-        return FileResponse(layout.catalog("jsonld"), media_type="application/ld+json")
+    def catalog_jsonld(request: Request):
+        return catalogue_file(request, "jsonld")
 
     @app.get("/catalog.ttl", include_in_schema=False)
-    def catalog_ttl():
-        return FileResponse(layout.catalog("ttl"), media_type="text/turtle")
+    def catalog_ttl(request: Request):
+        return catalogue_file(request, "ttl")
 
     # API ---------------------------------------------------------------------------------------
 
+    def validators(request: Request, current: ReleaseView, pinned: bool, *more: object) -> dict[str, str]:
+        """ETag and Cache-Control of an API answer, which only its release and its request
+        determine (and `more`, for what else it reads): cached for a year when the URL pins the
+        release, checked again on every use when it follows `latest`."""
+        query = sorted((k, v) for k, v in request.query_params.multi_items() if k != "release")
+        return {
+            "ETag": etag_of(ANSWERS, current.id, request.url.path, query, *more),
+            "Cache-Control": IMMUTABLE if pinned else LATEST,
+            "X-Civicflow-Release": current.id,
+        }
+
+    def json_answer(request: Request, headers: dict[str, str], build: Callable[[], Any]) -> Response:
+        """304 before `build` runs when the client has the answer already, else the JSON it builds."""
+        if matches(request, headers["ETag"]):
+            return not_modified(headers)
+        body = orjson.dumps(build(), option=orjson.OPT_UTC_Z)
+        return Response(body, media_type="application/json", headers=headers)
+
     @app.get("/api/datasets", summary="Datasets of the latest release")
-    def list_datasets() -> dict:
+    def list_datasets(request: Request) -> dict:
         current = release()
+        return json_answer(request, validators(request, current, False), lambda: datasets_of(current))
+
+    def datasets_of(current: ReleaseView) -> dict:
         return {
             "release": current.id,
             "published_at": current.published_at,
@@ -363,14 +479,42 @@ def create_app(layout: Layout) -> FastAPI:
                     "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
                 }
             },
-            404: {"description": "The dataset is not in the latest release"},
+            304: {"description": "Not modified: the ETag in If-None-Match is still the answer's"},
+            404: {
+                "description": "The dataset is not in the release, or no release has the id `release` names"
+            },
+            410: {
+                "description": "The release `release` names is no longer kept: start again from the "
+                "first page, without `release`"
+            },
         },
         openapi_extra={
             "responses": {
+                "200": {
+                    "headers": {
+                        "Link": {
+                            "description": 'The next page, `<...>; rel="next"` (RFC 8288), pinned to this '
+                            "answer's release; absent on the last page",
+                            "schema": {"type": "string"},
+                        },
+                        "X-Civicflow-Release": {
+                            "description": "The release the rows were read from",
+                            "schema": {"type": "string"},
+                        },
+                        "ETag": {
+                            "description": "Send it back in If-None-Match: 304 if unchanged",
+                            "schema": {"type": "string"},
+                        },
+                        "Cache-Control": {
+                            "description": "A year, immutable, if `release` pins the release; else no-cache",
+                            "schema": {"type": "string"},
+                        },
+                    }
+                },
                 "422": {
                     "description": "A parameter cannot be used as given: `detail` names it "
                     "(`loc`) and says what is allowed (`msg`)"
-                }
+                },
             }
         },
     )
@@ -408,13 +552,27 @@ def create_app(layout: Layout) -> FastAPI:
             int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip; follow the next link instead")
         ] = 0,
         format: Annotated[Format, Query(description="json, csv or parquet")] = Format.JSON,
+        release_id: Annotated[
+            str | None,
+            Query(
+                alias="release",
+                pattern=RELEASE_ID,
+                description="Read this kept release instead of the latest: the next link names the "
+                "first page's release, so a paged download never spans two releases",
+            ),
+            BeforeValidator(_release_id),  # after Query, so that the description keeps the pattern
+        ] = None,
     ) -> Response:
         """Rows in the natural key's order (council, device, time). A full page carries the next
-        page's address in `next` (JSON) and in a `Link: rel="next"` header (every format); every
-        answer names its release in `X-Civicflow-Release`. A time range within the window that
-        holds no published day gives no rows."""
-        current = release()
+        page's address in `next` (JSON) and in a `Link: rel="next"` header (every format), pinned
+        to the release the page was read from (`release=`); every answer names its release in
+        `X-Civicflow-Release`. A time range within the window that holds no published day gives no
+        rows. A pinned release that is no longer kept answers 410: start again from the first page."""
+        current = release(release_id, restart="start again from the first page, without release=, to read")
         ds = dataset_of(current, dataset.value)
+        headers = validators(request, current, release_id is not None)
+        if matches(request, headers["ETag"]):
+            return not_modified(headers)
         query = RowQuery(kind.value, council, device_id, start, end, limit, offset)
         try:
             table = run_query(ds, query)
@@ -427,9 +585,9 @@ def create_app(layout: Layout) -> FastAPI:
         more = table.num_rows == limit and offset + limit <= MAX_OFFSET
         next_url = None
         if more:
-            params = {k: v for k, v in request.query_params.items() if k != "offset"}
-            next_url = f"{request.url.path}?{urlencode({**params, 'offset': offset + limit})}"
-        headers = {"X-Civicflow-Release": current.id}
+            params = {k: v for k, v in request.query_params.items() if k not in ("offset", "release")}
+            pinned = {**params, "release": current.id, "offset": offset + limit}
+            next_url = f"{request.url.path}?{urlencode(pinned)}"
         if next_url:
             headers["Link"] = f'<{next_url}>; rel="next"'
         name = f"{dataset.value}-{kind.value}-{offset}"
@@ -438,7 +596,7 @@ def create_app(layout: Layout) -> FastAPI:
             return Response(to_csv(table), media_type="text/csv", headers=headers)
         if format is Format.PARQUET:
             headers["Content-Disposition"] = f'attachment; filename="{name}.parquet"'
-            return Response(to_parquet(table), media_type="application/vnd.apache.parquet", headers=headers)
+            return Response(to_parquet(table), media_type=PARQUET, headers=headers)
         body = {
             "dataset": dataset.value,
             "kind": kind.value,

@@ -1,8 +1,8 @@
-"""What the latest release holds, read from its own files (docs/publication.md).
+"""What a release holds, read from its own files (docs/publication.md).
 
-Every request resolves `published/latest` once and reads only under what it resolved to, so a page
-or an API answer never mixes two releases. Nothing here reads the staged zone or the publisher's
-working tree.
+Every request resolves `published/latest` once (or the release it pins, while it is kept) and reads
+only under what it resolved to, so a page or an API answer never mixes two releases. Nothing here
+reads the staged zone or the publisher's working tree.
 
 A release directory never changes once cut (publish/release.py), so what was read of one is
 kept in memory and reused until `latest` points elsewhere: a year of a domain's data packages is
@@ -23,17 +23,37 @@ from pathlib import Path
 import orjson
 
 from civicflow.contract import DATASETS, LICENCE, Domain
-from publish.release import latest_release
+from publish.datapackage import council_package_file
+from publish.release import RELEASE_RE, latest_release, releases
 from warehouse.layout import Layout
 
 KINDS = ("readings", "hourly", "daily", "council_daily")
 """What the API and downloads serve: the readings and the three aggregates (docs/queries.md)."""
 PARTITION_RE = re.compile(r"(?:^|/)council=([^/]+)/date=(\d{4}-\d{2}-\d{2})/")
 METADATA_FILES = ("datapackage.json", "schema.json", "quality.json")
+SCHEMA_FILES = tuple(f"schema-{kind}.json" for kind in KINDS[1:])
+"""The aggregates' Table Schemas, which their resources name by path (docs/publication.md)."""
+
+
+RELEASE_ID = r"^[0-9]{6}-[0-9]{8}T[0-9]{6}Z$"
+"""What a release id looks like (`<number>-<UTC time>`), in ASCII digits: checked before any path."""
 
 
 class NoRelease(LookupError):
     """Nothing has been published yet: `published/latest` does not exist."""
+
+
+class UnknownRelease(LookupError):
+    """No release has this id, and none was removed under it: it never existed (HTTP 404)."""
+
+
+class ReleaseGone(LookupError):
+    """The release is no longer kept: newer releases made it old, or an erasure removed it (HTTP 410)."""
+
+    def __init__(self, release_id: str, latest: str) -> None:
+        super().__init__(release_id)
+        self.release_id = release_id
+        self.latest = latest
 
 
 @dataclass(frozen=True)
@@ -85,8 +105,16 @@ class DatasetRelease:
         return out
 
     @cached_property
+    def _by_path(self) -> dict[str, Resource]:
+        return {r.path: r for r in self.resources}
+
+    @cached_property
     def paths(self) -> frozenset[str]:
-        return frozenset(r.path for r in self.resources)
+        return frozenset(self._by_path)
+
+    def resource(self, path: str) -> Resource | None:
+        """The listed file at `path` (relative to the dataset's folder), if the package lists one."""
+        return self._by_path.get(path)
 
     @cached_property
     def councils(self) -> list[str]:
@@ -192,6 +220,7 @@ def _dataset(domain: Domain, directory: Path, manifest: dict[str, dict] | None =
         )
         res["schema"] = schema
     result.files("readings")  # build the indexes now, once, rather than in a request
+    result.resource("")
     return result
 
 
@@ -201,9 +230,34 @@ _cache: OrderedDict[tuple[str, int, int], ReleaseView] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def load_release(layout: Layout) -> ReleaseView:
-    """Resolve `latest` once and return what the release holds (read once per release, then kept)."""
+def release_number(release_id: str) -> int:
+    return int(release_id.split("-", 1)[0])
+
+
+def _kept(layout: Layout, release_id: str, latest: Path | None) -> Path:
+    """The directory of a release by its id, while it is kept; else why not (raised)."""
+    if latest is None:
+        raise NoRelease(f"nothing published yet under {layout.latest}")
+    if not re.fullmatch(RELEASE_ID, release_id) or RELEASE_RE.match(release_id) is None:
+        raise UnknownRelease(release_id)
+    path = layout.releases / release_id
+    if (path / "release.json").is_file():
+        return path
+    # Release numbers only grow: one at or below the latest's that is not here was removed
+    # (releases beyond the retention, or those an erasure deleted), unless a kept one has it.
+    number = release_number(release_id)
+    taken = {release_number(p.name) for p in releases(layout)}
+    if 1 <= number <= release_number(latest.name) and number not in taken:
+        raise ReleaseGone(release_id, latest.name)
+    raise UnknownRelease(release_id)
+
+
+def load_release(layout: Layout, release_id: str | None = None) -> ReleaseView:
+    """What a release holds (read once per release, then kept): `latest`, resolved once, or the
+    release named `release_id` while it is kept (UnknownRelease or ReleaseGone otherwise)."""
     path = latest_release(layout)
+    if release_id is not None and (path is None or path.name != release_id):
+        path = _kept(layout, release_id, path)
     meta_file = path / "release.json" if path is not None else None
     try:
         stat = meta_file.stat() if meta_file is not None else None
@@ -246,14 +300,16 @@ def _read_release(path: Path) -> ReleaseView:
 
 
 def released_file(release: ReleaseView, dataset: str, relpath: str) -> Path | None:
-    """A file of the release that its data package lists (or one of its metadata files), else None.
+    """A file of the release that its data package lists, or one of its metadata files (the data
+    package, a council's package, the Table Schemas it names, the quality summary), else None.
 
-    Only listed paths are served, so no request can reach outside the release.
+    Only these names are served, so no request can reach outside the release.
     """
     found = release.datasets.get(dataset)
     if found is None:
         return None
-    if relpath in METADATA_FILES or relpath in found.paths:
+    packages = {council_package_file(council) for council in found.councils}
+    if relpath in METADATA_FILES or relpath in SCHEMA_FILES or relpath in packages or relpath in found.paths:
         path = found.directory / relpath
         return path if path.is_file() else None
     return None

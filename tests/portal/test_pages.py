@@ -134,7 +134,7 @@ def test_download_links_return_the_exact_published_bytes(client, released):
         "/datasets/parking/data-docs/testtown/2016-10-06",
     ],
 )
-def test_only_the_latest_release_is_served(client, released, path):
+def test_only_files_a_kept_release_lists_are_served(client, released, path):
     assert client.get(path.format(id=latest_release(released).name)).status_code == 404
 
 
