@@ -2,10 +2,10 @@
 
 Read-only: every request resolves `published/latest` once (portal.release), or the kept release
 its URL names (a download, an API page pinned with `release=`), and reads nothing else, except
-the Data Docs page of a partition that release holds. Pages are rendered on the server and work
-without JavaScript. Around the routes (docs/publication.md, "The portal's API over HTTP"): CORS
-for reading from any site, a rate limit per client address when one is given, and gzip where the
-client accepts it.
+the Data Docs page of a partition that release holds and the kept releases' own files for the
+changelog. Pages are rendered on the server and work without JavaScript. Around the routes
+(docs/publication.md, "The portal's API over HTTP"): CORS for reading from any site, a rate
+limit per client address when one is given, and gzip where the client accepts it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from civicflow.contract import DATASETS, Domain
 from portal.apidoc import operations
+from portal.changelog import changelog
 from portal.chart import hourly_chart
 from portal.http import (
     EXPOSED_HEADERS,
@@ -72,6 +73,7 @@ from portal.release import (
     released_file,
 )
 from publish.catalog import RESOLUTION_S
+from publish.release import releases as kept_releases
 from warehouse.layout import Layout
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -364,6 +366,12 @@ def create_app(
             raise HTTPException(404, f"no Data Docs for {dataset} {council} {day}")
         return file_answer(request, page, cache_control=LATEST)
 
+    @app.get("/releases", response_class=HTMLResponse, include_in_schema=False)
+    def releases_page(request: Request):
+        current = release()
+        context = {"release": current, "releases": changelog(layout, current.id)}
+        return page(request, "releases.html", context)
+
     @app.get("/releases/{release_id}/{dataset}/{path:path}", include_in_schema=False)
     def download(request: Request, release_id: str, dataset: str, path: str):
         """A file of a kept release: immutable, so cached for a year and validated by its sha256."""
@@ -609,6 +617,23 @@ def create_app(
         }
         return Response(
             orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json", headers=headers
+        )
+
+    @app.get(
+        "/api/releases",
+        summary="Kept releases, newest first, and what each changed",
+        description="For each release still kept: when it was published, its datasets, and the "
+        "partitions (a council's day of a dataset) it added, replaced, approved, held back or "
+        "removed compared with the release before it. `changes` is null for the oldest kept release "
+        "when the one before it is no longer kept.",
+    )
+    def list_releases(request: Request) -> dict:
+        current = release()
+        kept = [p.name for p in kept_releases(layout)]
+        return json_answer(
+            request,
+            validators(request, current, False, kept),
+            lambda: {"latest": current.id, "releases": changelog(layout, current.id)},
         )
 
     return app

@@ -303,6 +303,7 @@ def test_download_link_returns_the_exact_published_bytes(page, portal_url, relea
         "/datasets/air_quality",
         "/datasets/parking?device=p2",
         "/docs",
+        "/releases",
     ],
 )
 def test_pages_pass_basic_accessibility_checks(page, portal_url, path):

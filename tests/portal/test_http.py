@@ -147,11 +147,11 @@ def test_latest_answers_are_revalidated_and_a_304_costs_no_query(client, release
     assert other.status_code == 200 and other.headers["etag"] != tag  # another query, another answer
     pinned = client.get(READINGS, params={"device_id": "p2", "limit": 3, "release": release})
     assert pinned.headers["cache-control"] == IMMUTABLE
-    for path in ("/api/datasets", "/catalog.jsonld", "/catalog.ttl"):
+    for path in ("/api/datasets", "/api/releases", "/catalog.jsonld", "/catalog.ttl"):
         first = client.get(path)
         assert first.headers["cache-control"] == LATEST, path
         assert client.get(path, headers={"If-None-Match": first.headers["etag"]}).status_code == 304, path
-    for path in ("/", "/datasets/parking", "/docs"):
+    for path in ("/", "/datasets/parking", "/releases", "/docs"):
         assert client.get(path).headers["cache-control"] == LATEST, path
 
 
@@ -208,11 +208,13 @@ def test_any_site_may_read_but_not_write_nor_send_credentials(client):
         (f"{READINGS}?limit=2&format=csv", "text/csv; charset=utf-8"),
         (f"{READINGS}?limit=2&format=parquet", "application/vnd.apache.parquet"),
         ("/api/datasets", "application/json"),
+        ("/api/releases", "application/json"),
         (f"/releases/{{release}}/parking/{DAY}.csv", "text/csv; charset=utf-8"),
         (f"/releases/{{release}}/parking/{DAY}.parquet", "application/vnd.apache.parquet"),
         ("/releases/{release}/parking/datapackage.json", "application/json"),
         ("/catalog.jsonld", "application/ld+json"),
         ("/catalog.ttl", "text/turtle; charset=utf-8"),
+        ("/releases", "text/html; charset=utf-8"),
         ("/datasets/parking/data-docs/testtown/2016-10-04", "text/html; charset=utf-8"),
     ],
 )

@@ -161,6 +161,7 @@ def test_api_reference_is_a_page_of_the_portal_with_nothing_from_elsewhere(clien
     assert re.findall(r"<h3><code>(GET [^<]+)</code></h3>", html) == [
         "GET /api/datasets",
         "GET /api/datasets/{dataset}/{kind}",
+        "GET /api/releases",
     ]
     # every parameter of the OpenAPI description, with its bounds and default
     assert (
@@ -187,4 +188,5 @@ def test_api_reference_is_a_page_of_the_portal_with_nothing_from_elsewhere(clien
     assert client.get("/openapi.json").json()["paths"].keys() == {
         "/api/datasets",
         "/api/datasets/{dataset}/{kind}",
+        "/api/releases",
     }
