@@ -62,6 +62,10 @@ LICENCE = {
     "path": "https://www.nationalarchives.gov.uk/doc/open-government-licence/version/3/",
     "title": "Open Government Licence v3.0",
 }
+"""The licence a council's data is published under unless its registry names another."""
+
+OGL_ATTRIBUTION = "Contains public sector information licensed under the Open Government Licence v3.0."
+"""The attribution statement the Open Government Licence asks for, when the council gives none."""
 
 
 INTENSITY_MAX = 10_000

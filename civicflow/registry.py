@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from civicflow.contract import DATASETS, NAME_PATTERN, Domain
+from civicflow.contract import DATASETS, LICENCE, NAME_PATTERN, Domain
 from civicflow.errors import TerminalError
 from civicflow.settings import QualitySettings
 
@@ -170,6 +170,12 @@ class CouncilRegistry(_Strict):
     attribution: str | None = Field(
         default=None, max_length=500, description="Attribution the licence asks published files to carry"
     )
+    source: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Where the council's data comes from when it is not the council's own (a sensor "
+        "network's archive, say): the source its published files name beside the attribution",
+    )
     accept_unknown_devices: bool = Field(
         default=False,
         description="Take readings from devices not listed here instead of quarantining them",
@@ -268,12 +274,24 @@ class Registry:
     chirpstack_applications: dict[str, tuple[str, Application]] = field(default_factory=dict)
 
     def licences(self) -> dict[str, dict]:
-        """Council -> Frictionless licence (and attribution), for councils that are not OGL."""
-        return {
-            name: c.licence.model_dump() | ({"attribution": c.attribution} if c.attribution else {})
-            for name, c in self.councils.items()
-            if c.licence is not None
-        }
+        """Council -> the Frictionless licence of its published files (`name`, `path`, `title`) with
+        the `attribution` and `source` they must name.
+
+        Only councils that differ from the default are listed: the Open Government Licence with its
+        own statement (`civicflow.contract.OGL_ATTRIBUTION`). A council that names an attribution or
+        a source but no licence is listed under the Open Government Licence.
+        """
+        out = {}
+        for name, c in self.councils.items():
+            if c.licence is None and c.attribution is None and c.source is None:
+                continue
+            licence = c.licence.model_dump() if c.licence is not None else dict(LICENCE)
+            if c.attribution:
+                licence["attribution"] = c.attribution
+            if c.source:
+                licence["source"] = c.source
+            out[name] = licence
+        return out
 
     def citizen_hosted(self, council: str, device_id: str) -> bool:
         """Whether a device is hosted by a citizen: its own setting, else its council's."""

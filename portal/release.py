@@ -23,7 +23,7 @@ from pathlib import Path
 import orjson
 
 from civicflow.contract import DATASETS, LICENCE, Domain
-from publish.datapackage import council_package_file
+from publish.datapackage import council_package_file, rights
 from publish.release import RELEASE_RE, latest_release, releases
 from warehouse.layout import Layout
 
@@ -188,7 +188,6 @@ def _dataset(domain: Domain, directory: Path, manifest: dict[str, dict] | None =
     package = orjson.loads((directory / "datapackage.json").read_bytes())
     quality_file = directory / "quality.json"
     quality = orjson.loads(quality_file.read_bytes()) if quality_file.is_file() else {}
-    package_licence = package.get("licenses", [LICENCE])[0]
     result = DatasetRelease(domain, directory, package, quality)
     files: dict[str, dict] = {}
     schemas: dict[bytes, dict] = {}  # thousands of resources share a few Table Schemas: keep one of each
@@ -197,7 +196,7 @@ def _dataset(domain: Domain, directory: Path, manifest: dict[str, dict] | None =
         if described is None:
             continue
         council, day, kind = described
-        sources = res.get("sources") or [{}]
+        licence, attribution = rights(res)
         schema = res.get("schema", {"fields": []})
         if isinstance(schema, str):  # a Table Schema file beside the package, shared by a kind's files
             if schema not in files:
@@ -213,8 +212,8 @@ def _dataset(domain: Domain, directory: Path, manifest: dict[str, dict] | None =
                 format=res["format"],
                 bytes=res["bytes"],
                 hash=res["hash"],
-                licence=(res.get("licenses") or [package_licence])[0],
-                attribution=sources[0].get("title"),
+                licence=licence,
+                attribution=attribution,
                 schema=schema,
             )
         )

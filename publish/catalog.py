@@ -2,7 +2,9 @@
 
 Built from the release's own data packages, so it describes exactly the files of that release:
 each council's dataset lists only that council's files (readings and aggregates), under the
-council's licence, with byte size and sha256. Written as JSON-LD (`catalog.jsonld`) and, through
+council's licence, with byte size and sha256, and the attribution that licence asks for as the
+council's rights statement (`dct:rights`, a `dct:RightsStatement` whose `rdfs:label` is the text
+its data packages give). Written as JSON-LD (`catalog.jsonld`) and, through
 rdflib, as Turtle (`catalog.ttl`). Links are relative to `data/published/` unless a base URL is
 given (`CIVICFLOW_PUBLISH__BASE_URL`, where that folder is served), and point into the immutable
 release directory, so a catalogue never lists a checksum its file does not have.
@@ -18,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import rdflib
 
-from civicflow.contract import DATASETS, LICENCE, Domain
+from civicflow.contract import DATASETS, Domain
+from publish.datapackage import rights as rights_of
 from warehouse.aggregates import DEFAULT_INTERVAL_S
 from warehouse.layout import Layout
 
@@ -29,6 +32,7 @@ CONTEXT = {
     "dcat": "http://www.w3.org/ns/dcat#",
     "dct": "http://purl.org/dc/terms/",
     "foaf": "http://xmlns.com/foaf/0.1/",
+    "rdfs": "http://www.w3.org/2000/01/rdf-schema#",
     "spdx": "http://spdx.org/rdf/terms#",
     "xsd": "http://www.w3.org/2001/XMLSchema#",
 }
@@ -79,7 +83,7 @@ def smart_data_model_url(fiware_type: str) -> str:
     return f"https://smart-data-models.github.io/{SMART_DATA_MODELS[fiware_type]}/{fiware_type}/schema.json"
 
 
-def _distribution(resource: dict, url: str, licence: dict) -> dict:
+def _distribution(resource: dict, url: str, licence: dict, rights: str | None) -> dict:
     fmt = resource["format"]
     algorithm, _, digest = resource["hash"].partition(":")
     assert algorithm == "sha256", resource["hash"]
@@ -98,7 +102,7 @@ def _distribution(resource: dict, url: str, licence: dict) -> dict:
             "spdx:checksumValue": _typed(digest, "hexBinary"),
         },
         "dct:license": _iri(licence["path"]),
-    }
+    } | ({"dct:rights": _iri(rights)} if rights else {})
 
 
 def _manifest_files(release_dir: Path) -> dict[str, dict] | None:
@@ -128,7 +132,7 @@ def build_catalog(layout: Layout, release: Release, base_url: str | None = None)
     root = base_url or ""
     release_url = f"{root}releases/{release.id}/"
     published_at = release.published_at.isoformat().replace("+00:00", "Z")
-    datasets, agents = [], {}
+    datasets, agents, rights = [], {}, {}
     files = _manifest_files(release.path)
     for domain in release.datasets:
         dataset = DATASETS[Domain(domain)]
@@ -141,9 +145,18 @@ def build_catalog(layout: Layout, release: Release, base_url: str | None = None)
             if kind == "readings":
                 day_of[resource["path"]] = day
         for council, resources in sorted(by_council.items()):
-            licences = {json.dumps(r.get("licenses", [LICENCE])[0], sort_keys=True) for r in resources}
+            licences = {json.dumps(rights_of(r), sort_keys=True) for r in resources}
             assert len(licences) == 1, f"{domain} {council} has resources under several licences"
-            licence = json.loads(licences.pop())
+            licence, attribution = json.loads(licences.pop())
+            statement = None
+            if attribution:
+                # One rights statement per council: its datasets and distributions name it.
+                statement = f"{root}catalog.jsonld#rights-{council}"
+                rights[council] = {
+                    "@id": statement,
+                    "@type": "dct:RightsStatement",
+                    "rdfs:label": attribution,
+                }
             days = sorted(day_of[r["path"]] for r in resources if r["path"] in day_of)
             agent = f"{root}catalog.jsonld#council-{council}"
             agents[council] = {
@@ -171,11 +184,12 @@ def build_catalog(layout: Layout, release: Release, base_url: str | None = None)
                     *(_iri(smart_data_model_url(t)) for t in dataset.fiware_types),
                 ],
                 "dcat:distribution": [
-                    _distribution(r, f"{release_url}{domain}/{r['path']}", licence) for r in resources
+                    _distribution(r, f"{release_url}{domain}/{r['path']}", licence, statement)
+                    for r in resources
                 ],
             }
-            if licence.get("attribution"):
-                entry["dct:rights"] = f"Attribution: {licence['attribution']}"
+            if statement:
+                entry["dct:rights"] = _iri(statement)
             if days:
                 entry["dct:temporal"] = {
                     "@type": "dct:PeriodOfTime",
@@ -199,6 +213,7 @@ def build_catalog(layout: Layout, release: Release, base_url: str | None = None)
             },
             {"@id": f"{root}catalog.jsonld#civicflow", "@type": "foaf:Agent", "foaf:name": "Civicflow"},
             *agents.values(),
+            *(rights[c] for c in sorted(rights)),
             *datasets,
         ],
     }

@@ -6,6 +6,12 @@ file was written: nothing is read back out of paths. Every resource of a kind sh
 Schema file beside the package (`schema.json` for the readings, `schema-<kind>.json` for an
 aggregate), referenced by path, so the package grows by a few hundred bytes per file rather than
 by a whole schema.
+
+Licences and attribution: a council's files are under the Open Government Licence, attributed with
+the licence's statement, unless its registry file names another licence, attribution or source.
+Those councils' resources carry their own `licenses` (name, path, title) and a `sources` entry whose
+title is the attribution text and whose path is where the data comes from. The package lists every
+licence used and, after the gateways, every attribution as a source. `rights` reads them back.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 import duckdb
 
 from civicflow import __version__
-from civicflow.contract import CONTRACT_VERSION, LICENCE, Dataset
+from civicflow.contract import CONTRACT_VERSION, LICENCE, OGL_ATTRIBUTION, Dataset
 from publish.files import MEDIA_TYPES, columns_schema, replace_into_place, table_schema
 from publish.partition import READINGS
 from warehouse.aggregates import KINDS, columns, primary_key
@@ -75,12 +81,51 @@ def file_resource(domain: str, council: str, day: str, entry: dict) -> dict:
     return _profiled(resource)
 
 
+def licence_object(licence: Mapping) -> dict:
+    """A licence as a Frictionless `licenses` entry: its `name`, `path` and `title`."""
+    return {k: licence[k] for k in ("name", "path", "title")}
+
+
+def attribution_source(licence: Mapping) -> dict | None:
+    """The `sources` entry that carries the attribution files under `licence` must give.
+
+    Its `title` is the attribution text: the council's own (registry `attribution`), else, under the
+    Open Government Licence, the licence's statement. Its `path` is where the data comes from
+    (registry `source`), else, for that statement, the licence. None: nothing to attribute.
+    """
+    text = licence.get("attribution")
+    if not text and licence.get("name") == LICENCE["name"]:
+        text = OGL_ATTRIBUTION
+    if not text:
+        return None
+    path = licence.get("source") or (licence["path"] if text == OGL_ATTRIBUTION else None)
+    return {"title": text} | ({"path": path} if path else {})
+
+
+def rights(resource: Mapping) -> tuple[dict, str | None]:
+    """A resource's licence and the attribution it must be given, as `write_datapackage` wrote them.
+
+    A resource with no `licenses` of its own is under the Open Government Licence with the licence's
+    statement; one with its own carries the attribution as the title of its first `sources` entry.
+    The catalogue and the portal read them here, so they always read what the packages say.
+    """
+    licences = resource.get("licenses")
+    if not licences:
+        return dict(LICENCE), OGL_ATTRIBUTION
+    sources = resource.get("sources") or []
+    if sources and sources[0].get("title"):
+        return licences[0], sources[0]["title"]
+    return licences[0], OGL_ATTRIBUTION if licences[0].get("name") == LICENCE["name"] else None
+
+
 def _licensed(resource: dict, licence: dict | None) -> dict:
+    """A council's resource under its own licence and attribution (None: the package's default)."""
     if licence is None:
         return resource
-    out = resource | {"licenses": [{k: licence[k] for k in ("name", "path", "title")}]}
-    if licence.get("attribution"):
-        out["sources"] = [{"title": licence["attribution"]}]
+    out = resource | {"licenses": [licence_object(licence)]}
+    source = attribution_source(licence)
+    if source is not None:
+        out["sources"] = [source]
     return out
 
 
@@ -146,10 +191,17 @@ def _package(
     licences: Mapping[str, dict],
     name: str | None = None,
 ) -> dict:
-    used = {LICENCE["name"]: LICENCE} if any(c not in licences for c in councils) else {}
+    default = any(c not in licences for c in councils)
+    used = {LICENCE["name"]: LICENCE} if default else {}
+    # Every attribution the package's files must give, each once: the Open Government Licence's
+    # statement for the councils under it by default, then each other council's.
+    attributions = [attribution_source(LICENCE)] if default else []
     for council in councils:
         if (licence := licences.get(council)) is not None:
-            used[licence["name"]] = {k: licence[k] for k in ("name", "path", "title")}
+            used[licence["name"]] = licence_object(licence)
+            source = attribution_source(licence)
+            if source is not None and source not in attributions:
+                attributions.append(source)
     return {
         # Not `tabular-data-package`: that profile requires every resource to be tabular, and the
         # Parquet files are declared as files (see _profiled).
@@ -160,7 +212,10 @@ def _package(
         "version": f"contract-{CONTRACT_VERSION}",
         "licenses": list(used.values()) or [LICENCE],
         "keywords": ["smart city", str(dataset.domain), *dataset.fiware_types],
-        "sources": [{"title": "Council sensor gateways, via Civicflow", "path": "docs/mqtt-contract.md"}],
+        "sources": [
+            {"title": "Council sensor gateways, via Civicflow", "path": "docs/mqtt-contract.md"},
+            *attributions,
+        ],
         "civicflow": {"version": __version__, "fiware_types": list(dataset.fiware_types)},
         "resources": resources,
     }

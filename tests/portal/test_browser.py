@@ -200,7 +200,12 @@ def test_dataset_page_shows_schema_with_units_licence_coverage_and_quality(page,
     assert list(schema)[:3] == ["council", "device_id", "observed_at"]
     assert table_rows(page, "Councils, licences and coverage") == [
         ["Council", "Licence", "Temporal coverage (UTC)"],
-        ["testtown", "Open Government Licence v3.0 (OGL-UK-3.0)", "2016-10-04 to 2016-10-05"],
+        [
+            "testtown",
+            "Open Government Licence v3.0 (OGL-UK-3.0); attribution: Contains public sector information "
+            "licensed under the Open Government Licence v3.0.",
+            "2016-10-04 to 2016-10-05",
+        ],
     ]
     licence = page.get_by_role("link", name="Open Government Licence v3.0")
     assert licence.get_attribute("href").startswith(
