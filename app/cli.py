@@ -1,4 +1,4 @@
-"""The `civicflow` command: listen, status, batch, replay, erase, airflow, demo, sql.
+"""The `civicflow` command: listen, status, batch, replay, erase, airflow, demo, sql, metrics.
 
 An entry point: it reads the settings and imports stage packages inside each command, so
 `civicflow --help` stays fast and a command only loads what it runs. Each command prints through
@@ -404,6 +404,44 @@ def sql(
     for row in rows:
         table.add_row(*(Text("" if v is None else str(v)) for v in row))
     output_console().print(table)
+
+
+@app.command()
+def metrics(
+    textfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--textfile",
+            help="Write the metrics to this .prom file (replaced atomically) for node_exporter's "
+            "textfile collector, instead of printing them.",
+        ),
+    ] = None,
+) -> None:
+    """Print the batch side's Prometheus metrics, read from the warehouse (read-only).
+
+    Staging and publication progress, each dataset's and council's freshness, what the quality gate
+    holds back and what is quarantined (docs/operations.md, "Metrics"); `civicflow serve` serves the
+    same at /metrics. When a task is writing the warehouse it exits 2 and leaves the file as it was.
+
+    Example: civicflow metrics --textfile /var/lib/prometheus/node-exporter/civicflow.prom
+    """
+    from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
+
+    from warehouse.layout import Layout
+    from warehouse.metrics import BatchCollector
+
+    if textfile is not None and textfile.suffix != ".prom":
+        output_console(stderr=True).print(
+            f"[red]cannot write {escape(str(textfile))}:[/] node_exporter's textfile collector reads only "
+            "files ending in .prom; name it civicflow.prom in its --collector.textfile.directory"
+        )
+        raise typer.Exit(2)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(BatchCollector(Layout(Settings().data_root), min_interval_s=0, raise_errors=True))
+    if textfile is None:
+        typer.echo(generate_latest(registry).decode(), nl=False)
+        return
+    write_to_textfile(str(textfile), registry)
 
 
 def _json_value(value: object) -> object:

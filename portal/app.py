@@ -2,8 +2,9 @@
 
 Read-only: every request resolves `published/latest` once (portal.release), or the kept release
 its URL names (a download, an API page pinned with `release=`), and reads nothing else, except
-the Data Docs page of a partition that release holds and the kept releases' own files for the
-changelog. Pages are rendered on the server and work without JavaScript. Around the routes
+the Data Docs page of a partition that release holds, the kept releases' own files for the
+changelog, and the warehouse for Prometheus at `/metrics` (portal.metrics). Pages are rendered
+on the server and work without JavaScript. Around the routes
 (docs/publication.md, "The portal's API over HTTP"): CORS for reading from any site, a rate
 limit per client address when one is given, and gzip where the client accepts it.
 """
@@ -47,6 +48,7 @@ from portal.http import (
     matches,
     not_modified,
 )
+from portal.metrics import add_metrics
 from portal.query import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -636,6 +638,7 @@ def create_app(
             lambda: {"latest": current.id, "releases": changelog(layout, current.id)},
         )
 
+    add_metrics(app, layout)
     return app
 
 
