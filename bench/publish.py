@@ -153,7 +153,7 @@ def child_publish(data_root: Path, now: datetime) -> dict[str, Any]:
     import publish.partition
     from warehouse.db import connect
     from warehouse.layout import Layout
-    from warehouse.partitions import to_validate
+    from warehouse.partitions import partition_files, to_validate
 
     import_s = time.perf_counter() - t0
     timers = {"gate_s": 0.0, "publish_s": 0.0, "release_s": 0.0}
@@ -178,9 +178,10 @@ def child_publish(data_root: Path, now: datetime) -> dict[str, Any]:
     refs = to_validate(con)
     rows = 0
     for ref in refs:
-        staged = layout.staged_file(ref.domain, ref.council, ref.event_date)
-        (count,) = con.execute(f"SELECT count(*) FROM read_parquet('{staged}')").fetchone()
-        rows += count
+        for name in partition_files(con, ref):
+            staged = layout.staged_file(ref.domain, ref.council, ref.event_date, name)
+            (count,) = con.execute(f"SELECT count(*) FROM read_parquet('{staged}')").fetchone()
+            rows += count
     peak_before = _peak_mib()
     cpu0, t1 = _cpu(), time.perf_counter()
     result = jobs.publication.gate_and_publish(layout, con, now=now, refs=refs)

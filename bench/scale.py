@@ -690,9 +690,10 @@ def project(national: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
     # an hour; each hourly merge folds with 3 commits (ledger append, increments delete, expiry).
     commits_per_hour = max(workers, math.ceil(hour / commit_size))
 
-    # Each hourly merge writes every council-day partition it adds to again, whole (export_partitions):
-    # over a day, the readings of hour h are written 24 - h + 1 times, 12.5 times on average.
-    rewrites = sum(range(1, 25)) / 24
+    # While a day is open, each hourly merge writes the readings it adds to a council-day as one more
+    # file; once the day closes its files are compacted into one: every reading is written twice
+    # (whole-day rewrites at every merge wrote the readings of hour h 24 - h + 1 times, 12.5 on average).
+    rewrites = 2.0
     export_rate = local["config"]["readings"] / sl["breakdown"]["merge"]["export"]
     per_file_s = s["breakdown"]["decode"]["write_files"] / (s["files_per_commit"] * s["one_decode_commits"])
 
@@ -871,8 +872,9 @@ def projection_markdown(national: dict[str, Any], local: dict[str, Any], p: dict
             f"| data files a decode commit writes | {p['files_per_commit']:,.0f} "
             f"({p['file_ms']:.1f} ms each, its readings included); {p['files_per_s']:.0f} a second "
             f"nationally, {p['file_cores']:.1f} of the decode cores | measured; projected |",
-            f"| staged Parquet written by hourly merges (each writes its council-days whole again: a day's "
-            f"readings {p['export_rewrites']:.1f} times) | {p['export_cores']:.1f} cores for the export "
+            f"| staged Parquet written by hourly merges (a reading once by its merge while its day is open, "
+            f"once more when the day is compacted: {p['export_rewrites']:.0f} times) | "
+            f"{p['export_cores']:.2f} cores for the export "
             f"alone, in the one merge | projected from the measured export rate "
             f"({p['export_rate']:,.0f} rows/s, {nl} councils) |",
             f"| raw segments | **{st['raw'] / 1000:,.2f} TB/day** "

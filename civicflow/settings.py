@@ -303,8 +303,16 @@ class StageSettings(BaseModel):
         default=1,
         ge=1,
         le=256,
-        description="Staging shards: each mapped task of civicflow_stage takes the raw segments whose "
-        "id hashes to its shard, so shards never take the same segment",
+        description="Staging shards: each mapped task of civicflow_stage takes its share of every "
+        "listener's raw segments (round-robin by sequence number), so shards never take the same segment",
+    )
+    close_after_hours: float = Field(
+        default=2.0,
+        ge=0,
+        le=24 * 14,
+        description="Hours after a UTC day ends until its staged partitions close: until then each merge "
+        "writes a partition's new readings as one more Parquet file; once closed, its files are compacted "
+        "into one (a late reading later rewrites the day whole)",
     )
 
 

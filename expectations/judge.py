@@ -42,7 +42,7 @@ from expectations.docs import data_docs_path, validation_dir, write_data_docs
 from expectations.gate import Evaluation, Part, evaluate_batch
 from expectations.quality import load_inputs
 from warehouse.layout import Layout
-from warehouse.partitions import GATE_ERROR, Decision, Hold, PartitionRef, approvals
+from warehouse.partitions import GATE_ERROR, Decision, Hold, PartitionRef, approvals, partition_files
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,14 @@ class _Member:
     table: pa.Table
     part: Part
     thresholds: QualitySettings
+
+
+def read_staged(con, layout: Layout, ref: PartitionRef) -> pa.Table:
+    """A staged partition version's rows, from its Parquet files (one, or one per hourly merge that
+    added readings to its day while it was open)."""
+    files = partition_files(con, ref)
+    tables = [pq.read_table(layout.staged_file(ref.domain, ref.council, ref.event_date, f)) for f in files]
+    return pa.concat_tables([t.cast(tables[0].schema) for t in tables]) if len(tables) > 1 else tables[0]
 
 
 def judge_partitions(
@@ -80,7 +88,7 @@ def judge_partitions(
             thresholds, intervals = (
                 registry.quality(ref.council, base) if registry is not None else (base, {})
             )
-            table = pq.read_table(layout.staged_file(ref.domain, ref.council, ref.event_date))
+            table = read_staged(con, layout, ref)
             inputs = load_inputs(con, Domain(ref.domain), ref.council, ref.event_date, intervals)
             member = _Member(ref, table, Part(table.to_pandas(), inputs), thresholds)
         except Exception as exc:  # noqa: BLE001 - held back with the error, the others go on

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from civicflow.settings import Settings
@@ -69,7 +69,13 @@ def merge_job(settings: Settings | None = None) -> dict:
     lake = open_lake(settings)
     con = connect(layout.warehouse)
     try:
-        result, consumed = merge_increments(layout, con, lake, store=_store(settings))
+        result, consumed = merge_increments(
+            layout,
+            con,
+            lake,
+            store=_store(settings),
+            close_after=timedelta(hours=settings.stage.close_after_hours),
+        )
     finally:
         con.close()
     lake.fold(consumed)

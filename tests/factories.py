@@ -42,6 +42,22 @@ def car_park(
     )
 
 
+def staged_file_rows(con, layout: Layout, domain: str, council: str, day) -> list[dict]:
+    """A staged partition's rows as its current version's Parquet files hold them, in file order."""
+    import pyarrow.parquet as pq
+
+    from warehouse.partitions import PartitionRef, current, partition_files
+
+    ref = current(con, domain, council, day)
+    assert ref is not None, f"{domain}/{council}/{day} is not staged and exported"
+    assert isinstance(ref, PartitionRef)
+    return [
+        row
+        for name in partition_files(con, ref)
+        for row in pq.read_table(layout.staged_file(domain, council, day, name)).to_pylist()
+    ]
+
+
 def tree_digest(root: Path, pattern: str = "**/*") -> dict[str, str]:
     """sha256 of every file under root matching pattern, keyed by relative path."""
     return {

@@ -20,10 +20,10 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,7 +41,16 @@ from transforms.decode import Limits, Rejection
 from transforms.fast import Part, SegmentDecoder, quarantine_row
 from transforms.lorawan import registry_problems
 from warehouse.layout import Layout
-from warehouse.partitions import PartitionRef, append_staged, mark_exported, replace_staged, to_export
+from warehouse.partitions import (
+    ExportState,
+    PartitionRef,
+    append_staged,
+    export_states,
+    files_of,
+    mark_exported,
+    replace_staged,
+    to_export,
+)
 from warehouse.segment_columns import scan_columns
 from warehouse.segments import CLOSED_SUFFIX, RawRecord, SegmentCorrupt, list_closed_segments
 from warehouse.tables import arrow_schema, quarantine_schema
@@ -246,7 +255,11 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def _merge_domain(
-    con: duckdb.DuckDBPyConnection, dataset: Dataset, rows: list[dict] | pa.Table, now: datetime
+    con: duckdb.DuckDBPyConnection,
+    dataset: Dataset,
+    rows: list[dict] | pa.Table,
+    now: datetime,
+    parts: OpenParts | None = None,
 ) -> tuple[int, list[tuple[str, date]]]:
     """Replace every partition the rows touch; return duplicates collapsed and changed partitions.
 
@@ -267,7 +280,14 @@ def _merge_domain(
     con.register("incoming", incoming)
     con.execute("CREATE OR REPLACE TEMP TABLE affected AS SELECT DISTINCT council, event_date FROM incoming")
     if _only_new_keys(con, dataset, table):
-        return _append_domain(con, dataset, table, columns, now)
+        result = _append_domain(con, dataset, table, columns, now)
+        if parts is not None:
+            con.register("incoming", incoming)
+            try:
+                parts.add(con, dataset, "incoming", "affected")
+            finally:
+                con.unregister("incoming")
+        return result
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE existing AS
         SELECT t.* FROM {table} t JOIN affected a USING (council, event_date)""")
@@ -310,6 +330,8 @@ def _merge_domain(
             [x for pair in changed for x in pair],
         )
         replace_staged(con, dataset, "merged", "changed", now)
+        if parts is not None:
+            parts.discard(dataset.domain.value, changed)
     con.unregister("incoming")
     return duplicates, [(c, d) for c, d in changed]
 
@@ -384,45 +406,189 @@ def _record_corrections(con: duckdb.DuckDBPyConnection, dataset: Dataset, now: d
     return recorded
 
 
-def export_partitions(con: duckdb.DuckDBPyConnection, layout: Layout) -> list[Path]:
-    """Write the Parquet file of every staged partition whose current version is not on disk.
+CLOSE_AFTER = timedelta(hours=2)
+"""A partition's day is open until this long after it ends (UTC): until then a merge that only adds
+readings to it writes them as one more file; once closed it is compacted into one file."""
 
-    One query per domain and event date reads that day's partitions to export, sorted by council
-    and then in the file's order, so the table is scanned once per day rather than once per
-    partition; each council's slice is written by a pool of two threads (pyarrow encodes and
-    compresses without the GIL). A partition is marked exported only once its file is in place.
+PartitionKey = tuple[str, str, date]  # domain, council, event date
+
+
+def is_closed(day: date, now: datetime, close_after: timedelta = CLOSE_AFTER) -> bool:
+    """Whether a partition of `day` is closed at `now`: its day ended `close_after` ago or more."""
+    return now >= datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC) + close_after
+
+
+@dataclass
+class OpenParts:
+    """The files merges of this run wrote for partitions of open days whose new versions only added
+    readings: each such merge writes its new readings as one more file of the partition, before
+    its transaction commits; `export_partitions` records them, after it.
+
+    Without it (or for a closed day, a replaced partition, a version whose predecessor is not
+    exported) the partition is written whole by `export_partitions`.
+    """
+
+    layout: Layout
+    now: datetime
+    close_after: timedelta = CLOSE_AFTER
+    files: dict[PartitionKey, ExportState] = field(default_factory=dict)
+    written: list[Path] = field(default_factory=list)  # not recorded yet
+
+    def rollback(self) -> None:
+        """The transaction the files were written for did not commit: delete them."""
+        for path in self.written:
+            path.unlink(missing_ok=True)
+        self.written.clear()
+        self.files.clear()
+
+    def add(self, con: duckdb.DuckDBPyConnection, dataset: Dataset, source: str, affected: str) -> None:
+        """After `source`'s rows were appended to `staged.<domain>` and the partitions in
+        `affected` versioned: write them as one more file of each open partition that allows it."""
+        domain = dataset.domain.value
+        rows = con.execute(
+            f"SELECT council, event_date, version, exported_version, files FROM staged.partitions "
+            f"JOIN {affected} USING (council, event_date) WHERE domain = ?",
+            [domain],
+        ).fetchall()
+        days: dict[date, list[tuple[str, int]]] = {}
+        states: dict[PartitionKey, ExportState] = {}
+        for council, day, version, exported, names in rows:
+            key = (domain, council, day)
+            state = self.files.get(key) or (exported, files_of(exported, names))
+            if state[0] == version - 1 and state[1] and not is_closed(day, self.now, self.close_after):
+                days.setdefault(day, []).append((council, version))
+                states[key] = state
+            else:
+                self.files.pop(key, None)
+        for day, partitions in sorted(days.items()):
+            written = _write_day(con, self.layout, dataset, day, partitions, states, source=source)
+            self.written += [
+                self.layout.staged_file(domain, r.council, day, n[-1]) for r, n in written.items()
+            ]
+            self.files.update(
+                ((domain, ref.council, day), (ref.version, names)) for ref, names in written.items()
+            )
+
+    def discard(self, domain: str, partitions: Iterable[tuple[str, date]]) -> None:
+        """Partitions replaced whole: `export_partitions` writes them whole."""
+        for council, day in partitions:
+            self.files.pop((domain, council, day), None)
+
+
+def export_partitions(
+    con: duckdb.DuckDBPyConnection, layout: Layout, parts: OpenParts | None = None
+) -> list[Path]:
+    """Write the Parquet files of every staged partition whose current version is not exported.
+
+    A version whose new readings a merge wrote as one more file (`parts`) is recorded with it;
+    any other is written whole, as one new file. A partition's files are recorded in
+    `staged.partitions` once they are in place, and only then are files it no longer names
+    deleted, so a reader never sees a partition's rows twice or half.
     """
     days: dict[tuple[str, date], list[tuple[str, int]]] = {}
+    extended: dict[PartitionRef, list[str]] = {}
     for ref in to_export(con):
-        days.setdefault((ref.domain, ref.event_date), []).append((ref.council, ref.version))
+        state = parts.files.get((ref.domain, ref.council, ref.event_date)) if parts is not None else None
+        if state is not None and state[0] == ref.version:
+            extended[ref] = state[1]
+        else:
+            days.setdefault((ref.domain, ref.event_date), []).append((ref.council, ref.version))
+    mark_exported(con, extended, extended)
+    if parts is not None:
+        parts.files.clear()
+        parts.written.clear()
+    return [
+        layout.staged_file(r.domain, r.council, r.event_date, names[-1]) for r, names in extended.items()
+    ] + _write_whole(con, layout, days)
+
+
+def compact_closed(
+    con: duckdb.DuckDBPyConnection, layout: Layout, now: datetime, close_after: timedelta = CLOSE_AFTER
+) -> list[Path]:
+    """Write every closed partition that has several files as one file again (same version).
+
+    An open day's merges leave one file each; once the day closes its readings are compacted. A
+    late reading for a closed day makes a new version, written whole by `export_partitions`.
+    """
+    days: dict[tuple[str, date], list[tuple[str, int]]] = {}
+    for (domain, council, day), (exported, files) in sorted(export_states(con).items()):
+        if exported is not None and len(files) > 1 and is_closed(day, now, close_after):
+            days.setdefault((domain, day), []).append((council, exported))
+    return _write_whole(con, layout, days)
+
+
+def _write_whole(
+    con: duckdb.DuckDBPyConnection, layout: Layout, days: dict[tuple[str, date], list[tuple[str, int]]]
+) -> list[Path]:
+    """Write these partitions whole from `staged.<domain>` as one new file each, record them, and
+    delete every other file in their directories."""
+    if not days:
+        return []
+    states = export_states(con)
     written = []
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for (domain, day), partitions in days.items():
-            dataset = DATASETS[Domain(domain)]
-            cols = ", ".join(c.name for c in dataset.staged_columns)
-            # device_id, observed_at, then the rest of the natural key (lane_id): a total order, so
-            # the file does not depend on the order rows were inserted in
-            extra = [k for k in dataset.natural_key if k not in ("council", "device_id", "observed_at")]
-            order = ", ".join(["council", "device_id", "observed_at", *extra])
-            councils = [c for c, _ in partitions]
-            rows = con.sql(
-                f"SELECT {cols} FROM staged.{domain} WHERE event_date = $day "
-                f"AND list_contains($councils, council) ORDER BY {order}",
-                params={"day": day, "councils": councils},
-            ).to_arrow_table()
-            starts = dict(zip(*_runs(rows.column("council")), strict=True))
-            jobs = []
-            for council, _ in partitions:
-                start, length = starts.get(council, (0, 0))
-                path = layout.staged_file(domain, council, day)
-                jobs.append(pool.submit(_write_parquet, rows.slice(start, length).combine_chunks(), path))
-                written.append(path)
-            for job in jobs:
-                job.result()
-            mark_exported(
-                con, [PartitionRef(domain, council, day, version) for council, version in partitions]
-            )
+    for (domain, day), partitions in days.items():
+        files = _write_day(con, layout, DATASETS[Domain(domain)], day, partitions, states)
+        mark_exported(con, files, files)
+        for ref, names in files.items():
+            directory = layout.staged_file(domain, ref.council, day).parent
+            for path in directory.glob("part-*.parquet*"):
+                if path.name not in names:
+                    path.unlink(missing_ok=True)
+            written.append(directory / names[0])
     return written
+
+
+def _write_day(
+    con: duckdb.DuckDBPyConnection,
+    layout: Layout,
+    dataset: Dataset,
+    day: date,
+    partitions: list[tuple[str, int]],
+    states: dict[PartitionKey, ExportState],
+    source: str | None = None,
+) -> dict[PartitionRef, list[str]]:
+    """Write one day's partitions of a dataset, each as one new file: whole from
+    `staged.<domain>`, or (`source`) that relation's rows for it, added to its files.
+    Returns each partition's files (the new one last); records nothing.
+
+    One query reads the day's partitions, sorted by council and then in the file's order, so the
+    table is scanned once per day rather than once per partition; each council's slice is written
+    by a pool of two threads (pyarrow encodes and compresses without the GIL).
+    """
+    domain = dataset.domain.value
+    cols = ", ".join(c.name for c in dataset.staged_columns)
+    # device_id, observed_at, then the rest of the natural key (lane_id): a total order, so
+    # the file does not depend on the order rows were inserted in
+    extra = [k for k in dataset.natural_key if k not in ("council", "device_id", "observed_at")]
+    order = ", ".join(["council", "device_id", "observed_at", *extra])
+    councils = [c for c, _ in partitions]
+    query = (
+        f"SELECT {cols} FROM {source or f'staged.{domain}'} WHERE event_date = $day "
+        f"AND list_contains($councils, council) ORDER BY {order}"
+    )
+    rows = con.sql(query, params={"day": day, "councils": councils}).to_arrow_table()
+    if source is not None:  # the types of staged.<domain>, whatever the relation's
+        rows = rows.cast(con.sql(f"SELECT {cols} FROM staged.{domain} LIMIT 0").to_arrow_table().schema)
+    starts = dict(zip(*_runs(rows.column("council")), strict=True))
+    files: dict[PartitionRef, list[str]] = {}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = []
+        for council, version in partitions:
+            start, length = starts.get(council, (0, 0))
+            have = states.get((domain, council, day), (None, []))[1]
+            name = _next_file(have)
+            path = layout.staged_file(domain, council, day, name)
+            jobs.append(pool.submit(_write_parquet, rows.slice(start, length).combine_chunks(), path))
+            files[PartitionRef(domain, council, day, version)] = [*have, name] if source else [name]
+        for job in jobs:
+            job.result()
+    return files
+
+
+def _next_file(files: list[str]) -> str:
+    """`part-<n>.parquet`, n one more than any of the partition's files (0 for its first)."""
+    numbers = [int(f.removeprefix("part-").removesuffix(".parquet")) for f in files]
+    return f"part-{max(numbers, default=-1) + 1}.parquet"
 
 
 def _runs(sorted_values: pa.ChunkedArray) -> tuple[list[str], list[tuple[int, int]]]:
@@ -462,13 +628,15 @@ def stage_segments(
     now: datetime | None = None,
     max_readings_per_txn: int = 500_000,
     fast: bool = True,
+    close_after: timedelta = CLOSE_AFTER,
 ) -> StageResult:
     """Stage every closed raw segment not yet in the ledger; return what happened.
 
     `registry` maps LoRaWAN devices to councils and checks registered councils' devices
     (docs/mqtt-contract.md, Device registry); without it LoRaWAN uplinks are quarantined.
     `fast` lets DuckDB decode the native readings it can prove valid (transforms/fast.py);
-    False decodes every record with `decode_message`, with the same results.
+    False decodes every record with `decode_message`, with the same results. A partition's day
+    is open until `close_after` after it ends: until then new readings are one more file of it.
     """
     if registry is not None and (problems := registry_problems(registry)):
         raise RegistryError("device registry does not match the decoding profiles: " + "; ".join(problems))
@@ -477,12 +645,13 @@ def stage_segments(
     changed: set[tuple[str, str, date]] = set()
     todo = pending_segments(layout, con)
     decoder = SegmentDecoder(limits, registry, fast=fast)
+    open_parts = OpenParts(layout, now, close_after)
 
     def merge(pending: dict[Domain, list[pa.Table]]) -> None:
         for domain, tables in sorted(pending.items()):
             incoming = pa.concat_tables(tables)
             tables.clear()
-            dups, parts = _merge_domain(con, DATASETS[domain], incoming, now)
+            dups, parts = _merge_domain(con, DATASETS[domain], incoming, now, open_parts)
             del incoming
             result.corrections += _record_corrections(con, DATASETS[domain], now)
             result.duplicates += dups
@@ -527,10 +696,12 @@ def stage_segments(
                 con.execute("COMMIT")
             except Exception:
                 con.execute("ROLLBACK")
+                open_parts.rollback()
                 raise
     finally:
         decoder.close()
-    export_partitions(con, layout)
+    export_partitions(con, layout, open_parts)
+    compact_closed(con, layout, now, close_after)
     mark_staged(layout, con)
     result.changed_partitions = sorted((d, c, day.isoformat()) for d, c, day in changed)
     log.info(
@@ -676,6 +847,7 @@ def merge_increments(
     now: datetime | None = None,
     max_readings_per_txn: int = 500_000,
     store: Store | None = None,
+    close_after: timedelta = CLOSE_AFTER,
 ) -> tuple[StageResult, list[int]]:
     """Take every `staged.increments` snapshot the warehouse has not consumed into it.
 
@@ -695,10 +867,11 @@ def merge_increments(
     consumed = {row[0] for row in con.execute("SELECT snapshot_id FROM raw.increments").fetchall()}
     todo = [inc for inc in increments if inc.snapshot_id not in consumed]
     ledgered = {row[0] for row in con.execute("SELECT segment_id FROM raw.segments").fetchall()}
+    open_parts = OpenParts(layout, now, close_after)
 
     def merge(pending: dict[Domain, list[pa.Table]]) -> None:
         for domain, tables in sorted(pending.items()):
-            dups, parts = _merge_domain(con, DATASETS[domain], pa.concat_tables(tables), now)
+            dups, parts = _merge_domain(con, DATASETS[domain], pa.concat_tables(tables), now, open_parts)
             result.corrections += _record_corrections(con, DATASETS[domain], now)
             result.duplicates += dups
             changed.update((domain.value, c, d) for c, d in parts)
@@ -750,10 +923,12 @@ def merge_increments(
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")
+            open_parts.rollback()
             raise
         ledgered.update(row["segment_id"] for row in ledger)
         consumed.update(ids)
-    export_partitions(con, layout)
+    export_partitions(con, layout, open_parts)
+    compact_closed(con, layout, now, close_after)
     mark_staged(layout, con)
     result.changed_partitions = sorted((d, c, day.isoformat()) for d, c, day in changed)
     log.info(

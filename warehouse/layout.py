@@ -33,8 +33,11 @@ class Layout:
     def partition_dir(self, zone: Zone, domain: Domain | str, council: str, day: date) -> Path:
         return self.zone(zone) / str(domain) / f"council={council}" / f"date={day.isoformat()}"
 
-    def staged_file(self, domain: Domain | str, council: str, day: date) -> Path:
-        return self.partition_dir(Zone.STAGED, domain, council, day) / "part-0.parquet"
+    def staged_file(
+        self, domain: Domain | str, council: str, day: date, name: str = "part-0.parquet"
+    ) -> Path:
+        """One of a staged partition's Parquet files (`staged.partitions.files` names them)."""
+        return self.partition_dir(Zone.STAGED, domain, council, day) / name
 
     def published_dataset(self, domain: Domain | str) -> Path:
         """The publisher's working tree of a dataset: changes file by file, consumers never read it."""

@@ -10,7 +10,9 @@ A partition is one council's readings of one dataset on one UTC date. It moves t
 Each move is one call here, and these tables are written nowhere else:
 
 - `staged.partitions`: the current version of each staged partition and its row count; a
-  version whose Parquet file is written is `exported`.
+  version whose Parquet files are written is `exported`, and `files` names them (the partition's
+  whole rows, in one file once it is closed or compacted, or one file more for each hourly merge
+  that only added readings while its day is open: transforms/stage.py `export_partitions`).
 - `published.validations`: every decision of the gate on a version, with its report.
 - `published.holds`: what the current decision of a version withholds: the whole partition
   (`device_id` NULL) or one device's readings that day, with the rules that failed.
@@ -84,6 +86,8 @@ PARTITION_DDL = [
     failed JSON NOT NULL
 )""",
     "ALTER TABLE published.approvals ADD COLUMN IF NOT EXISTS device_id VARCHAR",
+    # NULL for a version exported before partitions had several files: its one file is part-0.
+    "ALTER TABLE staged.partitions ADD COLUMN IF NOT EXISTS files VARCHAR[]",
     """CREATE TABLE IF NOT EXISTS published.releases (
     domain VARCHAR NOT NULL,
     council VARCHAR NOT NULL,
@@ -250,16 +254,55 @@ def to_export(con: duckdb.DuckDBPyConnection) -> list[PartitionRef]:
     ]
 
 
-def mark_exported(con: duckdb.DuckDBPyConnection, refs: Iterable[PartitionRef]) -> None:
-    """Record that these versions' Parquet files are in place."""
+FIRST_FILE = "part-0.parquet"
+
+
+def mark_exported(
+    con: duckdb.DuckDBPyConnection, refs: Iterable[PartitionRef], files: dict[PartitionRef, list[str]]
+) -> None:
+    """Record that these versions' Parquet files are in place, and which files they are."""
     refs = list(refs)
     if not refs:
         return
     con.executemany(
-        "UPDATE staged.partitions SET exported_version = ? WHERE domain = ? AND council = ? "
+        "UPDATE staged.partitions SET exported_version = ?, files = ? WHERE domain = ? AND council = ? "
         "AND event_date = ? AND version = ?",
-        [[r.version, r.domain, r.council, r.event_date, r.version] for r in refs],
+        [[r.version, files[r], r.domain, r.council, r.event_date, r.version] for r in refs],
     )
+
+
+ExportState = tuple[int | None, list[str]]
+"""A partition's exported version (None: never exported) and the files that hold it."""
+
+
+def export_states(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str, date], ExportState]:
+    """(exported version, its files) of every partition with a version to export or several files."""
+    rows = con.execute(
+        """SELECT domain, council, event_date, exported_version, files FROM staged.partitions
+           WHERE exported_version IS DISTINCT FROM version OR len(files) > 1"""
+    ).fetchall()
+    return {(d, c, day): (v, files_of(v, files)) for d, c, day, v, files in rows}
+
+
+def partition_files(con: duckdb.DuckDBPyConnection, ref: PartitionRef) -> list[str]:
+    """The Parquet files (names in the partition's directory) holding an exported version's rows."""
+    row = con.execute(
+        "SELECT exported_version, files FROM staged.partitions "
+        "WHERE domain = ? AND council = ? AND event_date = ? AND exported_version = ?",
+        [ref.domain, ref.council, ref.event_date, ref.version],
+    ).fetchone()
+    if row is None:
+        where = f"{ref.domain}/{ref.council}/{ref.event_date}"
+        raise LookupError(f"version {ref.version} of {where} is not exported yet; run staging first")
+    return files_of(*row)
+
+
+def files_of(exported_version: int | None, files: list[str] | None) -> list[str]:
+    """The files of an exported version as `staged.partitions` records them (NULL: the one file
+    written before partitions could have several)."""
+    if files is not None:
+        return list(files)
+    return [] if exported_version is None else [FIRST_FILE]
 
 
 def trailing_rows(

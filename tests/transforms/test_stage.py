@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import csv
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from factories import LIMITS, car_park, land, tree_digest
+from factories import LIMITS, car_park, land, staged_file_rows, tree_digest
 
 from civicflow.registry import load_registry
 from ingest.samples import BIRMINGHAM_PARKING, birmingham_parking_messages
@@ -71,10 +71,12 @@ def test_a_different_value_for_the_same_key_replaces_the_earlier_one(wh):
     assert result.changed_partitions == [("parking", "testtown", "2016-10-04")]
     assert con.execute("SELECT occupied_spots FROM staged.parking").fetchall() == [(11,)]
     assert con.execute("SELECT version, rows FROM staged.partitions").fetchall() == [(2, 1)]
-    [pq_row] = pq.read_table(
-        layout.staged_file("parking", "testtown", datetime(2016, 10, 4).date())
-    ).to_pylist()
+    [pq_row] = staged_file_rows(con, layout, "parking", "testtown", datetime(2016, 10, 4).date())
     assert pq_row["occupied_spots"] == 11
+    files = sorted(
+        p.name for p in layout.staged_file("parking", "testtown", date(2016, 10, 4)).parent.iterdir()
+    )
+    assert files == ["part-1.parquet"]  # the replaced version's file is gone
 
 
 def test_rejections_are_kept_in_table_and_files_with_reason_and_bytes(wh):
