@@ -255,10 +255,12 @@ def retention_job(settings: Settings | None = None) -> dict:
     """Enforce the retention periods (`CIVICFLOW_RETENTION__*`): delete staged raw segments, strip
     quarantine payloads and delete quarantine rows past theirs (docs/security.md, Personal data),
     under the data root and in the object store (`CIVICFLOW_STORAGE__URL`) when there is one.
+    Then compact the staged files of closed days and maintain the Iceberg tables.
 
     When the warehouse changed, its file is rewritten so that no freed block keeps what was removed.
     """
     from jobs.privacy import enforce_retention
+    from transforms.stage import compact_closed
     from warehouse.db import connect
     from warehouse.layout import Layout
     from warehouse.privacy import compact
@@ -266,12 +268,14 @@ def retention_job(settings: Settings | None = None) -> dict:
     settings = settings or Settings()
     layout = Layout(settings.data_root)
     con = connect(layout.warehouse)
+    now = datetime.now(tz=UTC)
     try:
-        result = enforce_retention(
-            layout, con, settings.retention, now=datetime.now(tz=UTC), storage=settings.storage
-        )
+        result = enforce_retention(layout, con, settings.retention, now=now, storage=settings.storage)
         if result["warehouse_changed"]:
             compact(con, layout.warehouse)
+        # Merges compact a closed day's staged files; here too, for days no merge came after.
+        close_after = timedelta(hours=settings.stage.close_after_hours)
+        result["staged_partitions_compacted"] = len(compact_closed(con, layout, now, close_after))
     finally:
         con.close()
     result["lake"] = open_lake(settings).maintain()

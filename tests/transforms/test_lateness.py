@@ -197,3 +197,23 @@ def test_a_merge_that_does_not_commit_leaves_no_file_of_its_readings(wh, monkeyp
         10,
         12,
     ]
+
+
+def test_the_daily_upkeep_compacts_a_closed_day_that_no_merge_came_after(tmp_path):
+    from civicflow.settings import Settings
+    from jobs import retention_job
+
+    settings = Settings(data_root=tmp_path / "data")
+    layout = Layout(settings.data_root)
+    con = connect(layout.warehouse)
+    for hour, occupied in ((8, 10), (9, 12)):
+        now = datetime(2026, 3, 2, hour, 30, tzinfo=UTC)
+        land(layout, [car_park("p1", f"2026-03-02T0{hour}:00:00Z", occupied)], received_at_ns=ns(now))
+        stage_segments(layout, con, LIMITS, now=now)
+    con.close()
+    directory = layout.staged_file("parking", "testtown", NEXT).parent
+    assert sorted(p.name for p in directory.iterdir()) == ["part-0.parquet", "part-1.parquet"]
+
+    assert retention_job(settings)["staged_partitions_compacted"] == 1  # run long after 2 March
+    assert sorted(p.name for p in directory.iterdir()) == ["part-2.parquet"]
+    assert [r["occupied_spots"] for r in pq.read_table(directory / "part-2.parquet").to_pylist()] == [10, 12]
