@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from civicflow.resources import resource_dir
 from civicflow.settings import Settings
 
-DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
+DAGS_DIR = resource_dir("dags")
 AIRFLOW_HOME_DIR = "airflow"
 """The Airflow home under the data root, shared by every command that runs Airflow."""
 LOCAL_HOST = "127.0.0.1"

@@ -31,10 +31,11 @@ from pydantic import (
 
 from civicflow.contract import DATASETS, LICENCE, NAME_PATTERN, Domain
 from civicflow.errors import TerminalError
+from civicflow.resources import resource_dir
 from civicflow.settings import QualitySettings
 
 LORA_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
-DEFAULT_REGISTRY_DIR = Path(__file__).resolve().parent.parent / "registry"
+DEFAULT_REGISTRY_DIR = resource_dir("registry")
 """`registry/` at the root of the Civicflow checkout."""
 
 

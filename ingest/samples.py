@@ -27,9 +27,11 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from civicflow.resources import resource_dir
+
 log = logging.getLogger(__name__)
 
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
+SAMPLES_DIR = resource_dir("samples")
 BIRMINGHAM_PARKING = SAMPLES_DIR / "parking" / "birmingham_2016-10.csv"
 EDINBURGH_WASTE = SAMPLES_DIR / "waste" / "edinburgh_litter_bins_2016-07-25_2016-08-07.csv"
 ABERDEEN_AIR_QUALITY = SAMPLES_DIR / "air_quality" / "aberdeen_sensor_community"
