@@ -17,6 +17,12 @@ class WireFormat(StrEnum):
     SENML = "senml"  # <prefix>/<council>/<domain>/<device_id>/senml
     TTS_V3 = "tts_v3"  # v3/<application>@<tenant>/devices/<device>/up
     CHIRPSTACK_V4 = "chirpstack_v4"  # application/<application-id>/device/<dev-eui>/event/up
+    FEEDBACK = "feedback"  # <prefix>/<council>/<domain>/<device_id>/feedback: Civicflow's own output
+
+
+FEEDBACK_LEVEL = "feedback"
+"""Last level of the topic Civicflow publishes a device's rejection summary on (docs/mqtt-contract.md,
+Feedback). The listener never lands it and the decoder never turns it into a reading or a rejection."""
 
 
 _DOMAINS = frozenset(d.value for d in Domain)
@@ -38,12 +44,27 @@ def topic_format(topic: str, prefix: str) -> WireFormat | None:
             return WireFormat.NATIVE
         if len(parts) == 5 and parts[4] == "senml":
             return WireFormat.SENML
+        if len(parts) == 5 and parts[4] == FEEDBACK_LEVEL:
+            return WireFormat.FEEDBACK
         return None
     if TTS_TOPIC_RE.fullmatch(topic):
         return WireFormat.TTS_V3
     if CHIRPSTACK_TOPIC_RE.fullmatch(topic):
         return WireFormat.CHIRPSTACK_V4
     return None
+
+
+def is_feedback_topic(topic: str, prefix: str) -> bool:
+    """Whether `topic` is a feedback topic (`<prefix>/<council>/<domain>/<device_id>/feedback`),
+    whatever its names: Civicflow's own output, never a reading."""
+    return topic_format(topic, prefix) == WireFormat.FEEDBACK
+
+
+def feedback_topic(prefix: str, council: str, domain: str, device_id: str) -> str:
+    """The topic of a device's feedback summary; every level must be a contract name or domain."""
+    if not (is_name(council) and is_name(device_id) and domain in _DOMAINS):
+        raise ValueError(f"no feedback topic for {council!r}/{domain!r}/{device_id!r}: not contract names")
+    return f"{prefix}/{council}/{domain}/{device_id}/{FEEDBACK_LEVEL}"
 
 
 def is_bad_topic(topic: str, prefix: str) -> bool:
@@ -57,6 +78,8 @@ def is_bad_topic(topic: str, prefix: str) -> bool:
     fmt = topic_format(topic, prefix)
     if fmt is None:
         return True
+    if fmt == WireFormat.FEEDBACK:
+        return False
     if fmt in (WireFormat.NATIVE, WireFormat.SENML):
         _, council, domain, device_id = topic.split("/")[:4]
         return not (is_name(council) and is_name(device_id) and domain in _DOMAINS)
@@ -68,6 +91,9 @@ __all__ = [
     "WireFormat",
     "topic_format",
     "is_bad_topic",
+    "is_feedback_topic",
+    "feedback_topic",
+    "FEEDBACK_LEVEL",
     "TTS_TOPIC_RE",
     "CHIRPSTACK_TOPIC_RE",
 ]

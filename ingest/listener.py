@@ -47,7 +47,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from civicflow.health import closed_backlog
-from civicflow.wire import is_bad_topic
+from civicflow.wire import is_bad_topic, is_feedback_topic
 from ingest.metrics import ListenerMetrics, serve
 from warehouse.segments import SegmentWriter
 
@@ -87,6 +87,7 @@ class ListenerStats:
     sessions_lost_by_cause: Counter = field(default_factory=Counter)
     session_lost: dict | None = None  # the last one: cause, when, what it means and what to do
     landing_failures: int = 0
+    feedback_skipped: int = 0  # Civicflow's own feedback summaries (retained): acknowledged, never landed
     rejections: Counter = field(default_factory=Counter)
     segments_closed: list[str] = field(default_factory=list)
     state: str = "starting"
@@ -367,6 +368,17 @@ class Listener:
             return  # not landed, not acknowledged: the broker redelivers it after we resume
         payload = message.payload
         topic = message._topic  # bytes: paho's `topic` property raises on a topic that is not UTF-8
+        if topic.endswith(b"/feedback") and is_feedback_topic(
+            topic.decode("utf-8", "replace"), self.topic_prefix
+        ):
+            # `<prefix>/#` also matches the summaries Civicflow publishes to gateways: not readings.
+            if message.qos > 0:
+                if not self._pending:
+                    self._oldest_pending = time.monotonic()
+                self._pending.append((message.mid, message.qos))
+            self._delivered += 1
+            self.stats.feedback_skipped += 1
+            return
         try:
             self.writer.append(topic, payload, time.time_ns(), message.qos, message.retain)
         except OSError as exc:
@@ -432,6 +444,7 @@ class Listener:
             "received": stats.received,
             "landed": stats.landed,
             "acked": stats.acked,
+            "feedback_skipped": stats.feedback_skipped,
             "bytes": stats.bytes,
             "connects": stats.connects,
             "sessions_lost": stats.sessions_lost,

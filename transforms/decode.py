@@ -498,6 +498,10 @@ def decode_message(
         out.rejections.append(Rejection(Reason.BAD_TOPIC, "topic is not UTF-8", payload))
         return out
     fmt = topic_format(text, limits.topic_prefix)
+    if fmt == WireFormat.FEEDBACK:
+        # Civicflow's own summary to a gateway (landed only by an older listener): neither a
+        # reading nor a gateway's mistake, so neither staged nor quarantined.
+        return out
     if fmt in (WireFormat.TTS_V3, WireFormat.CHIRPSTACK_V4):
         return _decode_lorawan(out, fmt, text, payload, limits, received_at, registry)
     return _decode_city(out, fmt, topic, payload, limits, received_at, registry)

@@ -191,9 +191,11 @@ GOOD_TOPICS = [
 
 
 def test_every_bad_topic_the_listener_receives_is_counted(tmp_path):
-    """One count per message on a topic staging rejects as bad_topic, none for a good topic."""
+    """One count per message on a topic staging rejects as bad_topic, none for a good topic; a
+    feedback summary (`city/#` matches Civicflow's own output too) is acknowledged, never landed."""
     data_root = tmp_path / "data"
-    sent = [(t, b"{}") for t in [*BAD_TOPICS, *GOOD_TOPICS, BAD_TOPICS[4], GOOD_TOPICS[0]]]
+    feedback = ("city/testtown/parking/p1/feedback", b'{"council": "testtown"}')
+    sent = [(t, b"{}") for t in [*BAD_TOPICS, *GOOD_TOPICS, BAD_TOPICS[4], GOOD_TOPICS[0]]] + [feedback]
     with run_mosquitto(tmp_path, persistence=False) as broker:
         listener = start_listener(data_root, broker.port, tmp_path / "listener.log")
         try:
@@ -205,6 +207,7 @@ def test_every_bad_topic_the_listener_receives_is_counted(tmp_path):
         finally:
             listener.ensure_stopped()
     assert listener.status()["rejections"] == {"bad_topic": len(BAD_TOPICS) + 1}
+    assert (listener.status()["feedback_skipped"], listener.status()["received"]) == (1, len(sent) - 1)
     assert f'civicflow_listener_rejections_total{{reason="bad_topic"}} {len(BAD_TOPICS) + 1}.0' in metrics
     landed = {r.topic.decode() for p in list_closed_segments(data_root / "raw") for r in read_segment(p)}
     assert landed == set(BAD_TOPICS) | set(GOOD_TOPICS)  # counted, and landed like any other message

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from civicflow.contract import Reason
 from civicflow.registry import load_registry
+from civicflow.wire import FEEDBACK_LEVEL as FEEDBACK
+from civicflow.wire import feedback_topic, is_bad_topic, topic_format
 from ingest.samples import birmingham_parking_messages
 from transforms.decode import Limits, decode_message
 
@@ -274,7 +276,9 @@ def test_birmingham_sample_mess_is_quarantined_with_reasons():
 @given(topic=st.binary(max_size=80), payload=st.binary(max_size=400))
 def test_any_bytes_yield_readings_or_rejections_never_an_exception(topic, payload):
     out = decode_message(topic, payload, LIMITS)
-    assert out.readings or out.rejections
+    assert (
+        out.readings or out.rejections or topic_format(topic.decode("utf-8", "replace"), "city") == FEEDBACK
+    )
 
 
 json_values = st.recursive(
@@ -349,10 +353,28 @@ def test_gateway_formats_never_raise_on_any_document_or_bytes(topic, doc, payloa
 
 @settings(max_examples=200, deadline=None)
 @given(
-    tail=st.lists(st.sampled_from(["a", "senml", "up", "event", "devices", "x@y", ""]), max_size=5),
+    tail=st.lists(
+        st.sampled_from(["a", "senml", "up", "event", "devices", "x@y", "", "feedback"]), max_size=5
+    ),
     head=st.sampled_from(["city", "v3", "application", "town"]),
 )
 def test_strict_topics_of_every_format_yield_a_reading_or_a_rejection(head, tail):
+    """...except Civicflow's own feedback topics, which yield nothing at all."""
     topic = "/".join([head, *tail]).encode()
     out = decode_message(topic, b'{"observed_at": 1, "status": "free"}', LIMITS, registry=SAMPLE_REGISTRY)
-    assert out.readings or out.rejections
+    if head == "city" and len(tail) == 4 and tail[3] == "feedback":
+        assert (out.readings, out.rejections) == ([], [])
+    else:
+        assert out.readings or out.rejections
+
+
+def test_a_feedback_topic_is_neither_a_reading_nor_a_rejection_and_names_its_device():
+    """Summaries Civicflow publishes to gateways, were one ever landed, are not quarantine noise."""
+    payload = b'{"observed_at": "2026-03-02T08:00:00Z", "occupied_spots": 1, "total_spots": 2}'
+    out = decode_message(b"city/leeds/parking/p1/feedback", payload, LIMITS)
+    assert (out.readings, out.rejections) == ([], [])
+    assert not is_bad_topic("city/leeds/parking/p1/feedback", "city")
+    assert is_bad_topic("city/leeds/parking/p1/feedbacks", "city")
+    assert feedback_topic("town", "leeds", "parking", "p1") == "town/leeds/parking/p1/feedback"
+    with pytest.raises(ValueError, match="not contract names"):
+        feedback_topic("city", "Leeds!", "parking", "p1")
