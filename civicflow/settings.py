@@ -316,6 +316,30 @@ class StageSettings(BaseModel):
     )
 
 
+class FeedbackSettings(BaseModel):
+    """Rejection summaries published back to gateways after each staging run (docs/mqtt-contract.md,
+    Feedback), on the listener's broker (`CIVICFLOW_MQTT__HOST`, port and TLS) with an account of
+    their own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(
+        default=True, description="Publish summaries; false: the feedback step does nothing"
+    )
+    username: str | None = Field(
+        default=None,
+        description="Broker user that may write <prefix>/+/+/+/feedback (civicflow-feedback in "
+        "deploy/mosquitto/acl); unset: the listener's CIVICFLOW_MQTT__USERNAME, which a broker binding "
+        "client ids to user names would take for the listener itself",
+    )
+    password: SecretStr | None = Field(default=None, description="Its password; unset: the listener's")
+    client_id: str = Field(default="civicflow-feedback", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    window_hours: int = Field(
+        default=24, ge=1, le=24 * 31, description="Summaries count the rejections received in this many hours"
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="How long to wait for the broker's answers")
+
+
 ENV_PREFIX = "CIVICFLOW_"
 
 NOT_SETTINGS = {
@@ -355,6 +379,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     catalog: CatalogSettings = CatalogSettings()
     stage: StageSettings = StageSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
 
     def __init__(self, **values: Any) -> None:
         refuse_unknown_variables(os.environ)

@@ -37,7 +37,13 @@ SHARDS = list(range(Settings().stage.shards))
    Parquet files under `data/staged/`. A run that changes no partition skips, so it wakes no
    `civicflow_publish` run.
 
-Clear a decode box to decode its shard again (nothing is staged twice); clear merge to merge again.
+3. **feedback** publishes each device's rejection summary, retained, on its gateway's feedback
+   topic `<prefix>/<council>/<domain>/<device_id>/feedback` (docs/mqtt-contract.md, Feedback), for
+   the devices quarantined since their previous summary; it runs after merge whether merge changed
+   a partition or not. Skipped when `CIVICFLOW_MQTT__HOST` is unset or feedback is disabled.
+
+Clear a decode box to decode its shard again (nothing is staged twice); clear merge to merge again;
+clear feedback alone to publish what a failed feedback run did not (nothing is published twice).
 """,
 )
 def civicflow_stage():
@@ -71,7 +77,18 @@ def civicflow_stage():
             raise AirflowSkipException(f"no staged partition changed ({result['segments']} segments staged)")
         return result
 
-    decode.expand(shard=SHARDS) >> merge()
+    @task(trigger_rule="none_failed")
+    def feedback() -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from jobs import feedback_job
+
+        result = feedback_job()
+        if result["skipped"]:
+            raise AirflowSkipException(result["skipped"])
+        return result
+
+    decode.expand(shard=SHARDS) >> merge() >> feedback()
 
 
 stage_dag = civicflow_stage()

@@ -82,6 +82,51 @@ def merge_job(settings: Settings | None = None) -> dict:
     return result.to_dict()
 
 
+def feedback_job(settings: Settings | None = None, now: datetime | None = None) -> dict:
+    """Publish each device's rejection summary to its gateway's feedback topic (docs/mqtt-contract.md,
+    Feedback): retained, QoS 1, only for devices quarantined since their previous summary, so a
+    second run publishes nothing. Rows naming no device (bad topics) are counted in the result.
+
+    Uses the listener's broker (`CIVICFLOW_MQTT__*`) with `CIVICFLOW_FEEDBACK__*`'s account; does
+    nothing when there is no broker (`CIVICFLOW_MQTT__HOST` unset) or `CIVICFLOW_FEEDBACK__ENABLED`
+    is false.
+    """
+    from dataclasses import replace
+
+    from ingest.feedback import FeedbackTarget, publish_summaries, summary_topic
+    from ingest.listener import BrokerAddress
+    from warehouse.db import connect
+    from warehouse.feedback import pending_summaries, record_published
+    from warehouse.layout import Layout
+
+    settings = settings or Settings()
+    feedback = settings.feedback
+    if not feedback.enabled:
+        return {"skipped": "CIVICFLOW_FEEDBACK__ENABLED is false", "published": []}
+    if settings.mqtt.host is None:
+        return {"skipped": "no broker to publish to: CIVICFLOW_MQTT__HOST is unset", "published": []}
+    broker = BrokerAddress.from_settings(settings)
+    if feedback.username is not None:
+        password = feedback.password.get_secret_value() if feedback.password else None
+        broker = replace(broker, username=feedback.username, password=password)
+    target = FeedbackTarget(broker, settings.mqtt.topic_prefix, feedback.client_id, feedback.timeout_s)
+    now = now or datetime.now(tz=UTC)
+    con = connect(Layout(settings.data_root).warehouse)
+    try:
+        pending = pending_summaries(con, now, timedelta(hours=feedback.window_hours))
+        published = publish_summaries(target, pending.summaries)
+        record_published(con, published)
+    finally:
+        con.close()
+    return {
+        "skipped": None,
+        "devices": len(pending.summaries),
+        "published": [summary_topic(target.prefix, s) for s in published],
+        "unaddressable": pending.unaddressable,
+        "unaddressable_by_reason": pending.unaddressable_by_reason,
+    }
+
+
 def _store(settings: Settings):
     """The object store of `CIVICFLOW_STORAGE__URL`, or None: the zones are under the data root."""
     if not settings.storage.url:

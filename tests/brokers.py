@@ -329,6 +329,7 @@ class Collector:
         self.qos = qos
         self.payloads: list[bytes] = []
         self.topics: list[str] = []
+        self.retained: list[bool] = []
         self.session_present: bool | None = None
         self.connack: ReasonCode | None = None
         self._condition = threading.Condition()
@@ -371,6 +372,7 @@ class Collector:
         with self._condition:
             self.payloads.append(message.payload)
             self.topics.append(message.topic)
+            self.retained.append(bool(message.retain))
             self._condition.notify_all()
 
     def start(self, timeout_s: float = 10.0) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from civicflow.contract import DATASETS, Column, Dataset
 from warehouse.aggregates import aggregate_tables
+from warehouse.feedback import FEEDBACK_DDL
 from warehouse.partitions import PARTITION_DDL
 from warehouse.privacy import ERASURE_DDL
 
@@ -120,7 +121,7 @@ WHERE pm10_mean > 50""",
 
 
 def all_ddl() -> list[str]:
-    ddl = list(BASE_DDL) + PARTITION_DDL + ERASURE_DDL
+    ddl = list(BASE_DDL) + PARTITION_DDL + ERASURE_DDL + FEEDBACK_DDL
     for dataset in DATASETS.values():
         ddl.append(dataset_ddl("staged", dataset, dataset.staged_columns))
         ddl.append(dataset_ddl("published", dataset, dataset.published_columns))

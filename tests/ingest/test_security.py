@@ -36,6 +36,7 @@ from brokers import (
     run_mosquitto,
     write_password_file,
 )
+from factories import land as factories_land
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -58,6 +59,7 @@ PASSWORDS = {
     "gw-birmingham-2": "bham-pw-0e4d",
     "gw-leeds-1": "leeds-pw-19d0",
     "lns-chirpstack": "lns-pw-3b4f",
+    "civicflow-feedback": "feedback-pw-6d3a",
 }
 # A password distinctive enough that finding it anywhere means it leaked.
 SECRET = "Tr0ub4dor-civicflow-9f27c1e3-secret"
@@ -657,3 +659,98 @@ def test_a_gateway_cannot_take_the_listeners_session_or_its_queue(
         connection_ports(broker.process.log_text(), LISTENER_CLIENT_ID, LISTENER_USER)
         == [broker.plain_port] * 2
     )
+
+
+# -- Feedback: each council's gateways read their own devices' rejection summaries ---------------
+
+PLATE = "AB12 CDE"  # a value a rejection's detail quotes: masked in the summary
+
+
+def test_feedback_summaries_reach_only_their_councils_gateways_once(
+    broker: SecureBroker, tmp_path: Path
+) -> None:
+    """Stage bad messages of a Birmingham and a Leeds device, run the feedback step: each council's
+    gateway user receives exactly its device's retained summary with the right counts, no payload
+    bytes and a masked detail; the other council's gateway, the listener's user and a gateway
+    writing a feedback topic get nothing; a second run publishes nothing."""
+    from civicflow.settings import FeedbackSettings, MqttSettings, Settings
+    from jobs import feedback_job
+    from transforms.decode import Limits
+    from transforms.stage import stage_segments
+    from warehouse.db import connect
+    from warehouse.layout import Layout
+
+    (tmp_path / "registry").mkdir()
+    settings = Settings(
+        data_root=tmp_path / "data",
+        registry_dir=tmp_path / "registry",
+        mqtt=MqttSettings(
+            host=HOST, port=broker.plain_port, username=LISTENER_USER, password=PASSWORDS[LISTENER_USER]
+        ),
+        feedback=FeedbackSettings(username="civicflow-feedback", password=PASSWORDS["civicflow-feedback"]),
+    )
+    now = time.time_ns()
+    ok = {"observed_at": "2026-03-02T08:00:00Z", "occupied_spots": 3, "total_spots": 9}
+    layout = Layout(settings.data_root)
+    factories_land(
+        layout,
+        [
+            ("city/birmingham/parking/bhm-001", b"not json"),
+            ("city/birmingham/parking/bhm-001", b"{nor this"),
+            ("city/birmingham/parking/bhm-002", json.dumps(ok).encode()),  # good: no summary
+            ("city/leeds/air_quality/lds-aq-1", b'{"observed_at": 1772438400, "pm10": 3, "colour": "red"}'),
+            ("city/Leeds!/parking/x", b"{}"),  # bad topic: no device to tell
+            ("city/birmingham/parking/bhm-001", json.dumps(ok | {"occupied_spots": PLATE}).encode()),
+        ],
+        received_at_ns=now,
+    )
+    con = connect(layout.warehouse)
+    try:
+        stage_segments(layout, con, Limits())  # the staging merge's own quarantining, without Airflow
+    finally:
+        con.close()
+    first = feedback_job(settings)
+    assert sorted(first["published"]) == [
+        "city/birmingham/parking/bhm-001/feedback",
+        "city/leeds/air_quality/lds-aq-1/feedback",
+    ]
+    assert (first["unaddressable"], first["unaddressable_by_reason"]) == (1, {"bad_topic": 1})
+
+    with (
+        collecting(broker.plain_port, "city/birmingham/+/+/feedback", "gw-birmingham-2") as birmingham,
+        collecting(broker.plain_port, "city/leeds/+/+/feedback", "gw-leeds-1") as leeds,
+        collecting(broker.plain_port, "city/birmingham/#", "gw-leeds-1") as leeds_snooping,
+        collecting(broker.plain_port, "city/#", LISTENER_USER) as listener_view,
+        connected(broker.plain_port, "gw-birmingham-1") as gateway,
+        connected(broker.plain_port, SECOND_LISTENER_USER) as listener_user,
+    ):
+        assert birmingham.wait_for(1, timeout_s=5) == 1 and leeds.wait_for(1, timeout_s=5) == 1
+        # Only Civicflow's feedback user writes feedback topics.
+        forged = "city/birmingham/parking/bhm-001/feedback"
+        assert gateway.publish(forged, b"{}").value == NOT_AUTHORIZED
+        assert listener_user.publish(forged, b"{}").value == NOT_AUTHORIZED
+        assert gateway.publish("city/birmingham/parking/bhm-003", b"{}").value == 0  # readings still go
+        assert listener_view.wait_for(1, timeout_s=5) == 1
+        second = feedback_job(settings)
+        assert birmingham.quiet_for(0.3) == 1 and leeds.quiet_for(0.1) == 1
+        assert leeds_snooping.quiet_for(0.1) == 0
+
+    assert (second["published"], second["devices"]) == ([], 0)
+    assert listener_view.topics == ["city/birmingham/parking/bhm-003"]  # never a feedback topic
+    assert (birmingham.topics, birmingham.retained) == (["city/birmingham/parking/bhm-001/feedback"], [True])
+    assert (leeds.topics, leeds.retained) == (["city/leeds/air_quality/lds-aq-1/feedback"], [True])
+    bham, lds = json.loads(birmingham.payloads[0]), json.loads(leeds.payloads[0])
+    assert (bham["council"], bham["domain"], bham["device_id"]) == ("birmingham", "parking", "bhm-001")
+    assert bham["window"]["by_reason"] == {"not_json": 2, "invalid_type": 1}
+    assert bham["window"]["rejected"] == 3 and bham["window"]["hours"] == 24
+    assert bham["since_previous"] == {
+        "previous_made_at": None,
+        "rejected": 3,
+        "by_reason": bham["window"]["by_reason"],
+    }
+    last = bham["last"]
+    assert last["reason"] == "invalid_type" and "'…'" in last["detail"]
+    assert last["segment_id"].startswith("l1/") and last["record_offset"] >= 0
+    assert bham["window"]["from"] < last["received_at"] <= last["quarantined_at"] <= bham["made_at"]
+    assert PLATE.encode() not in birmingham.payloads[0] and b"not json" not in birmingham.payloads[0]
+    assert lds["window"]["by_reason"] == {"unknown_field": 1} and lds["last"]["reason"] == "unknown_field"
