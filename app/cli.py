@@ -105,6 +105,15 @@ def status(
     probe: Annotated[
         bool, typer.Option(help="Connect to the broker (CIVICFLOW_MQTT__HOST) to check it answers.")
     ] = True,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            metavar="COUNCIL/DEVICE",
+            help="Only this device's rejections: counts by reason, the last reason, its detail and time "
+            "(what its gateway's feedback topic says).",
+        ),
+    ] = None,
 ) -> None:
     """The pipeline on one screen: broker, listeners, backlog, last DAG runs, each dataset's gate.
 
@@ -112,10 +121,28 @@ def status(
     as a cron or CI check. Partitions the gate held back are listed for review but are not a fault.
 
     Example: CIVICFLOW_DATA_ROOT=data/demo civicflow status
+             civicflow status --device birmingham/bhmbccmkt01 --json
     """
     from app.status import pipeline_status
 
     settings = Settings()
+    if device is not None:
+        from app.status import device_feedback
+
+        try:
+            found = device_feedback(settings, device)
+        except (ValueError, FileNotFoundError) as exc:
+            output_console(stderr=True).print(f"[red]civicflow status:[/] {escape(str(exc))}")
+            raise typer.Exit(2) from exc
+        if as_json:
+            import json
+
+            typer.echo(json.dumps(found, indent=2, default=str))
+        else:
+            from app.status_view import print_device
+
+            print_device(output_console(), found)
+        return
     report = pipeline_status(settings, probe=probe)
     if as_json:
         import json

@@ -206,3 +206,38 @@ def pipeline_status(settings: Settings, *, probe: bool = True) -> PipelineStatus
         if d["held_back"]
     ]
     return PipelineStatus(broker, listeners, runs, datasets, release, problems, review)
+
+
+def device_feedback(settings: Settings, device: str, now: datetime | None = None) -> dict:
+    """`civicflow status --device <council>/<device_id>`: what the quarantine holds of one device,
+    as its gateway's feedback summary says it (docs/mqtt-contract.md, Feedback); one summary per
+    domain the device was quarantined under, none when it has no rejection.
+
+    Raises ValueError for a device that is not `<council>/<device_id>`, FileNotFoundError when there
+    is no warehouse yet. Opens the warehouse read-only.
+    """
+    from datetime import timedelta
+
+    from civicflow.contract import is_name
+    from warehouse.db import connect
+    from warehouse.feedback import device_summary
+    from warehouse.layout import Layout
+
+    council, _, device_id = device.partition("/")
+    if not (is_name(council) and is_name(device_id)):
+        raise ValueError(
+            f"--device {device!r}: give <council>/<device_id>, e.g. birmingham/bhmbccmkt01 (lower case "
+            "letters, digits, _ and -)"
+        )
+    con = connect(Layout(settings.data_root).warehouse, read_only=True)
+    try:
+        summaries = device_summary(
+            con,
+            council,
+            device_id,
+            now or datetime.now(tz=UTC),
+            timedelta(hours=settings.feedback.window_hours),
+        )
+    finally:
+        con.close()
+    return {"council": council, "device_id": device_id, "summaries": summaries}

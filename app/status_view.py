@@ -143,3 +143,31 @@ def print_status(console: Console, report: PipelineStatus, settings: Settings) -
         console.print(f"[red]problem:[/] {escape(line)}")
     for line in report.review:
         console.print(f"[yellow]review:[/] {escape(line)}")
+
+
+def print_device(console: Console, report: dict) -> None:
+    """`civicflow status --device`: a device's rejections, as its gateway's feedback reads them."""
+    name = f"{report['council']}/{report['device_id']}"
+    if not report["summaries"]:
+        console.print(Text(f"device {name}: nothing in quarantine"))
+        return
+    for s in report["summaries"]:
+        window, last = s["window"], s["last"]
+        published = s.get("published_at")
+        told = f"published {published}" if published else "not published yet"
+        console.print(
+            Text(
+                f"device {name} ({s['domain']}): {window['rejected']} rejected in the last "
+                f"{window['hours']:g} h; feedback {told}"
+            )
+        )
+        counts = Table("reason", f"last {window['hours']:g} h", "since previous summary", box=box.SIMPLE_HEAD)
+        for reason in sorted({*window["by_reason"], *s["since_previous"]["by_reason"]}):
+            counts.add_row(
+                Text(reason),
+                str(window["by_reason"].get(reason, 0)),
+                str(s["since_previous"]["by_reason"].get(reason, 0)),
+            )
+        console.print(counts)
+        console.print(Text(f"last: {last['reason']} at {last['received_at']}: {last['detail']}"))
+        console.print(Text(f"      segment {last['segment_id']} offset {last['record_offset']}"))

@@ -667,12 +667,13 @@ PLATE = "AB12 CDE"  # a value a rejection's detail quotes: masked in the summary
 
 
 def test_feedback_summaries_reach_only_their_councils_gateways_once(
-    broker: SecureBroker, tmp_path: Path
+    broker: SecureBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stage bad messages of a Birmingham and a Leeds device, run the feedback step: each council's
     gateway user receives exactly its device's retained summary with the right counts, no payload
     bytes and a masked detail; the other council's gateway, the listener's user and a gateway
-    writing a feedback topic get nothing; a second run publishes nothing."""
+    writing a feedback topic get nothing; a second run publishes nothing; `civicflow status
+    --device` shows the same."""
     from civicflow.settings import FeedbackSettings, MqttSettings, Settings
     from jobs import feedback_job
     from transforms.decode import Limits
@@ -754,3 +755,18 @@ def test_feedback_summaries_reach_only_their_councils_gateways_once(
     assert bham["window"]["from"] < last["received_at"] <= last["quarantined_at"] <= bham["made_at"]
     assert PLATE.encode() not in birmingham.payloads[0] and b"not json" not in birmingham.payloads[0]
     assert lds["window"]["by_reason"] == {"unknown_field": 1} and lds["last"]["reason"] == "unknown_field"
+
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    monkeypatch.setenv("CIVICFLOW_DATA_ROOT", str(settings.data_root))
+    shown = CliRunner().invoke(app, ["status", "--device", "birmingham/bhm-001", "--json"])
+    assert shown.exit_code == 0, shown.output
+    (summary,) = json.loads(shown.stdout)["summaries"]
+    assert summary["window"] == bham["window"] | {"from": summary["window"]["from"]}
+    assert (summary["last"], summary["published_at"]) == (bham["last"], bham["made_at"])
+    table = CliRunner().invoke(app, ["status", "--device", "birmingham/bhm-001"])
+    assert table.exit_code == 0 and "invalid_type" in table.stdout and "not_json" in table.stdout
+    assert PLATE not in table.stdout
+    assert CliRunner().invoke(app, ["status", "--device", "bhm-001"]).exit_code == 2
