@@ -1,13 +1,15 @@
 """The DCAT-AP catalogue of a release: one dcat:Dataset per domain per council.
 
 Built from the release's own data packages, so it describes exactly the files of that release:
-each council's dataset lists only that council's files (readings and aggregates), under the
-council's licence, with byte size and sha256, and the attribution that licence asks for as the
-council's rights statement (`dct:rights`, a `dct:RightsStatement` whose `rdfs:label` is the text
-its data packages give). Written as JSON-LD (`catalog.jsonld`) and, through
-rdflib, as Turtle (`catalog.ttl`). Links are relative to `data/published/` unless a base URL is
-given (`CIVICFLOW_PUBLISH__BASE_URL`, where that folder is served), and point into the immutable
-release directory, so a catalogue never lists a checksum its file does not have.
+each council's dataset lists only that council's files (readings and aggregates, then its monthly
+and yearly archives, each with the period it covers as `dct:temporal` and a gzipped CSV with
+`dcat:compressFormat`), under the council's licence, with byte size and sha256, and the
+attribution that licence asks for as the council's rights statement (`dct:rights`, a
+`dct:RightsStatement` whose `rdfs:label` is the text its data packages give). Written as JSON-LD
+(`catalog.jsonld`) and, through rdflib, as Turtle (`catalog.ttl`). Links are relative to
+`data/published/` unless a base URL is given (`CIVICFLOW_PUBLISH__BASE_URL`, where that folder is
+served), and point into the immutable release directory, so a catalogue never lists a checksum
+its file does not have.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 import rdflib
 
 from civicflow.contract import DATASETS, Domain
+from publish.datapackage import archive_of
 from publish.datapackage import rights as rights_of
 from warehouse.aggregates import DEFAULT_INTERVAL_S
 from warehouse.layout import Layout
@@ -48,6 +51,7 @@ MEDIA_TYPES = {
     "parquet": "https://www.iana.org/assignments/media-types/application/vnd.apache.parquet",
     "csv": "https://www.iana.org/assignments/media-types/text/csv",
 }
+COMPRESS_FORMATS = {"gz": "https://www.iana.org/assignments/media-types/application/gzip"}
 SMART_DATA_MODELS = {  # the FIWARE Smart Data Model each dataset follows
     "OffStreetParking": "dataModel.Parking",
     "ParkingSpot": "dataModel.Parking",
@@ -87,7 +91,7 @@ def _distribution(resource: dict, url: str, licence: dict, rights: str | None) -
     fmt = resource["format"]
     algorithm, _, digest = resource["hash"].partition(":")
     assert algorithm == "sha256", resource["hash"]
-    return {
+    out = {
         "@id": url,
         "@type": "dcat:Distribution",
         "dct:title": resource["name"],
@@ -102,7 +106,21 @@ def _distribution(resource: dict, url: str, licence: dict, rights: str | None) -
             "spdx:checksumValue": _typed(digest, "hexBinary"),
         },
         "dct:license": _iri(licence["path"]),
-    } | ({"dct:rights": _iri(rights)} if rights else {})
+    }
+    if resource.get("compression"):  # a gzipped CSV archive: CSV inside, gzip around it
+        out["dcat:compressFormat"] = _iri(COMPRESS_FORMATS[resource["compression"]])
+    archive = archive_of(resource)
+    if archive is not None:  # a month's or a year's archive: the period it covers
+        out["dct:temporal"] = _period(archive["start"], archive["end"])
+    return out | ({"dct:rights": _iri(rights)} if rights else {})
+
+
+def _period(start: str, end: str) -> dict:
+    return {
+        "@type": "dct:PeriodOfTime",
+        "dcat:startDate": _typed(start, "date"),
+        "dcat:endDate": _typed(end, "date"),
+    }
 
 
 def _manifest_files(release_dir: Path) -> dict[str, dict] | None:
@@ -140,6 +158,10 @@ def build_catalog(layout: Layout, release: Release, base_url: str | None = None)
         by_council: dict[str, list[dict]] = defaultdict(list)
         day_of: dict[str, str] = {}
         for resource in package["resources"]:
+            archive = archive_of(resource)
+            if archive is not None:  # not in the manifest, which lists the ledger's day files
+                by_council[archive["council"]].append(resource)
+                continue
             council, day, kind = _described(files, domain, resource["path"])
             by_council[council].append(resource)
             if kind == "readings":
@@ -191,11 +213,7 @@ def build_catalog(layout: Layout, release: Release, base_url: str | None = None)
             if statement:
                 entry["dct:rights"] = _iri(statement)
             if days:
-                entry["dct:temporal"] = {
-                    "@type": "dct:PeriodOfTime",
-                    "dcat:startDate": _typed(days[0], "date"),
-                    "dcat:endDate": _typed(days[-1], "date"),
-                }
+                entry["dct:temporal"] = _period(days[0], days[-1])
             datasets.append(entry)
     return {
         "@context": CONTEXT,

@@ -68,7 +68,10 @@ def packages_from_catalog(
                     "name": dist["dct:title"],
                     "url": f"{base_url}latest/{url.removeprefix(release_prefix)}",
                     "format": FORMATS[file_type],
-                    "mimetype": dist["dcat:mediaType"]["@id"].split("/media-types/", 1)[1],
+                    # A gzipped CSV archive downloads as gzip: CKAN's mimetype is what the link serves.
+                    "mimetype": (dist.get("dcat:compressFormat") or dist["dcat:mediaType"])["@id"].split(
+                        "/media-types/", 1
+                    )[1],
                     "size": int(_value(dist["dcat:byteSize"])),
                     "hash": "sha256:" + _value(dist["spdx:checksum"]["spdx:checksumValue"]),
                 }

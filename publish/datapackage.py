@@ -12,6 +12,11 @@ the licence's statement, unless its registry file names another licence, attribu
 Those councils' resources carry their own `licenses` (name, path, title) and a `sources` entry whose
 title is the attribution text and whose path is where the data comes from. The package lists every
 licence used and, after the gateways, every attribution as a source. `rights` reads them back.
+
+Archives: after each council's files, the package lists its monthly and yearly archives of the
+readings (publish/archives.py), brought up to date here: a Parquet `file` resource and a gzipped
+CSV `tabular-data-resource` (`compression: gz`) per period, each with `bytes` and `hash` of the
+bytes as stored and a `civicflow.archive` object naming its council, period and days.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import duckdb
 
 from civicflow import __version__
 from civicflow.contract import CONTRACT_VERSION, LICENCE, OGL_ATTRIBUTION, Dataset
+from publish.archives import write_archives
 from publish.files import MEDIA_TYPES, columns_schema, replace_into_place, table_schema
 from publish.partition import READINGS
 from warehouse.aggregates import KINDS, columns, primary_key
@@ -79,6 +85,39 @@ def file_resource(domain: str, council: str, day: str, entry: dict) -> dict:
     if fmt == "csv":
         resource["encoding"] = "utf-8"
     return _profiled(resource)
+
+
+def archive_resource(domain: str, entry: dict) -> dict:
+    """The data package resource of one archive (`publish.archives.write_archives`' entry)."""
+    fmt = entry["format"]
+    resource = {
+        "name": resource_name(domain, entry["council"], entry["period"])
+        + ("" if fmt == "parquet" else "-csv"),
+        "path": entry["path"],
+        "format": fmt,
+        "mediatype": MEDIA_TYPES[fmt],
+        "bytes": entry["bytes"],
+        "hash": f"sha256:{entry['sha256']}",
+        "rows": entry["rows"],
+        "schema": schema_file(READINGS),
+    }
+    if fmt == "csv":
+        resource |= {"compression": "gz", "encoding": "utf-8"}
+    resource["civicflow"] = {
+        "archive": "month" if len(entry["period"]) == 7 else "year",
+        "council": entry["council"],
+        "period": entry["period"],
+        "start": entry["start"],
+        "end": entry["end"],
+        "days": entry["days"],
+    }
+    return _profiled(resource)
+
+
+def archive_of(resource: Mapping) -> dict | None:
+    """An archive resource's `civicflow.archive` description (None: a day's file)."""
+    extra = resource.get("civicflow")
+    return extra if isinstance(extra, dict) and "archive" in extra else None
 
 
 def licence_object(licence: Mapping) -> dict:
@@ -137,6 +176,9 @@ def write_datapackage(
 ) -> Path:
     """Rebuild `datapackage.json` of a dataset, and its Table Schema files, from the ledger.
 
+    The dataset's monthly and yearly archives are brought up to date first and listed after each
+    council's files (publish/archives.py).
+
     `licences` maps a council to the licence its data must carry when that is not the Open
     Government Licence (citizen-science data under ODbL, say). Those councils' resources, and the
     aggregates built from them, name their own licence; the package lists every licence used.
@@ -155,6 +197,9 @@ def write_datapackage(
                     by_council.setdefault(pub.ref.council, []).append(_licensed(resource, licence))
     folder = layout.published_dataset(dataset.domain)
     folder.mkdir(parents=True, exist_ok=True)
+    for entry in write_archives(folder, dataset, ledger):
+        resource = archive_resource(dataset.domain.value, entry)
+        by_council[entry["council"]].append(_licensed(resource, licences.get(entry["council"])))
     for kind in (READINGS, *KINDS):
         _write_json(folder / schema_file(kind), kind_schema(dataset, kind), indent=2)
     # One package per council, beside the dataset's: a consumer of one council's data reads only

@@ -35,7 +35,7 @@ def test_passing_partition_is_published_with_a_valid_data_package(wh):
     dataset_dir = layout.published_dataset("parking")
     package = json.loads((dataset_dir / "datapackage.json").read_text())
     assert package["licenses"][0]["name"] == "OGL-UK-3.0"
-    names = [r["name"] for r in package["resources"] if not r["path"].startswith("aggregates/")]
+    names = [r["name"] for r in package["resources"] if r["path"].startswith("council=")]
     assert names == ["parking-testtown-2016-10-04", "parking-testtown-2016-10-04-csv"]
     digests = tree_digest(dataset_dir, "**/*.*")
     for res in package["resources"]:

@@ -297,8 +297,9 @@ def test_each_council_has_its_own_valid_data_package_in_the_release(wh):
         assert package["name"] == f"civicflow-parking-{council}"
         # only that council's files: readings and aggregates, Parquet and CSV
         assert {r["path"].split("council=")[1].split("/")[0] for r in package["resources"]} == {council}
-        assert len(package["resources"]) == 8
+        # a day's 8 files, and the month's and the year's archives (Parquet and gzipped CSV)
+        assert len(package["resources"]) == 8 + 4
         assert all(r in whole["resources"] for r in package["resources"])
         report = frictionless.validate(str(release / path))
         assert report.valid, report.flatten(["rowNumber", "fieldName", "type", "note"])
-        assert len(report.tasks) == 8  # validated as a package: every resource checked
+        assert len(report.tasks) == 8 + 4  # validated as a package: every resource checked

@@ -442,7 +442,7 @@ def test_aggregate_files_are_listed_with_schema_units_and_checksums(built):
     csv_only = {**package, "resources": [r for r in package["resources"] if r["format"] == "csv"]}
     report = frictionless.validate(csv_only, basepath=str(base))
     assert report.valid, report.flatten(["rowNumber", "fieldName", "type", "note"])
-    assert report.stats["tasks"] == len(csv_only["resources"]) == 4
+    assert report.stats["tasks"] == len(csv_only["resources"]) == 4 + 2  # and the month's and year's archive
     lines = (base / hourly["path"]).read_text().splitlines()
     assert lines[1].startswith("testtown,a1,2026-03-02T10:00:00Z,4,900.0,4.0,1.0,4,220.0,190.0,250.0,")
     # The check can fail: a row breaking the shared schema's constraint makes the package invalid.

@@ -98,7 +98,8 @@ def test_a_release_is_pushed_once_with_exact_calls_and_the_key_is_never_logged(t
         con.close()
     assert len(ckan.calls) == len(calls)  # pushed once: the next run found nothing new to push
 
-    assert [a for a, _, _ in calls] == ["package_show", "package_create"] + ["resource_create"] * 8
+    # a day's 8 files, and the month's and the year's archives (Parquet and gzipped CSV)
+    assert [a for a, _, _ in calls] == ["package_show", "package_create"] + ["resource_create"] * (8 + 4)
     assert {auth for _, auth, _ in calls} == {KEY}
     name = "civicflow-parking-testtown"
     assert calls[0][2] == {"id": name}
@@ -122,7 +123,7 @@ def test_a_release_is_pushed_once_with_exact_calls_and_the_key_is_never_logged(t
             "name": r["name"],
             "url": f"{BASE}latest/parking/{r['path']}",
             "format": {"csv": "CSV", "parquet": "Parquet"}[r["format"]],
-            "mimetype": r["mediatype"],
+            "mimetype": "application/gzip" if r.get("compression") == "gz" else r["mediatype"],
             "size": r["bytes"],
             "hash": r["hash"],
         }

@@ -113,7 +113,7 @@ def test_every_domains_data_package_passes_frictionless_validate_as_a_whole(wh, 
             for name in ("schema.json", *(f"schema-{k}.json" for k in ("hourly", "daily", "council_daily")))
         }
         for r in package["resources"]:
-            kind = "readings" if r["path"].startswith("council=") else r["path"].split("/")[1]
+            kind = "readings" if r["path"].startswith(("council=", "archives/")) else r["path"].split("/")[1]
             assert r["schema"] == ("schema.json" if kind == "readings" else f"schema-{kind}.json"), r["path"]
         readings = next(r for r in package["resources"] if r["path"].startswith("council="))
         schema = schemas[readings["schema"]]
@@ -301,7 +301,8 @@ def test_each_council_publishes_only_its_own_rows_licence_and_catalogue_entries(
     )
     assert result.published == 8
     tables = [p for p in layout.latest.glob("*/**/*") if p.suffix in (".parquet", ".csv")]
-    assert len(tables) == 4 * 2 * 4 * 2  # domains x councils x (readings, 3 aggregates) x 2 formats
+    # domains x councils x ((readings, 3 aggregates) x 2 formats, and the month's and year's Parquet)
+    assert len(tables) == 4 * 2 * (4 * 2 + 2)
     for path in tables:
         council = next(part for part in path.parts if part.startswith("council=")).removeprefix("council=")
         rows = (
@@ -321,7 +322,7 @@ def test_each_council_publishes_only_its_own_rows_licence_and_catalogue_entries(
         licence = "odbl" if council == "southtown" else "open-government-licence"
         assert licence in str(graph.value(ds, DCT.license))
         dists = list(graph.objects(ds, DCAT.distribution))
-        assert len(dists) == 8
+        assert len(dists) == 8 + 4  # a day's files, and the month's and the year's archives
         for dist in dists:
             assert f"/council={council}/" in str(dist)
             assert licence in str(graph.value(dist, DCT.license))
