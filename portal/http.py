@@ -25,6 +25,7 @@ LATEST = "public, no-cache"
 PARQUET = "application/vnd.apache.parquet"
 MEDIA_TYPES = {
     ".parquet": PARQUET,
+    ".gz": "application/gzip",  # an archive's .csv.gz: downloaded as it is stored (its hash)
     ".csv": "text/csv",  # Starlette adds `; charset=utf-8` to every text/ type
     ".json": "application/json",
     ".jsonld": "application/ld+json",
@@ -40,8 +41,8 @@ EXPOSED_HEADERS = (
     "Content-Length",
 )
 """Headers a script on another site may read (CORS): paging, validators, the release, the limit."""
-UNCOMPRESSED = (*DEFAULT_EXCLUDED_CONTENT_TYPES, PARQUET)
-"""Parquet is compressed inside (zstd): gzip over it would cost CPU and save nothing."""
+UNCOMPRESSED = (*DEFAULT_EXCLUDED_CONTENT_TYPES, PARQUET, "application/gzip")
+"""Parquet (zstd inside) and a `.csv.gz` are compressed already: gzip over them saves nothing."""
 
 
 def etag_of(*parts: object) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 import orjson
 
 from civicflow.contract import DATASETS, LICENCE, Domain
-from publish.datapackage import council_package_file, rights
+from publish.datapackage import archive_of, council_package_file, rights
 from publish.release import RELEASE_RE, latest_release, releases
 from warehouse.layout import Layout
 
@@ -81,6 +81,8 @@ class DatasetRelease:
     package: dict
     quality: dict
     resources: list[Resource] = field(default_factory=list)
+    archives: dict[str, dict] = field(default_factory=dict)
+    """Path -> the package's resource of a monthly or yearly archive (publish/archives.py)."""
 
     @cached_property
     def _index(self) -> dict[tuple[str, str, str | None], list[Resource]]:
@@ -194,6 +196,8 @@ def _dataset(domain: Domain, directory: Path, manifest: dict[str, dict] | None =
     for res in package["resources"]:
         described = _described(manifest, res["path"])
         if described is None:
+            if archive_of(res) is not None:  # a month's or a year's archive: a download, not a day
+                result.archives[res["path"]] = res
             continue
         council, day, kind = described
         licence, attribution = rights(res)
@@ -308,7 +312,13 @@ def released_file(release: ReleaseView, dataset: str, relpath: str) -> Path | No
     if found is None:
         return None
     packages = {council_package_file(council) for council in found.councils}
-    if relpath in METADATA_FILES or relpath in SCHEMA_FILES or relpath in packages or relpath in found.paths:
+    if (
+        relpath in METADATA_FILES
+        or relpath in SCHEMA_FILES
+        or relpath in packages
+        or relpath in found.paths
+        or relpath in found.archives
+    ):
         path = found.directory / relpath
         return path if path.is_file() else None
     return None
