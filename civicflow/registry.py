@@ -132,6 +132,44 @@ class Licence(_Strict):
     title: str
 
 
+PUBLISHER_TYPES = (
+    "Academia-ScientificOrganisation",
+    "Company",
+    "IndustryConsortium",
+    "LocalAuthority",
+    "NationalAuthority",
+    "NonGovernmentalOrganisation",
+    "NonProfitOrganisation",
+    "PrivateIndividual(s)",
+    "RegionalAuthority",
+    "StandardisationBody",
+    "SupraNationalAuthority",
+)
+"""The ADMS publisher types (http://purl.org/adms/publishertype/<type>) a council may name."""
+PLACEHOLDER_DOMAINS = (".invalid", ".example")
+"""Domains that never deliver mail (RFC 2606): a contact there is a placeholder to replace."""
+
+
+class Contact(_Strict):
+    """`[contact]`: who answers questions about the council's published data (`dcat:contactPoint`).
+
+    A team or a shared mailbox, not a person: the catalogue publishes it to everyone.
+    """
+
+    name: str = Field(min_length=1, max_length=200, description="The contact's name, e.g. 'Open data team'")
+    email: str = Field(
+        pattern=r"^[^@\s<>\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$",
+        max_length=254,
+        description="Its mailbox (a team's, never a person's own)",
+    )
+    url: str | None = Field(default=None, pattern=r"^https?://\S+$", description="Its contact page")
+
+    @property
+    def placeholder(self) -> bool:
+        """Whether the mailbox is a placeholder (`.invalid`, `.example`) a deployer must replace."""
+        return self.email.lower().endswith(PLACEHOLDER_DOMAINS)
+
+
 _DeviceId = Annotated[str, StringConstraints(pattern=rf"^{NAME_PATTERN}$")]
 _IntervalS = Annotated[int, Field(ge=1, le=86_400)]
 
@@ -176,6 +214,26 @@ class CouncilRegistry(_Strict):
         pattern=r"^https?://",
         description="Where the council's data comes from when it is not the council's own (a sensor "
         "network's archive, say): the source its published files name beside the attribution",
+    )
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="The council's name as its catalogue entries give it (e.g. 'Birmingham City Council'); "
+        "unset: the council id in title case",
+    )
+    publisher_type: Literal[PUBLISHER_TYPES] = Field(  # type: ignore[valid-type]
+        default="LocalAuthority",
+        description="The kind of organisation that publishes the data, from the ADMS publisher types",
+    )
+    contact: Contact | None = Field(
+        default=None, description="Who answers questions about the published data (dcat:contactPoint)"
+    )
+    gss_code: str | None = Field(
+        default=None,
+        pattern=r"^[EKNSW]\d{8}$",
+        description="The ONS/GSS code of the council's area (e.g. E08000025): the catalogue's "
+        "dct:spatial names http://statistics.data.gov.uk/id/statistical-geography/<code>",
     )
     accept_unknown_devices: bool = Field(
         default=False,
@@ -252,6 +310,11 @@ class CouncilRegistry(_Strict):
                 raise ValueError(f"device_id {d.device_id!r} is listed twice")
             seen.add(d.device_id)
         return self
+
+
+def council_title(council: str) -> str:
+    """A council id as a name: `north-lanarkshire` is "North Lanarkshire"."""
+    return council.replace("-", " ").replace("_", " ").title()
 
 
 @dataclass(frozen=True)

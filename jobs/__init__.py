@@ -238,6 +238,7 @@ def release_job(
             publication=settings.publish,
             judged=sorted({*(judged or ()), *(r["domain"] for r in refs or [])}),
             storage=settings.storage,
+            registry=registry,
         )
     return {
         "release": outcome.release,

@@ -339,6 +339,7 @@ def erase_device(
             publication=publication,
             judged={d for d, _, _ in erased_rows.partitions},
             storage=storage,
+            registry=registry,
         )
         result.release = outcome.release
     result.published_rows = published_before - _published_rows(con, council, device)

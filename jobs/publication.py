@@ -256,6 +256,7 @@ def release_step(
     publication: PublishSettings | None = None,
     judged: Iterable[str] = (),
     storage: StorageSettings | None = None,
+    registry: Registry | None = None,
 ):
     """Rebuild quality summaries and data packages and cut the release (`publish.release`).
 
@@ -278,6 +279,7 @@ def release_step(
         keep=pub.keep_releases,
         base_url=pub.base_url,
         ckan=pub.ckan,
+        councils=registry.councils if registry is not None else None,
     )
     # Object storage (docs/scaling.md): the local release is cut; publish it to the store and switch
     # the store's latest.json. Idempotent, so a re-run after a failure here completes it.
@@ -309,6 +311,7 @@ def gate_and_publish(
         publication=publication,
         judged={r.domain for r in refs},
         storage=storage,
+        registry=registry,
     )
     result.release, result.released = outcome.release, outcome.marked
     return result

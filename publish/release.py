@@ -34,6 +34,7 @@ import duckdb
 
 from civicflow.contract import DATASETS, Domain, Zone
 from civicflow.errors import TerminalError
+from civicflow.registry import CouncilRegistry
 from civicflow.settings import CkanSettings
 from publish.catalog import build_catalog, to_turtle
 from publish.datapackage import council_package_file, write_datapackage
@@ -125,9 +126,14 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_catalog(layout: Layout, release: Release, base_url: str | None = None) -> dict:
+def write_catalog(
+    layout: Layout,
+    release: Release,
+    base_url: str | None = None,
+    councils: Mapping[str, CouncilRegistry] | None = None,
+) -> dict:
     """Write `catalog.jsonld` and `catalog.ttl` of a release, each renamed into place."""
-    catalog = build_catalog(layout, release, base_url)
+    catalog = build_catalog(layout, release, base_url, councils)
     _write_atomically(layout.catalog("jsonld"), json.dumps(catalog, indent=2, ensure_ascii=False) + "\n")
     _write_atomically(layout.catalog("ttl"), to_turtle(catalog, base_url))
     return catalog
@@ -174,12 +180,15 @@ def release(
     keep: int = 5,
     base_url: str | None = None,
     ckan: CkanSettings | None = None,
+    councils: Mapping[str, CouncilRegistry] | None = None,
 ) -> ReleaseOutcome:
     """Put every pending publication into a release that `latest` points at; mark the ledger.
 
     Args:
         quality: Dataset -> its quality summary (`expectations.summary`), written as `quality.json`.
         licences: Council -> the licence its data carries, when not the Open Government Licence.
+        councils: Council -> its registry file, for the catalogue's publishers, contact points and
+            areas (`publish.catalog.build_catalog`).
 
     Idempotent: with nothing pending and no metadata changed, nothing is cut; pending
     publications that `latest` already holds (a crash after the switch) are only marked.
@@ -205,10 +214,10 @@ def release(
             write_datapackage(con, layout, dataset, licences)
     cut = None
     if _published_domains(layout) and (waiting or current is None or _changed(layout)):
-        cut = _cut(layout, now, keep, base_url, manifest=_manifest(con))
+        cut = _cut(layout, now, keep, base_url, manifest=_manifest(con), councils=councils)
     marked = mark_released(con, cut.id, waiting) if cut is not None else 0
     if ckan is not None and ckan.url:
-        push_pending(layout, ckan, base_url)
+        push_pending(layout, ckan, base_url, councils)
     return ReleaseOutcome(cut.id if cut else (current.name if current else None), cut is not None, marked)
 
 
@@ -265,7 +274,12 @@ def _holds_all(con: duckdb.DuckDBPyConnection, release_dir: Path, refs: list[Par
     return True
 
 
-def push_pending(layout: Layout, ckan: CkanSettings, base_url: str | None) -> bool:
+def push_pending(
+    layout: Layout,
+    ckan: CkanSettings,
+    base_url: str | None,
+    councils: Mapping[str, CouncilRegistry] | None = None,
+) -> bool:
     """Push the latest release's catalogue to CKAN if it has not been pushed yet."""
     from publish.ckan import CkanClient, packages_from_catalog, push_catalog
 
@@ -287,7 +301,7 @@ def push_pending(layout: Layout, ckan: CkanSettings, base_url: str | None) -> bo
         tuple(latest["datasets"]),
     )
     packages = packages_from_catalog(
-        build_catalog(layout, release, base_url), release.id, base_url, ckan.organization
+        build_catalog(layout, release, base_url, councils), release.id, base_url, ckan.organization
     )
     client = CkanClient(ckan.url, ckan.api_key, ckan.timeout_s)
     try:
@@ -326,7 +340,12 @@ def _changed(layout: Layout) -> bool:
 
 
 def _cut(
-    layout: Layout, now: datetime | None, keep: int, base_url: str | None, manifest: dict | None = None
+    layout: Layout,
+    now: datetime | None,
+    keep: int,
+    base_url: str | None,
+    manifest: dict | None = None,
+    councils: Mapping[str, CouncilRegistry] | None = None,
 ) -> Release:
     now = now or datetime.now(tz=UTC)
     existing = releases(layout)
@@ -347,7 +366,7 @@ def _cut(
     os.rename(building, release.path)
     switch_latest(layout, release.path)
     _write_atomically(layout.latest_pointer, json.dumps(release.to_dict(), indent=2) + "\n")
-    write_catalog(layout, release, base_url=base_url)
+    write_catalog(layout, release, base_url=base_url, councils=councils)
     removed = prune_releases(layout, keep)
     log.info("released %s (%s); removed %d old releases", release_id, ", ".join(published), len(removed))
     return release

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime
+from pathlib import Path
 
+import pyshacl
 import pytest
 import rdflib
 from factories import LIMITS, car_park, land
@@ -13,8 +15,8 @@ from factories import LIMITS, car_park, land
 from civicflow.registry import load_registry
 from ingest.samples import aberdeen_air_quality_messages, birmingham_parking_messages
 from jobs.publication import gate_and_publish
-from publish.catalog import to_graph
-from publish.release import latest_release
+from publish.catalog import PLACEHOLDER_BASE, build_catalog, to_graph
+from publish.release import Release, latest_release
 from transforms.stage import stage_segments
 from warehouse.db import connect
 from warehouse.layout import Layout
@@ -22,6 +24,8 @@ from warehouse.layout import Layout
 pytestmark = pytest.mark.integration
 DCAT = rdflib.Namespace("http://www.w3.org/ns/dcat#")
 DCTERMS = rdflib.Namespace("http://purl.org/dc/terms/")
+FOAF = rdflib.Namespace("http://xmlns.com/foaf/0.1/")
+VCARD = rdflib.Namespace("http://www.w3.org/2006/vcard/ns#")
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 SENSOR_COMMUNITY = "Sensor.Community (https://sensor.community) contributors, archive.sensor.community"
@@ -103,3 +107,104 @@ def test_the_attribution_of_the_citizen_stations_is_in_their_data_package_and_th
             assert {g.value(d, DCTERMS.rights) for d in distributions} == {statement}
         odbl = g.value(datasets["civicflow-air_quality-aberdeen"], DCTERMS.license)
         assert str(odbl) == ODBL["path"]
+
+
+SHAPES = Path(__file__).parent / "data" / "dcat-ap-3.0.1"
+SH = rdflib.Namespace("http://www.w3.org/ns/shacl#")
+GSS = "http://statistics.data.gov.uk/id/statistical-geography/"
+# Recommended properties the catalogue leaves out on purpose: (focus node, path) -> why.
+DCAT_AP_EXCEPTIONS = {
+    # Civicflow's own agent publishes the catalogue for whoever runs the deployment, whose kind of
+    # organisation (council, combined authority, company) Civicflow is not told.
+    ("catalog.jsonld#civicflow", "http://purl.org/dc/terms/type"): "the deployment's kind is unknown",
+    # A council whose devices have no position in its registry file (Birmingham's car parks,
+    # Aberdeen's unlisted citizen stations) is located by its area's GSS code alone: Civicflow has
+    # no box or centre for it, and the statistical geography's own URI describes the area.
+    **{
+        (f"{GSS}{code}", f"http://www.w3.org/ns/dcat#{p}"): "an area known only by its GSS code"
+        for code in ("E08000025", "S12000033")
+        for p in ("bbox", "centroid")
+    },
+}
+
+
+def dcat_ap_problems(graph: rdflib.Graph) -> tuple[list[tuple[str, str, str]], str]:
+    """Every violation and warning of the DCAT-AP 3.0.1 shapes not in DCAT_AP_EXCEPTIONS, and the text."""
+    shapes = rdflib.Graph()
+    for name in ("dcat-ap-SHACL.ttl", "shapes_recommended.ttl"):
+        shapes.parse(SHAPES / name, format="turtle")
+    _, report, text = pyshacl.validate(
+        graph, shacl_graph=shapes, inference="none", advanced=True, allow_warnings=False
+    )
+    problems = []
+    for result in report.subjects(rdflib.RDF.type, SH.ValidationResult):
+        node = str(report.value(result, SH.focusNode)).removeprefix(PLACEHOLDER_BASE)
+        node = node.removeprefix(BASE_URL)
+        path = str(report.value(result, SH.resultPath))
+        if (node, path) not in DCAT_AP_EXCEPTIONS:
+            problems.append((str(report.value(result, SH.resultSeverity)), node, path))
+    return sorted(problems), text
+
+
+BASE_URL = "https://data.example.org/published/"
+
+
+def test_the_catalogue_passes_the_dcat_ap_3_shapes_recommended_ones_included(sample_release):
+    layout = sample_release
+    registry = load_registry()
+    written = to_graph(json.loads(layout.catalog("jsonld").read_text()))
+    turtle = rdflib.Graph().parse(
+        data=layout.catalog("ttl").read_text(), format="turtle", publicID=PLACEHOLDER_BASE
+    )
+    for graph in (written, turtle):
+        problems, text = dcat_ap_problems(graph)
+        assert problems == [], text
+
+    # The same release behind a base URL, its car parks with positions: landing pages, and the
+    # box around the devices instead of the GSS code.
+    pointer = json.loads(layout.latest_pointer.read_text())
+    release = Release(
+        pointer["release"],
+        layout.releases / pointer["release"],
+        datetime.fromisoformat(pointer["published_at"]),
+        tuple(pointer["datasets"]),
+    )
+    birmingham = registry.councils["birmingham"]
+    placed = birmingham.model_copy(
+        update={
+            "devices": tuple(
+                d.model_copy(update={"lat": 52.47 + i / 1000, "lon": -1.90 - i / 1000})
+                for i, d in enumerate(birmingham.devices)
+            )
+        }
+    )
+    councils = {**registry.councils, "birmingham": placed}
+    graph = to_graph(build_catalog(layout, release, BASE_URL, councils), BASE_URL)
+    problems, text = dcat_ap_problems(graph)
+    assert problems == [], text
+
+    ds = {str(graph.value(d, DCTERMS.identifier)): d for d in graph.subjects(rdflib.RDF.type, DCAT.Dataset)}
+    parking, air = ds["civicflow-parking-birmingham"], ds["civicflow-air_quality-aberdeen"]
+    assert str(graph.value(parking, DCAT.landingPage)) == f"{BASE_URL}datasets/parking?council=birmingham"
+    area = graph.value(parking, DCTERMS.spatial)
+    assert len(birmingham.devices) == 30
+    west, north = -1.929, 52.499  # the 30th car park's
+    assert str(graph.value(area, DCAT.bbox)) == (
+        f"POLYGON(({west} 52.47, -1.9 52.47, -1.9 {north}, {west} {north}, {west} 52.47))"
+    )
+    assert str(graph.value(area, DCAT.centroid)) == "POINT(-1.914500 52.484500)"
+    assert str(graph.value(area, DCTERMS.isPartOf)) == f"{GSS}E08000025"
+    assert str(graph.value(air, DCTERMS.spatial)) == f"{GSS}S12000033"
+    for dataset, council in ((parking, "birmingham"), (air, "aberdeen")):
+        contact = graph.value(dataset, DCAT.contactPoint)
+        assert str(graph.value(contact, VCARD.hasEmail)) == f"mailto:open-data@{council}.invalid"
+        publisher = graph.value(dataset, DCTERMS.publisher)
+        assert str(graph.value(publisher, FOAF.name)) == registry.councils[council].name
+        assert str(graph.value(publisher, DCTERMS.type)).endswith("/publishertype/LocalAuthority")
+        for dist in graph.objects(dataset, DCAT.distribution):
+            assert str(graph.value(dist, DCTERMS.description)).startswith(("Air quality", "Car park"))
+    # The attribution stays each council's rights statement.
+    statement = graph.value(air, DCTERMS.rights)
+    assert str(graph.value(statement, rdflib.RDFS.label)) == SENSOR_COMMUNITY
+    # A dataset keeps the time it was first released; the catalogue was written at the release.
+    assert graph.value(air, DCTERMS.issued).toPython() == NOW
