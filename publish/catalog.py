@@ -28,6 +28,7 @@ from civicflow.contract import DATASETS, LICENCE, Domain
 from civicflow.registry import CouncilRegistry, council_title
 from publish.datapackage import archive_of
 from publish.datapackage import rights as rights_of
+from publish.devices import is_devices
 from warehouse.aggregates import DEFAULT_INTERVAL_S
 from warehouse.layout import Layout
 
@@ -313,6 +314,8 @@ def build_catalog(
         day_of: dict[str, str] = {}
         what: dict[str, tuple[str, str]] = {}
         for resource in package["resources"]:
+            if is_devices(resource):  # every council's devices in one file: no council's distribution
+                continue
             archive = archive_of(resource)
             if archive is not None:  # not in the manifest, which lists the ledger's day files
                 by_council[archive["council"]].append(resource)

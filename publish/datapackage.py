@@ -29,7 +29,9 @@ import duckdb
 
 from civicflow import __version__
 from civicflow.contract import CONTRACT_VERSION, LICENCE, OGL_ATTRIBUTION, Dataset
+from civicflow.registry import CouncilRegistry, build_registry
 from publish.archives import write_archives
+from publish.devices import devices_resource, write_devices
 from publish.files import MEDIA_TYPES, columns_schema, replace_into_place, table_schema
 from publish.partition import READINGS
 from warehouse.aggregates import KINDS, columns, primary_key
@@ -173,6 +175,7 @@ def write_datapackage(
     layout: Layout,
     dataset: Dataset,
     licences: Mapping[str, dict] | None = None,
+    councils: Mapping[str, CouncilRegistry] | None = None,
 ) -> Path:
     """Rebuild `datapackage.json` of a dataset, and its Table Schema files, from the ledger.
 
@@ -211,6 +214,14 @@ def write_datapackage(
         )
     everything = [r for council in sorted(by_council) for r in by_council[council]]
     everything.sort(key=lambda r: _KIND_ORDER[_kind_of(r)])
+    # Last, the devices and where they are (publish/devices.py): `councils` gives their models,
+    # reporting intervals and which are citizen-hosted.
+    registry = build_registry(list(councils.values())) if councils else None
+    devices = devices_resource(dataset.domain.value, write_devices(con, folder, dataset, registry))
+    owners = {json.dumps(licences.get(c), sort_keys=True) for c in by_council}
+    if len(owners) == 1:  # every council's data under one licence: the listing is under it too
+        devices = _licensed(devices, licences.get(next(iter(by_council))))
+    everything.append(devices)
     path = folder / "datapackage.json"
     _write_json(path, _package(dataset, everything, sorted(by_council), licences), indent=2)
     return path

@@ -211,7 +211,7 @@ def release(
                 json.dumps(quality[name], indent=2) + "\n",
             )
         if any(p.domain == name for p in waiting) or current is None:
-            write_datapackage(con, layout, dataset, licences)
+            write_datapackage(con, layout, dataset, licences, councils)
     cut = None
     if _published_domains(layout) and (waiting or current is None or _changed(layout)):
         cut = _cut(layout, now, keep, base_url, manifest=_manifest(con), councils=councils)

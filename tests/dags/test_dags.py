@@ -219,7 +219,7 @@ def test_each_dag_runs_through_dag_test_on_real_data(tmp_path, airflow_home, mon
     readings = [r for r in package["resources"] if r["path"].startswith("council=")]
     assert len(readings) == 2 * 6  # Parquet and CSV for 2016-10-04..09
     # and the hourly, daily and council aggregates, and the month's and the year's archives
-    assert len(package["resources"]) == 4 * 2 * 6 + 2 * 2
+    assert len(package["resources"]) == 4 * 2 * 6 + 2 * 2 + 1  # and devices.geojson
 
     # The hourly staging run with nothing new skipped: no Asset event, so no publish run follows.
     assert [state for *_, state in task_states(home, "civicflow_stage", "merge")] == ["skipped", "success"]

@@ -106,7 +106,12 @@ def test_every_domains_data_package_passes_frictionless_validate_as_a_whole(wh, 
         package = json.loads(package_path.read_text())
         assert package["profile"] == "data-package"
         formats = {(r["format"], r["profile"]) for r in package["resources"]}
-        assert formats == {("csv", "tabular-data-resource"), ("parquet", "data-resource")}
+        assert formats == {
+            ("csv", "tabular-data-resource"),
+            ("parquet", "data-resource"),
+            ("geojson", "data-resource"),  # devices.geojson, the last resource
+        }
+        assert package["resources"].pop()["path"] == "devices.geojson"
         # Every resource names its kind's Table Schema file, one beside the package per kind.
         schemas = {
             name: json.loads((package_path.parent / name).read_text())
