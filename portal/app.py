@@ -37,6 +37,7 @@ from civicflow.contract import DATASETS, Domain
 from portal.apidoc import operations
 from portal.changelog import changelog
 from portal.chart import hourly_chart
+from portal.devices import add_devices, devices_section
 from portal.http import (
     EXPOSED_HEADERS,
     IMMUTABLE,
@@ -338,6 +339,7 @@ def create_app(
             "resolution": _resolution(Domain(dataset)),
             "fields": ds.schema("readings").get("fields", []),
             "chart": _chart(ds, council or ds.councils[0], device, measure),
+            "devices": devices_section(ds, dataset),
             "base": f"/releases/{current.id}/{dataset}",
         }
         return page(request, "dataset.html", context)
@@ -477,6 +479,11 @@ def create_app(
                 for name, ds in current.datasets.items()
             ],
         }
+
+    # Before the rows below, whose {kind} would take `devices` (portal/devices.py).
+    add_devices(
+        app, release=release, dataset_of=dataset_of, validators=validators, page=page, datasets=Dataset
+    )
 
     @app.get(
         "/api/datasets/{dataset}/{kind}",

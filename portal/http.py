@@ -31,6 +31,7 @@ MEDIA_TYPES = {
     ".jsonld": "application/ld+json",
     ".ttl": "text/turtle",
     ".html": "text/html",
+    ".geojson": "application/geo+json",
 }
 EXPOSED_HEADERS = (
     "Link",

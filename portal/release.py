@@ -24,13 +24,14 @@ import orjson
 
 from civicflow.contract import DATASETS, LICENCE, Domain
 from publish.datapackage import archive_of, council_package_file, rights
+from publish.devices import DEVICES_FILE
 from publish.release import RELEASE_RE, latest_release, releases
 from warehouse.layout import Layout
 
 KINDS = ("readings", "hourly", "daily", "council_daily")
 """What the API and downloads serve: the readings and the three aggregates (docs/queries.md)."""
 PARTITION_RE = re.compile(r"(?:^|/)council=([^/]+)/date=(\d{4}-\d{2}-\d{2})/")
-METADATA_FILES = ("datapackage.json", "schema.json", "quality.json")
+METADATA_FILES = ("datapackage.json", "schema.json", "quality.json", DEVICES_FILE)
 SCHEMA_FILES = tuple(f"schema-{kind}.json" for kind in KINDS[1:])
 """The aggregates' Table Schemas, which their resources name by path (docs/publication.md)."""
 

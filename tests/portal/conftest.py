@@ -12,6 +12,7 @@ import uvicorn
 from factories import LIMITS, car_park, land
 from fastapi.testclient import TestClient
 
+from civicflow.registry import CouncilRegistry, build_registry
 from jobs.publication import gate_and_publish
 from portal.app import create_app
 from transforms.stage import stage_segments
@@ -27,20 +28,50 @@ ODBL = {
 }
 
 
+P1_AT = (52.4796241, -1.9026911)
+"""Where p1's readings say it is (its council's own car park: published as sent)."""
+S1_AT = (57.1381234, -2.0771234)
+"""Where s1's readings say it is (a citizen's station: published rounded to 3 decimals)."""
+P2_AT = (52.4776, -1.8971)
+"""Where the registry says p2 is (its readings carry no position)."""
+REGISTRY = build_registry(
+    [
+        CouncilRegistry.model_validate(
+            {
+                "council": "testtown",
+                "quality": {"reporting_interval_s": {"p1": 1800}},
+                "devices": [
+                    {"device_id": "p1", "domain": "parking", "total_spots": 100},
+                    {"device_id": "p2", "domain": "parking", "lat": P2_AT[0], "lon": P2_AT[1]},
+                ],
+            }
+        ),
+        CouncilRegistry.model_validate({"council": "citizens", "citizen_hosted": True}),
+    ]
+)
+
+
 def air(device: str, observed_at: str, pm10: float, no2: float) -> tuple[str, dict]:
-    return (f"city/citizens/air_quality/{device}", {"observed_at": observed_at, "pm10": pm10, "no2": no2})
+    payload = {"observed_at": observed_at, "pm10": pm10, "no2": no2, "lat": S1_AT[0], "lon": S1_AT[1]}
+    return (f"city/citizens/air_quality/{device}", payload)
+
+
+def positioned(message: tuple[str, dict], at: tuple[float, float]) -> tuple[str, dict]:
+    return message[0], {**message[1], "lat": at[0], "lon": at[1]}
 
 
 @pytest.fixture(scope="session")
 def released(tmp_path_factory) -> Layout:
-    """Parking of testtown (OGL) over two days and air quality of citizens (ODbL), one release."""
+    """Parking of testtown (OGL) over two days and air quality of citizens (ODbL), one release.
+
+    p1 and s1 send their positions, p2 has one in REGISTRY; citizens' stations are citizen-hosted."""
     layout = Layout(tmp_path_factory.mktemp("portal") / "data")
     con = connect(layout.warehouse)
     land(
         layout,
         [
             *(
-                car_park("p1", f"2016-10-0{d}T{h:02d}:{m:02d}:00Z", 10 + h)
+                positioned(car_park("p1", f"2016-10-0{d}T{h:02d}:{m:02d}:00Z", 10 + h), P1_AT)
                 for d in (4, 5)
                 for h in range(8, 12)
                 for m in (0, 30)
@@ -50,7 +81,7 @@ def released(tmp_path_factory) -> Layout:
         ],
     )
     stage_segments(layout, con, LIMITS)
-    result = gate_and_publish(layout, con, now=NOW, licences={"citizens": ODBL})
+    result = gate_and_publish(layout, con, now=NOW, licences={"citizens": ODBL}, registry=REGISTRY)
     con.close()
     # Three partitions, every device of every day published (no day or device held back), one release.
     assert (result.published, result.held_back, result.devices_held, result.released) == (3, [], [], 3)

@@ -80,7 +80,12 @@ def calendar_edges() -> Iterator[None]:
 def test_no_generated_request_gets_a_server_error(portal_url, calendar_edges):
     schema = schemathesis.openapi.from_url(f"{portal_url}/openapi.json")
     operations = {result.ok().path: result.ok() for result in schema.get_all_operations()}
-    assert sorted(operations) == ["/api/datasets", "/api/datasets/{dataset}/{kind}", "/api/releases"]
+    assert sorted(operations) == [
+        "/api/datasets",
+        "/api/datasets/{dataset}/devices",
+        "/api/datasets/{dataset}/{kind}",
+        "/api/releases",
+    ]
     seen: dict[int, int] = {}
     with requests.Session() as session:
 
@@ -104,6 +109,7 @@ def test_no_generated_request_gets_a_server_error(portal_url, calendar_edges):
         run(operations["/api/releases"], GenerationMode.POSITIVE, st.none(), st.just({}))
         rows = operations["/api/datasets/{dataset}/{kind}"]
         released = st.sampled_from(["parking", "air_quality"])
+        run(operations["/api/datasets/{dataset}/devices"], GenerationMode.POSITIVE, released, st.just({}))
         run(rows, GenerationMode.POSITIVE, released, RANGES)
         run(rows, GenerationMode.NEGATIVE, st.one_of(st.none(), released), EDGES)
     # The edges reached both sides: rows answered, and parameters refused with a 422.

@@ -119,7 +119,7 @@ def test_download_links_return_the_exact_published_bytes(client, released):
         if relpath in by_path:
             assert "sha256:" + hashlib.sha256(body.content).hexdigest() == by_path[relpath]["hash"]
             checked += 1
-    assert checked == 12  # 2 days x (readings, hourly, daily) x (Parquet, CSV)
+    assert checked == 12 + 1  # 2 days x (readings, hourly, daily) x (Parquet, CSV), devices.geojson
     assert f"/releases/{release.name}/parking/datapackage.json" in links
 
 
@@ -160,6 +160,7 @@ def test_api_reference_is_a_page_of_the_portal_with_nothing_from_elsewhere(clien
     assert "<script" not in html and "cdn" not in html.lower()  # works on a closed network
     assert re.findall(r"<h3><code>(GET [^<]+)</code></h3>", html) == [
         "GET /api/datasets",
+        "GET /api/datasets/{dataset}/devices",
         "GET /api/datasets/{dataset}/{kind}",
         "GET /api/releases",
     ]
@@ -187,6 +188,7 @@ def test_api_reference_is_a_page_of_the_portal_with_nothing_from_elsewhere(clien
     assert client.get("/redoc").status_code == 404
     assert client.get("/openapi.json").json()["paths"].keys() == {
         "/api/datasets",
+        "/api/datasets/{dataset}/devices",
         "/api/datasets/{dataset}/{kind}",
         "/api/releases",
     }

@@ -1,0 +1,94 @@
+"""A map of devices as inline SVG, drawn on the server: no tile server, no JavaScript.
+
+The devices' positions are projected with Web Mercator onto their bounding box (with a margin, and
+at least MIN_SPAN_DEG across so that one device or a tight cluster is not blown up to the frame),
+each drawn as a circle linking to its device page, with a <title> tooltip. A scale bar (metres or
+kilometres at the map's central latitude) and a north arrow stand in for the outlines and streets
+a tile server would give; the devices table beside the map is its text alternative.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
+
+WIDTH, HEIGHT, MARGIN = 640, 400, 30
+MIN_SPAN_DEG = 0.01
+"""Smallest extent drawn, in degrees of latitude and longitude (about 1 km)."""
+EARTH_M_PER_DEG = 111_320.0
+"""Metres per degree of longitude at the equator (WGS84, rounded)."""
+
+
+@dataclass(frozen=True)
+class Point:
+    lat: float
+    lon: float
+    label: str
+    href: str
+
+
+def _mercator_y(lat: float) -> float:
+    """Web Mercator's northing in degrees of longitude at the equator (y grows northwards)."""
+    return math.degrees(math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)))
+
+
+def _nice(metres: float) -> float:
+    """The largest of 1, 2 and 5 times a power of ten at or below `metres`."""
+    power = 10 ** math.floor(math.log10(metres))
+    return max(step * power for step in (1, 2, 5) if step * power <= metres)
+
+
+def device_map(points: Sequence[Point], title: str, map_id: str = "map") -> str:
+    """SVG of the points (one circle each, linked, titled) with a scale bar and a north arrow;
+    empty if there are none."""
+    if not points:
+        return ""
+    lats, lons = [p.lat for p in points], [p.lon for p in points]
+    mid_lat, mid_lon = (min(lats) + max(lats)) / 2, (min(lons) + max(lons)) / 2
+    half_lat = max(max(lats) - min(lats), MIN_SPAN_DEG) / 2
+    half_lon = max(max(lons) - min(lons), MIN_SPAN_DEG) / 2
+    x0, x1 = mid_lon - half_lon, mid_lon + half_lon
+    y0 = _mercator_y(max(-85.0, mid_lat - half_lat))
+    y1 = _mercator_y(min(85.0, mid_lat + half_lat))
+    # One scale for both axes (Mercator is conformal): whichever extent fills the frame first.
+    k = min((WIDTH - 2 * MARGIN) / (x1 - x0), (HEIGHT - 2 * MARGIN) / (y1 - y0))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+
+    def xy(lat: float, lon: float) -> tuple[float, float]:
+        return WIDTH / 2 + (lon - cx) * k, HEIGHT / 2 - (_mercator_y(lat) - cy) * k
+
+    circles = []
+    for p in points:
+        x, y = xy(p.lat, p.lon)
+        circles.append(
+            f'<a href="{escape(p.href)}"><circle class="device" cx="{x:.1f}" cy="{y:.1f}" r="6" '
+            f'fill="#0b4f8a" fill-opacity="0.8" stroke="#fff" stroke-width="1.5">'
+            f"<title>{escape(p.label)}</title></circle></a>"
+        )
+    # Scale bar: pixels per metre at the central latitude (Mercator stretches by 1/cos(lat)).
+    px_per_m = k / (EARTH_M_PER_DEG * math.cos(math.radians(mid_lat)))
+    bar_m = _nice((WIDTH / 4) / px_per_m)
+    bar_px = bar_m * px_per_m
+    label = f"{bar_m / 1000:g} km" if bar_m >= 1000 else f"{bar_m:g} m"
+    sx, sy = MARGIN / 2, HEIGHT - MARGIN / 2
+    scale = (
+        f'<g class="scale"><line x1="{sx}" y1="{sy}" x2="{sx + bar_px:.1f}" y2="{sy}" stroke="#222" '
+        f'stroke-width="3"/><text x="{sx}" y="{sy - 6}" font-size="12" fill="#222">{label}</text></g>'
+    )
+    nx, ny = WIDTH - MARGIN / 2 - 8, MARGIN / 2
+    north = (
+        f'<g class="north"><path d="M{nx} {ny} l8 24 l-8 -6 l-8 6 z" fill="#222"/>'
+        f'<text x="{nx}" y="{ny + 38}" font-size="12" fill="#222" text-anchor="middle">N</text></g>'
+    )
+    return (
+        f'<svg role="group" aria-labelledby="{map_id}-title" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'width="{WIDTH}" height="{HEIGHT}" xmlns="http://www.w3.org/2000/svg" class="device-map">'
+        f'<title id="{map_id}-title">{escape(title)}</title>'
+        f'<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#f4f6f8" stroke="#bbb"/>'
+        + "".join(circles)
+        + scale
+        + north
+        + "</svg>"
+    )
