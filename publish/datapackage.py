@@ -185,6 +185,9 @@ def write_datapackage(
     `licences` maps a council to the licence its data must carry when that is not the Open
     Government Licence (citizen-science data under ODbL, say). Those councils' resources, and the
     aggregates built from them, name their own licence; the package lists every licence used.
+
+    Last, the dataset's `devices.geojson` (publish/devices.py), with `councils`' registry files for
+    its models, reporting intervals and citizen-hosted devices.
     """
     licences = licences or {}
     ledger = publications(con, dataset.domain.value)
