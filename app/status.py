@@ -33,8 +33,9 @@ RUNS_SQL = """
     ORDER BY coalesce(start_date, queued_at) DESC"""
 FAILED_TASKS_SQL = """
     SELECT task_id FROM task_instance
-    WHERE dag_id = :dag_id AND run_id = :run_id AND state IN ('failed', 'upstream_failed')
+    WHERE dag_id = :dag_id AND run_id = :run_id AND state = 'failed'
     ORDER BY task_id"""
+"""The tasks that failed themselves: those left `upstream_failed` behind them did not run."""
 
 
 @dataclass
