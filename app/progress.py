@@ -3,14 +3,16 @@
 On a terminal, rich as usual: tables as wide as the terminal, progress bars and spinners. Anywhere
 else (a log file, a pipe, CI, cron) tables are printed at their full width, never cut or wrapped
 at 80 columns, and progress is a few plain lines (each phase's start, every tenth of the way, its
-end) instead of bars redrawn in place. `COLUMNS` still sets the width when it is set.
+end) instead of bars redrawn in place. The same holds for stderr, where errors go: a message is one
+line however long it is. `COLUMNS` sets a terminal's width only: outside a terminal it is ignored,
+as it is seldom the user's choice there but inherited (a Python process that loaded GNU readline,
+pytest's for one, exports LINES and COLUMNS to its children: 24 by 80 when it has no terminal).
 
 Each progress display is a context manager that yields the callback the operation takes.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -47,14 +49,16 @@ def on_a_terminal(console: Console) -> bool:
 def output_console(*, stderr: bool = False) -> Console:
     """A console on stdout (or stderr) as it is now: a terminal's width, or no width limit at all.
 
-    Not a terminal and no `COLUMNS`: lines and table cells are never cropped or wrapped (a table
-    is as wide as its widest row); colours as rich decides (off, unless FORCE_COLOR). Make one
-    per command: it reads what stdout is when it is made.
+    Not a terminal, whatever `COLUMNS`, `TERM` or FORCE_COLOR say: lines, messages and table cells
+    are never cropped or wrapped (a table is as wide as its widest row); colours as rich decides
+    (off, unless FORCE_COLOR), and then only where a command asks for them: rich does not pick out
+    numbers and paths, so a coloured log still reads `1/10 segments`, not escape codes around each
+    number. Make one per command: it reads what the stream is when it is made.
     """
     console = Console(stderr=stderr)
-    if on_a_terminal(console) or os.environ.get("COLUMNS", "").isdigit():
+    if on_a_terminal(console):
         return console
-    return Console(stderr=stderr, width=UNBOUNDED_WIDTH, soft_wrap=True)
+    return Console(stderr=stderr, width=UNBOUNDED_WIDTH, soft_wrap=True, highlight=False)
 
 
 def _bar(console: Console) -> Progress:

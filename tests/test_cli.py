@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 
 import pytest
 
@@ -68,26 +69,42 @@ def test_text_logs_show_extras_and_a_plain_traceback(root_logger):
 
 
 @pytest.mark.unit
-def test_a_console_outside_a_terminal_neither_crops_nor_wraps(monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"COLUMNS": "80", "LINES": "24"},  # what a parent that loaded readline exports (CI, pytest -n)
+        {"COLUMNS": None, "TERM": None, "FORCE_COLOR": "1", "CI": "true"},  # colours in a CI log
+        {"COLUMNS": "100", "TERM": "dumb"},
+    ],
+    ids=["inherited-80-columns", "ci-force-color-no-term", "dumb-100-columns"],
+)
+def test_a_console_outside_a_terminal_neither_crops_nor_wraps(environ, monkeypatch, capsys):
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
     from app.progress import UNBOUNDED_WIDTH, output_console
 
-    monkeypatch.delenv("COLUMNS", raising=False)
-    monkeypatch.setenv("FORCE_COLOR", "1")  # colours in a CI log: still not a terminal's width
-    console = output_console()  # pytest's captured stdout is not a terminal
-    assert console.width == UNBOUNDED_WIDTH
-    table = Table("device", "detail", "data docs")
-    table.add_row(Text("p9"), Text("quarantine_share " * 12), Text("/srv/civicflow/" + "v" * 150))
-    console.print(table)
-    console.print("a line of " + "x" * 300)
-    out = capsys.readouterr().out
-    [row] = [line for line in out.splitlines() if "p9" in line]
-    assert "quarantine_share " * 11 in row and "/srv/civicflow/" + "v" * 150 in row
-    assert "a line of " + "x" * 300 in out.splitlines()
-    monkeypatch.setenv("COLUMNS", "100")
-    assert output_console().width == 100  # an explicit width still wins
+    for name, value in environ.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    message = "X_ROOT is not a setting: " + "a word " * 40 + "[bold] stays literal"
+    for stderr in (False, True):  # pytest's captured stdout and stderr are not terminals
+        console = output_console(stderr=stderr)
+        assert console.width == UNBOUNDED_WIDTH
+        table = Table("device", "detail", "data docs")
+        table.add_row(Text("p9"), Text("quarantine_share " * 12), Text("/srv/civicflow/" + "v" * 150))
+        console.print(table)
+        console.print("a line of " + "x" * 300)
+        console.print(f"[red]error:[/] {escape(message)}")
+    for printed in capsys.readouterr():
+        lines = re.sub(r"\x1b\[[0-9;]*m", "", printed).splitlines()  # as a terminal shows the colours
+        [row] = [line for line in lines if "p9" in line]
+        assert "quarantine_share " * 11 in row and "/srv/civicflow/" + "v" * 150 in row
+        assert "a line of " + "x" * 300 in lines
+        assert f"error: {message}" in lines
 
 
 @pytest.mark.unit

@@ -124,6 +124,7 @@ def test_the_command_prints_the_refusal_and_exits_2(monkeypatch, capsys):
     from app.cli import main
 
     monkeypatch.setenv("CIVICFLOW_DATAROOT", "/srv/civicflow")
+    monkeypatch.setenv("COLUMNS", "80")  # as CI passes it down; stderr is not a terminal: no wrapping
     monkeypatch.setattr(sys, "argv", ["civicflow", "status", "--no-probe"])
     with pytest.raises(SystemExit) as exited:
         main()
