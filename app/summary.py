@@ -189,8 +189,8 @@ def _rows(n: int) -> str:
 def print_held_back(console: Console, held: list[HeldBack], *, data_root: Path) -> None:
     """One line per held-back day: the whole day, or each held device, with the rules it failed.
 
-    Then the Data Docs pages of those decisions (a page covers every partition of its GX run, so
-    usually one) and how to override a hold.
+    Then the first of their Data Docs pages (one per partition version; `civicflow release list`
+    names each) and how to override a hold.
     """
     from warehouse.partitions import GATE_ERROR
 
@@ -288,8 +288,8 @@ def print_summary(
         console.print(f"DCAT-AP catalogue of the current release: [bold]{escape(s.catalog)}[/] (and .ttl)")
     if s.data_docs:
         console.print(
-            f"Great Expectations Data Docs of every validation: [bold]{escape(s.data_docs)}[/]"
-            + escape("/<domain>/council=<c>/date=<d>/v<version>/index.html")
+            f"Data Docs of every partition a release holds: [bold]{escape(s.data_docs)}[/]"
+            + escape("/<domain>/council=<c>/date=<d>/v<version>.html (and in each release)")
         )
     console.print("Published data packages:")
     for domain in DOMAINS:

@@ -16,8 +16,9 @@ dataset with the same thresholds are judged together in one Great Expectations r
 
 A data engineer's approval (`warehouse.partitions.record_approval`) lifts the holds of a version,
 for one device or all of it; the rows it lets through carry the failed rules in `qc_flag`.
-This module decides and reports (the JSON report and the Data Docs page under
-`data/validations/`); the publish stage writes what a decision publishes, and records it.
+This module decides and reports (the JSON report under `data/validations/`, which names the
+partition's own Data Docs page, written from the recorded decision by the release step:
+`expectations.docs`); the publish stage writes what a decision publishes, and records it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import pyarrow.parquet as pq
 from civicflow.contract import DATASETS, Domain
 from civicflow.registry import Registry
 from civicflow.settings import QualitySettings
-from expectations.docs import data_docs_path, validation_dir, write_data_docs
+from expectations.docs import data_docs_path, validation_dir
 from expectations.gate import Evaluation, Part, evaluate_batch
 from expectations.quality import load_inputs
 from warehouse.layout import Layout
@@ -98,13 +99,12 @@ def judge_partitions(
     for members in groups.values():
         for batch in _batches(members):
             evaluations = _evaluate(batch, now)
-            pages = _write_docs(layout, batch, evaluations)
             for member, evaluation in zip(batch, evaluations, strict=True):
                 if isinstance(evaluation, BaseException):
                     decided[member.ref] = gate_error(member.ref, evaluation, now)
                     continue
                 try:
-                    report = _record_report(layout, member.ref, evaluation, pages.get(id(evaluation.result)))
+                    report = _record_report(layout, member.ref, evaluation)
                     decided[member.ref] = decide(
                         member.ref, member.table, evaluation, report, approvals(con, member.ref)
                     )
@@ -139,30 +139,17 @@ def _evaluate(batch: list[_Member], now: datetime) -> list[Evaluation | BaseExce
         return [_evaluate([m], now)[0] for m in batch]
 
 
-def _write_docs(
-    layout: Layout, batch: list[_Member], evaluations: list[Evaluation | BaseException]
-) -> dict[int, str]:
-    """One Data Docs page per GX run, beside the report of the first partition it judged."""
-    pages: dict[int, str] = {}
-    for member, evaluation in zip(batch, evaluations, strict=True):
-        if isinstance(evaluation, BaseException) or id(evaluation.result) in pages:
-            continue
-        ref = member.ref
-        path = data_docs_path(layout, ref.domain, ref.council, ref.event_date, ref.version)
-        try:
-            write_data_docs(evaluation.result, path)
-        except Exception:  # noqa: BLE001 - a decision without its page is still a decision
-            log.exception("could not render the Data Docs of %s", ref.label)
-            continue
-        pages[id(evaluation.result)] = path.relative_to(layout.root).as_posix()
-    return pages
+def _record_report(layout: Layout, ref: PartitionRef, evaluation: Evaluation) -> dict[str, Any]:
+    """Write the JSON report of a decision under `data/validations/`; return it as stored.
 
-
-def _record_report(
-    layout: Layout, ref: PartitionRef, evaluation: Evaluation, data_docs: str | None
-) -> dict[str, Any]:
-    """Write the JSON report of a decision under `data/validations/`; return it as stored."""
-    report = evaluation.report.to_json() | {"data_docs": data_docs, "partition": ref.to_json()}
+    It names the partition's Data Docs page (relative to the data root), which the release step
+    writes beside it (`expectations.docs.write_pages`).
+    """
+    page = data_docs_path(layout, ref.domain, ref.council, ref.event_date, ref.version)
+    report = evaluation.report.to_json() | {
+        "data_docs": page.relative_to(layout.root).as_posix(),
+        "partition": ref.to_json(),
+    }
     path = validation_dir(layout, ref.domain, ref.council, ref.event_date) / f"v{ref.version}.json"
     _write_json(path, report)
     return report

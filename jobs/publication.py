@@ -258,11 +258,12 @@ def release_step(
     storage: StorageSettings | None = None,
     registry: Registry | None = None,
 ):
-    """Rebuild quality summaries and data packages and cut the release (`publish.release`).
+    """Rebuild quality summaries, data packages and Data Docs and cut the release (`publish.release`).
 
     With an object store (`storage.url`; None: `CIVICFLOW_STORAGE__URL` from the environment), the
     release `latest` points at is then published there (`publish.objectstore`).
     """
+    from expectations.docs import write_pages
     from expectations.summary import quality_summary
     from publish.objectstore import publish_to_store
     from publish.release import release
@@ -270,6 +271,7 @@ def release_step(
     pub = publication or PublishSettings()
     domains = {Domain(d) for d in judged} | set(domains_published(con))
     summaries = {d.value: quality_summary(con, d, now) for d in sorted(domains)}
+    docs = write_pages(con, layout)  # the Data Docs of every partition the release holds
     outcome = release(
         con,
         layout,
@@ -279,6 +281,8 @@ def release_step(
         keep=pub.keep_releases,
         base_url=pub.base_url,
         ckan=pub.ckan,
+        data_docs=docs.pages,
+        stylesheets=docs.stylesheets,
         councils=registry.councils if registry is not None else None,
     )
     # Object storage (docs/scaling.md): the local release is cut; publish it to the store and switch

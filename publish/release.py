@@ -10,7 +10,9 @@ new symlink over the old one - one atomic step - and writes `latest.json`, the s
 consumers that cannot follow symlinks (HTTP mirrors, object stores). The DCAT-AP catalogue of the
 new release replaces `catalog.jsonld` and `catalog.ttl`, and releases beyond the retention are
 removed last. Each release carries `manifest.json`: every file it holds with its dataset, council,
-date, kind, format, bytes, sha256 and the partition version it came from. Only once `latest` points
+date, kind, format, bytes, sha256 and the partition version it came from, and the Data Docs page
+of every partition version it publishes or holds back (`<domain>/data-docs/`, linked from
+`data/validations/`; the manifest names each). Only once `latest` points
 at the new release are the ledger's pending publications marked as in it, so the ledger never claims
 a publication no release holds; after a crash in between, the next run finds the pending
 publications already in `latest`'s manifest and marks them, or cuts the release they need. A
@@ -51,6 +53,9 @@ from warehouse.partitions import (
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+DATA_DOCS = "data-docs"
+"""A dataset's Data Docs in a release: `<dataset>/data-docs/council=<c>/date=<d>/v<version>.html`."""
+DATA_DOCS_STYLESHEET = "data-docs.css"
 RELEASE_RE = re.compile(r"^(\d{6})-(\d{8}T\d{6}Z)$")
 
 
@@ -180,6 +185,8 @@ def release(
     keep: int = 5,
     base_url: str | None = None,
     ckan: CkanSettings | None = None,
+    data_docs: Mapping[PartitionRef, Path] | None = None,
+    stylesheets: Mapping[str, Path] | None = None,
     councils: Mapping[str, CouncilRegistry] | None = None,
 ) -> ReleaseOutcome:
     """Put every pending publication into a release that `latest` points at; mark the ledger.
@@ -187,6 +194,10 @@ def release(
     Args:
         quality: Dataset -> its quality summary (`expectations.summary`), written as `quality.json`.
         licences: Council -> the licence its data carries, when not the Open Government Licence.
+        data_docs: Partition version -> its Data Docs page (`expectations.docs.write_pages`): the
+            release holds the page of every version it publishes or holds back, which
+            `manifest.json` names.
+        stylesheets: Dataset -> the stylesheet its pages name, held once per dataset.
         councils: Council -> its registry file, for the catalogue's publishers, contact points and
             areas (`publish.catalog.build_catalog`).
 
@@ -214,20 +225,53 @@ def release(
             write_datapackage(con, layout, dataset, licences, councils)
     cut = None
     if _published_domains(layout) and (waiting or current is None or _changed(layout)):
-        cut = _cut(layout, now, keep, base_url, manifest=_manifest(con), councils=councils)
+        docs = _data_docs(data_docs or {}, stylesheets or {}, _published_domains(layout))
+        cut = _cut(
+            layout, now, keep, base_url, manifest=_manifest(con, docs), documents=docs, councils=councils
+        )
     marked = mark_released(con, cut.id, waiting) if cut is not None else 0
     if ckan is not None and ckan.url:
         push_pending(layout, ckan, base_url, councils)
     return ReleaseOutcome(cut.id if cut else (current.name if current else None), cut is not None, marked)
 
 
-def _manifest(con: duckdb.DuckDBPyConnection) -> dict:
-    """Every file the ledger lists, with what it is: the release's manifest (paths in the release)."""
+def data_docs_file(ref: PartitionRef) -> str:
+    """A partition version's Data Docs page in a release, relative to its dataset's folder.
+
+    Two folders below `data-docs/`, where the dataset's stylesheet is: the pages name it
+    `../../data-docs.css` (expectations/docs.py).
+    """
+    return f"{DATA_DOCS}/council={ref.council}/date={ref.event_date.isoformat()}/v{ref.version}.html"
+
+
+def _data_docs(
+    pages: Mapping[PartitionRef, Path], stylesheets: Mapping[str, Path], domains: list[str]
+) -> dict[str, tuple[Path, PartitionRef | None]]:
+    """The Data Docs a release links: release path -> (source file, the version it is about)."""
+    out: dict[str, tuple[Path, PartitionRef | None]] = {}
+    for ref, page in sorted(pages.items()):
+        if ref.domain in domains and ref.domain in stylesheets:
+            out[f"{ref.domain}/{data_docs_file(ref)}"] = (page, ref)
+    for domain in sorted({ref.domain for _, ref in out.values() if ref is not None}):
+        out[f"{domain}/{DATA_DOCS}/{DATA_DOCS_STYLESHEET}"] = (stylesheets[domain], None)
+    return out
+
+
+def _manifest(
+    con: duckdb.DuckDBPyConnection, documents: Mapping[str, tuple[Path, PartitionRef | None]] | None = None
+) -> dict:
+    """Every file the ledger lists, with what it is: the release's manifest (paths in the release).
+
+    Each partition names its Data Docs page when the release holds one; `held_back` lists the
+    versions held back now whose page the release holds.
+    """
     files, partitions = [], []
     packages: dict[str, dict[str, str]] = {}
+    pages = {ref: path for path, (_, ref) in (documents or {}).items() if ref is not None}
     for pub in publications(con):
         ref = pub.ref
-        partitions.append(ref.to_json() | {"rows": pub.rows})
+        page = {"data_docs": pages.pop(ref)} if ref in pages else {}
+        partitions.append(ref.to_json() | {"rows": pub.rows} | page)
         packages.setdefault(ref.domain, {})[ref.council] = f"{ref.domain}/{council_package_file(ref.council)}"
         for entry in pub.files["files"]:
             files.append(
@@ -244,7 +288,8 @@ def _manifest(con: duckdb.DuckDBPyConnection) -> dict:
                     "partition_version": ref.version,
                 }
             )
-    return {"packages": packages, "partitions": partitions, "files": files}
+    held = [ref.to_json() | {"data_docs": path} for ref, path in sorted(pages.items())]
+    return {"packages": packages, "partitions": partitions, "files": files, "held_back": held}
 
 
 def read_manifest(release_dir: Path) -> dict:
@@ -345,6 +390,7 @@ def _cut(
     keep: int,
     base_url: str | None,
     manifest: dict | None = None,
+    documents: Mapping[str, tuple[Path, PartitionRef | None]] | None = None,
     councils: Mapping[str, CouncilRegistry] | None = None,
 ) -> Release:
     now = now or datetime.now(tz=UTC)
@@ -358,6 +404,8 @@ def _cut(
     published = _published_domains(layout)
     for domain in published:
         _snapshot_dataset(layout.published_dataset(domain), building / domain)
+    for path, (source, _) in (documents or {}).items():
+        _link_or_copy(source, building / path)
     release = Release(release_id, layout.releases / release_id, now, tuple(published))
     _write_atomically(building / "release.json", json.dumps(release.to_dict(), indent=2) + "\n")
     if manifest is not None:

@@ -159,8 +159,10 @@ def test_a_high_quarantine_share_holds_back_that_device_and_publishes_the_others
     assert devices_published(con) == [("p1", 10, 0)]  # p9's readings are not published, p1's all are
     assert con.execute("SELECT DISTINCT device_id FROM published.parking_hourly").fetchall() == [("p1",)]
     docs = layout.root / held.data_docs
-    assert docs == layout.validations / "parking" / "council=testtown" / f"date={DAY}" / "v1" / "index.html"
-    assert "quarantine_share" in docs.read_text() or "qc_quarantine_share" in docs.read_text()
+    assert docs == layout.validations / "parking" / "council=testtown" / f"date={DAY}" / "v1.html"
+    page = docs.read_text()
+    assert "Status: Failed in part: published without 1 device" in page
+    assert '<th scope="row">device p9</th><td>quarantine_share</td><td>10</td>' in page
     report = json.loads(con.execute("SELECT report FROM published.validations").fetchone()[0])
     assert [(f["rule"], f["grain"], f["devices"], f["unexpected_count"]) for f in report["failed"]] == [
         ("quarantine_share", "device", ["p9"], 10)

@@ -1,10 +1,12 @@
 """A release built from the real samples under the shipped registry: what it says of each file's
-licence and attribution."""
+licence and attribution, and the Data Docs it carries."""
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, date, datetime
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pyshacl
@@ -103,10 +105,107 @@ def test_the_attribution_of_the_citizen_stations_is_in_their_data_package_and_th
             assert (statement, rdflib.RDF.type, DCTERMS.RightsStatement) in g
             assert str(g.value(statement, rdflib.RDFS.label)) == text
             distributions = list(g.objects(ds, DCAT.distribution))
-            assert len(distributions) == 8  # readings and 3 aggregates, Parquet and CSV
+            # Readings and 3 aggregates, Parquet and CSV, and the month's and the year's archives.
+            assert len(distributions) == 12
             assert {g.value(d, DCTERMS.rights) for d in distributions} == {statement}
         odbl = g.value(datasets["civicflow-air_quality-aberdeen"], DCTERMS.license)
         assert str(odbl) == ODBL["path"]
+
+
+class Assets(HTMLParser):
+    """Every address a page loads (scripts, stylesheets, icons, images, frames, media, fonts)."""
+
+    LOADED = {
+        "script": "src",
+        "img": "src",
+        "iframe": "src",
+        "source": "src",
+        "embed": "src",
+        "audio": "src",
+        "video": "src",
+        "object": "data",
+        "input": "src",
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded: list[str] = []
+        self.css: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "link" and attrs.get("href"):
+            self.loaded.append(attrs["href"])  # stylesheets, icons, preloads, fonts: all fetched
+        elif tag in self.LOADED and attrs.get(self.LOADED[tag]):
+            self.loaded.append(attrs[self.LOADED[tag]])
+        if attrs.get("srcset"):
+            self.loaded += [c.split()[0] for c in attrs["srcset"].split(",")]
+        if attrs.get("style"):
+            self.css.append(attrs["style"])
+        self._in_style = tag == "style"
+
+    def handle_data(self, data):
+        if self._in_style:
+            self.css.append(data)
+
+
+def css_urls(text: str) -> list[str]:
+    return re.findall(r"""url\(\s*['"]?([^'")]+)|@import\s+['"]([^'"]+)""", text)
+
+
+def test_the_data_docs_of_a_release_load_nothing_from_elsewhere_and_say_what_was_decided(sample_release):
+    release = latest_release(sample_release)
+    pages = sorted(release.rglob("*.html"))
+    assert [p.relative_to(release).as_posix() for p in pages] == [
+        "air_quality/data-docs/council=aberdeen/date=2018-01-01/v1.html",
+        "parking/data-docs/council=birmingham/date=2016-10-06/v1.html",
+        "parking/data-docs/council=testtown/date=2026-11-23/v1.html",
+    ]
+    stylesheets = set()
+    for page in pages:
+        html = page.read_text(encoding="utf-8")
+        parsed = Assets()
+        parsed.feed(html)
+        assert parsed.loaded == ["../../data-docs.css"], page  # the one asset, from the release
+        assert css_urls(" ".join(parsed.css)) == []
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), page
+        for ref in parsed.loaded:
+            asset = (page.parent / ref).resolve()
+            assert asset.is_file() and asset.is_relative_to(release.resolve()), (page, ref)
+            stylesheets.add(asset)
+            assert css_urls(asset.read_text()) == []  # a stylesheet that loads nothing either
+    # One stylesheet per dataset, linked from the publisher's copy rather than written per page.
+    assert sorted(s.relative_to(release.resolve()).as_posix() for s in stylesheets) == [
+        "air_quality/data-docs/data-docs.css",
+        "parking/data-docs/data-docs.css",
+    ]
+    assert len({s.stat().st_ino for s in stylesheets}) == 2 and all(
+        s.stat().st_nlink >= 2 for s in stylesheets
+    )
+
+    def status(path: str) -> str:
+        [line] = [x for x in (release / path).read_text().splitlines() if 'role="status"' in x]
+        return re.sub(r"<[^>]+>", "", line)
+
+    assert (
+        status("parking/data-docs/council=birmingham/date=2016-10-06/v1.html")
+        == "Status: Passed with warnings"
+    )
+    assert status("parking/data-docs/council=testtown/date=2026-11-23/v1.html") == "Status: Failed: held back"
+    assert status("air_quality/data-docs/council=aberdeen/date=2018-01-01/v1.html") == "Status: Passed"
+    warned = (release / "parking/data-docs/council=birmingham/date=2016-10-06/v1.html").read_text()
+    assert '<th scope="row">completeness</th>' in warned and "Great Expectations" in warned
+
+    # The manifest names each published partition's page, and the page of the day held back.
+    manifest = json.loads((release / "manifest.json").read_text())
+    assert sorted((p["council"], p.get("data_docs")) for p in manifest["partitions"]) == [
+        ("aberdeen", "air_quality/data-docs/council=aberdeen/date=2018-01-01/v1.html"),
+        ("birmingham", "parking/data-docs/council=birmingham/date=2016-10-06/v1.html"),
+    ]
+    assert [(p["council"], p["data_docs"]) for p in manifest["held_back"]] == [
+        ("testtown", "parking/data-docs/council=testtown/date=2026-11-23/v1.html")
+    ]
 
 
 SHAPES = Path(__file__).parent / "data" / "dcat-ap-3.0.1"

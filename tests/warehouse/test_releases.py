@@ -122,8 +122,9 @@ def test_a_held_back_partition_changes_no_released_data(wh):
     assert [(h["date"], h["failed"]) for h in result.held_back] == [("2026-03-01", ["unique_key"])]
     assert con.execute("FROM published.releases ORDER BY ALL").fetchall() == ledger  # nothing pending
 
-    # The quality summary now lists the held day, and a changed quality.json is released; every
-    # other file of the new release is the previous release's, byte for byte.
+    # The quality summary now lists the held day, and a changed quality.json is released with the
+    # held version's Data Docs page; every other file of the new release is the previous release's,
+    # byte for byte.
     second = latest_release(layout)
     assert [p.name for p in releases(layout)] == [first.name, second.name]
     prefix = f"releases/{first.name}/"
@@ -131,16 +132,21 @@ def test_a_held_back_partition_changes_no_released_data(wh):
         k.removeprefix(prefix): v for k, v in before.items() if k.startswith(prefix)
     }
     metadata = ("parking/quality.json", "release.json", "manifest.json")
+    page = "parking/data-docs/council=testtown/date=2026-03-01/v2.html"
     old, new = tree_digest(first), tree_digest(second)
     assert {k: v for k, v in new.items() if k not in metadata} == {
         k: v for k, v in old.items() if k not in metadata
-    }
+    } | {page: new[page]}
+    assert 'role="status">Status: Failed: held back</p>' in (second / page).read_text()
     assert new["parking/quality.json"] != old["parking/quality.json"]
     quality = json.loads((second / "parking" / "quality.json").read_text())
     [held] = quality["councils"]["testtown"]["held_back"]
     assert (held["date"], held["grain"], held["failed"]) == ("2026-03-01", "partition", ["unique_key"])
+    held_page = {"domain": "parking", "council": "testtown", "event_date": "2026-03-01", "version": 2}
+    held_page["data_docs"] = page
     manifests = [json.loads((r / "manifest.json").read_text()) for r in (first, second)]
     assert [m.pop("release") for m in manifests] == [first.name, second.name]
+    assert [m.pop("held_back") for m in manifests] == [[], [held_page]]
     assert manifests[0] == manifests[1]
     # The working tree's files are as they were, but for the quality summary.
     work_after = tree_digest(layout.published_dataset("parking"))
