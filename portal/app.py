@@ -25,7 +25,7 @@ import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from pydantic import BeforeValidator
@@ -76,6 +76,7 @@ from portal.release import (
     released_file,
 )
 from publish.catalog import RESOLUTION_S
+from publish.release import DATA_DOCS
 from publish.release import releases as kept_releases
 from warehouse.layout import Layout
 
@@ -348,27 +349,20 @@ def create_app(
         "/datasets/{dataset}/data-docs/{council}/{day}", response_class=HTMLResponse, include_in_schema=False
     )
     def data_docs(request: Request, dataset: str, council: str, day: date):
-        ds = dataset_of(release(), dataset)
+        current = release()
+        ds = dataset_of(current, dataset)
         if day not in ds.days(council):
             raise HTTPException(404, f"{dataset} has no published partition for {council} on {day}")
-        folder = layout.validations / dataset / f"council={council}" / f"date={day.isoformat()}"
-        reports = sorted(
-            (int(p.stem[1:]), orjson.loads(p.read_bytes()))
-            for p in folder.glob("v*.json")
-            if p.stem[1:].isdigit()
+        page = ds.data_docs.get((council, day))
+        if page is None:
+            raise HTTPException(404, f"release {current.id} has no Data Docs for {dataset} {council} {day}")
+        # The page is a file of the release (the version it publishes): served from there, where
+        # its stylesheet is beside it and the address never changes.
+        return RedirectResponse(
+            f"/releases/{current.id}/{dataset}/{page}",
+            status_code=307,
+            headers={"Cache-Control": LATEST, "X-Civicflow-Release": current.id},
         )
-        # The newest report of a version that was published names its Data Docs page (the page of
-        # the Great Expectations run that judged it, which may have judged other days too).
-        published = [
-            r
-            for _, r in reports
-            if ("holds" in r and all(h["device_id"] is not None for h in r["holds"])) or r.get("success")
-        ]
-        named = published[-1].get("data_docs") if published else None
-        page = (layout.root / named).resolve() if named else None
-        if page is None or not page.is_relative_to(layout.validations.resolve()) or not page.is_file():
-            raise HTTPException(404, f"no Data Docs for {dataset} {council} {day}")
-        return file_answer(request, page, cache_control=LATEST)
 
     @app.get("/releases", response_class=HTMLResponse, include_in_schema=False)
     def releases_page(request: Request):
@@ -389,7 +383,8 @@ def create_app(
             found,
             etag=f'"{listed.hash.removeprefix("sha256:")}"' if listed is not None else None,
             cache_control=IMMUTABLE,
-            filename=found.name,
+            # A Data Docs page (and its stylesheet) opens in the browser; data files download.
+            filename=None if path.startswith(f"{DATA_DOCS}/") else found.name,
             headers={"X-Civicflow-Release": current.id},
         )
 

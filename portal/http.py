@@ -32,6 +32,7 @@ MEDIA_TYPES = {
     ".ttl": "text/turtle",
     ".html": "text/html",
     ".geojson": "application/geo+json",
+    ".css": "text/css",
 }
 EXPOSED_HEADERS = (
     "Link",

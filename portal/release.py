@@ -25,13 +25,14 @@ import orjson
 from civicflow.contract import DATASETS, LICENCE, Domain
 from publish.datapackage import archive_of, council_package_file, rights
 from publish.devices import DEVICES_FILE
-from publish.release import RELEASE_RE, latest_release, releases
+from publish.release import DATA_DOCS, DATA_DOCS_STYLESHEET, RELEASE_RE, latest_release, releases
 from warehouse.layout import Layout
 
 KINDS = ("readings", "hourly", "daily", "council_daily")
 """What the API and downloads serve: the readings and the three aggregates (docs/queries.md)."""
 PARTITION_RE = re.compile(r"(?:^|/)council=([^/]+)/date=(\d{4}-\d{2}-\d{2})/")
 METADATA_FILES = ("datapackage.json", "schema.json", "quality.json", DEVICES_FILE)
+DATA_DOCS_CSS = f"{DATA_DOCS}/{DATA_DOCS_STYLESHEET}"
 SCHEMA_FILES = tuple(f"schema-{kind}.json" for kind in KINDS[1:])
 """The aggregates' Table Schemas, which their resources name by path (docs/publication.md)."""
 
@@ -84,6 +85,11 @@ class DatasetRelease:
     resources: list[Resource] = field(default_factory=list)
     archives: dict[str, dict] = field(default_factory=dict)
     """Path -> the package's resource of a monthly or yearly archive (publish/archives.py)."""
+    data_docs: dict[tuple[str, date], str] = field(default_factory=dict)
+    """(council, day) -> the Data Docs page of the version the release publishes, relative to the
+    dataset's folder (the manifest names it)."""
+    held_docs: frozenset[str] = frozenset()
+    """The Data Docs pages of versions held back now, relative to the dataset's folder."""
 
     @cached_property
     def _index(self) -> dict[tuple[str, str, str | None], list[Resource]]:
@@ -288,9 +294,18 @@ def _read_release(path: Path) -> ReleaseView:
     meta = orjson.loads((path / "release.json").read_bytes())
     manifest_file = path / "manifest.json"
     by_dataset: dict[str, dict[str, dict]] = {}
+    docs: dict[str, dict[tuple[str, date], str]] = {}
+    held_docs: dict[str, set[str]] = {}
     if manifest_file.is_file():  # what each file is, as the publisher recorded it
-        for f in orjson.loads(manifest_file.read_bytes())["files"]:
+        manifest = orjson.loads(manifest_file.read_bytes())
+        for f in manifest["files"]:
             by_dataset.setdefault(f["dataset"], {})[f["path"].split("/", 1)[1]] = f
+        for p in manifest.get("partitions", []):
+            if p.get("data_docs"):
+                key = (p["council"], date.fromisoformat(p["event_date"]))
+                docs.setdefault(p["domain"], {})[key] = p["data_docs"].split("/", 1)[1]
+        for p in manifest.get("held_back", []):
+            held_docs.setdefault(p["domain"], set()).add(p["data_docs"].split("/", 1)[1])
     datasets = {
         name: _dataset(
             DATASETS[Domain(name)].domain,
@@ -300,12 +315,16 @@ def _read_release(path: Path) -> ReleaseView:
         for name in meta["datasets"]
         if name in {d.value for d in Domain} and (path / name / "datapackage.json").is_file()
     }
+    for name, found in datasets.items():
+        found.data_docs = docs.get(name, {})
+        found.held_docs = frozenset(held_docs.get(name, ()))
     return ReleaseView(meta["release"], path, meta["published_at"], datasets)
 
 
 def released_file(release: ReleaseView, dataset: str, relpath: str) -> Path | None:
-    """A file of the release that its data package lists, or one of its metadata files (the data
-    package, a council's package, the Table Schemas it names, the quality summary), else None.
+    """A file of the release that its data package lists, one of its metadata files (the data
+    package, a council's package, the Table Schemas it names, the quality summary), or a Data Docs
+    page its manifest names and their stylesheet, else None.
 
     Only these names are served, so no request can reach outside the release.
     """
@@ -313,12 +332,14 @@ def released_file(release: ReleaseView, dataset: str, relpath: str) -> Path | No
     if found is None:
         return None
     packages = {council_package_file(council) for council in found.councils}
+    pages = relpath == DATA_DOCS_CSS or relpath in found.held_docs or relpath in found.data_docs.values()
     if (
         relpath in METADATA_FILES
         or relpath in SCHEMA_FILES
         or relpath in packages
         or relpath in found.paths
         or relpath in found.archives
+        or pages
     ):
         path = found.directory / relpath
         return path if path.is_file() else None

@@ -181,7 +181,7 @@ def table_rows(page, heading: str) -> list[list[str]]:
     ]
 
 
-def test_dataset_page_shows_schema_with_units_licence_coverage_and_quality(page, portal_url):
+def test_dataset_page_shows_schema_with_units_licence_coverage_and_quality(page, portal_url, released):
     page.goto(portal_url + "/datasets/parking")
     assert page.title() == "Car park and parking bay occupancy — Civicflow open data"
     assert [h.inner_text() for h in page.get_by_role("heading", level=2).all()] == [
@@ -223,9 +223,30 @@ def test_dataset_page_shows_schema_with_units_licence_coverage_and_quality(page,
     ]
     assert quality[1][:4] == ["testtown", "2", "20", "0.0 %"]
     assert quality[1][5:] == ["0", "2016-10-04 2016-10-05"]
+    # The day's Data Docs page is a file of the release, styled by the release's own stylesheet:
+    # with every request to another host refused, it renders as it does anywhere.
+    elsewhere: list[str] = []
+
+    def only_the_portal(route):
+        if route.request.url.startswith(portal_url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_portal)
     page.get_by_role("link", name="2016-10-05").first.click()
-    page.wait_for_url(portal_url + "/datasets/parking/data-docs/testtown/2016-10-05")  # and its load
-    assert page.title() == "Data documentation compiled by Great Expectations"
+    release = latest_release(released).name
+    page.wait_for_url(
+        f"{portal_url}/releases/{release}/parking/data-docs/council=testtown/date=2016-10-05/v1.html"
+    )
+    page.wait_for_load_state("load")
+    assert page.title() == "Data Docs: parking testtown 2016-10-05 v1: Passed"
+    status = page.get_by_role("status")
+    assert status.inner_text() == "Status: Passed"
+    style = status.evaluate("e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).fontWeight]")
+    assert style == ["rgb(231, 245, 234)", "700"]  # .status-passed of data-docs.css
+    assert elsewhere == []
 
 
 def test_dataset_page_of_air_quality_names_the_citizens_licence(page, portal_url):
@@ -309,6 +330,7 @@ def test_download_link_returns_the_exact_published_bytes(page, portal_url, relea
         "/datasets/parking?device=p2",
         "/docs",
         "/releases",
+        "/datasets/parking/data-docs/testtown/2016-10-04",
     ],
 )
 def test_pages_pass_basic_accessibility_checks(page, portal_url, path):

@@ -138,10 +138,26 @@ def test_only_files_a_kept_release_lists_are_served(client, released, path):
     assert client.get(path.format(id=latest_release(released).name)).status_code == 404
 
 
-def test_data_docs_of_a_published_partition(client):
-    page = client.get("/datasets/parking/data-docs/testtown/2016-10-04")
+def test_data_docs_of_a_published_partition_are_the_page_in_its_release(client, released):
+    release = latest_release(released).name
+    moved = client.get("/datasets/parking/data-docs/testtown/2016-10-04", follow_redirects=False)
+    assert moved.status_code == 307
+    page_url = f"/releases/{release}/parking/data-docs/council=testtown/date=2016-10-04/v1.html"
+    assert moved.headers["location"] == page_url
+    assert moved.headers["cache-control"] == "public, no-cache"  # follows latest
+    page = client.get(page_url)
     assert page.status_code == 200
-    assert "<html" in page.text
+    assert page.headers["cache-control"].endswith("immutable")
+    assert 'role="status">Status: Passed</p>' in page.text
+    assert '<link rel="stylesheet" href="../../data-docs.css">' in page.text
+    css = client.get(f"/releases/{release}/parking/data-docs/data-docs.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    # Only the pages the manifest names: not a version it does not hold, nor anything beside them.
+    for other in ("v2.html", "../../datapackage.json.bak", "v1.json"):
+        missing = client.get(
+            f"/releases/{release}/parking/data-docs/council=testtown/date=2016-10-04/{other}"
+        )
+        assert missing.status_code == 404
 
 
 def test_dcat_catalogue_at_stable_urls(client, released):
