@@ -286,15 +286,15 @@ def export_states(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str, date],
 
 def partition_files(con: duckdb.DuckDBPyConnection, ref: PartitionRef) -> list[str]:
     """The Parquet files (names in the partition's directory) holding an exported version's rows."""
-    row = con.execute(
+    rows = con.execute(
         "SELECT exported_version, files FROM staged.partitions "
         "WHERE domain = ? AND council = ? AND event_date = ? AND exported_version = ?",
         [ref.domain, ref.council, ref.event_date, ref.version],
-    ).fetchone()
-    if row is None:
+    ).fetchall()
+    if not rows:
         where = f"{ref.domain}/{ref.council}/{ref.event_date}"
         raise LookupError(f"version {ref.version} of {where} is not exported yet; run staging first")
-    return files_of(*row)
+    return files_of(*rows[0])
 
 
 def files_of(exported_version: int | None, files: list[str] | None) -> list[str]:
@@ -347,12 +347,12 @@ def to_validate(con: duckdb.DuckDBPyConnection, domain: str | None = None) -> li
 
 def current(con: duckdb.DuckDBPyConnection, domain: str, council: str, day: date) -> PartitionRef | None:
     """The current staged version of a partition, if it is staged and exported."""
-    row = con.execute(
+    rows = con.execute(
         "SELECT domain, council, event_date, version FROM staged.partitions "
         "WHERE domain = ? AND council = ? AND event_date = ? AND exported_version = version",
         [domain, council, day],
-    ).fetchone()
-    return PartitionRef(*row) if row else None
+    ).fetchall()
+    return PartitionRef(*rows[0]) if rows else None
 
 
 def record_decision(
@@ -496,12 +496,15 @@ def publications(con: duckdb.DuckDBPyConnection, domain: str | None = None) -> l
 
 def publication(con: duckdb.DuckDBPyConnection, ref: PartitionRef) -> Publication | None:
     """The ledger row of one partition version, if it is published."""
-    row = con.execute(
+    rows = con.execute(
         """SELECT rows, published_at, files, release_id FROM published.releases
            WHERE domain = ? AND council = ? AND event_date = ? AND partition_version = ?""",
         [ref.domain, ref.council, ref.event_date, ref.version],
-    ).fetchone()
-    return None if row is None else Publication(ref, row[0], row[1], json.loads(row[2]), row[3])
+    ).fetchall()
+    if not rows:
+        return None
+    n, published_at, files, release_id = rows[0]
+    return Publication(ref, n, published_at, json.loads(files), release_id)
 
 
 def pending(con: duckdb.DuckDBPyConnection) -> list[PartitionRef]:

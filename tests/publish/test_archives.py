@@ -46,11 +46,9 @@ def rows_of(day: date, extra: int = 0) -> pa.Table:
 
 
 def publish(con, layout, days, now, version=1, extra=0):
-    # A cursor each: a publish leaves a result of the connection unfetched, which DuckDB 2 refuses
-    # to register a table beside.
     for day in days:
-        publish_partition(con.cursor(), layout, PARKING, "testtown", day, version, rows_of(day, extra), now)
-    return release(con.cursor(), layout, now=now)
+        publish_partition(con, layout, PARKING, "testtown", day, version, rows_of(day, extra), now)
+    return release(con, layout, now=now)
 
 
 def package_of(path):
@@ -145,7 +143,7 @@ def test_archives_hold_their_days_rows_are_listed_exactly_and_only_a_changed_mon
     # Built again from the same day files, every archive has the same bytes.
     work = layout.published_dataset("parking")
     shutil.rmtree(work / "archives")
-    write_datapackage(con.cursor(), layout, PARKING)
+    write_datapackage(con, layout, PARKING)
     for path in archives:
         assert (work / path).read_bytes() == (second / "parking" / path).read_bytes(), path
 
