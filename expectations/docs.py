@@ -39,7 +39,7 @@ import duckdb
 import pyarrow as pa
 
 from civicflow.contract import DATASETS, Domain
-from expectations.suites import QUALITY_COLUMN_NAMES, QUALITY_RULES, build_suite
+from expectations.suites import QUALITY_COLUMN_NAMES, QUALITY_RULES, Severity, build_suite
 from warehouse.layout import Layout
 from warehouse.partitions import GATE_ERROR, PartitionRef, held_back, pending, publications
 
@@ -59,8 +59,8 @@ h1 { font-size: 1.6rem; margin-bottom: .25rem; } h2 { font-size: 1.2rem; margin-
 .status-warning { color: #6b4200; background: #fff4d6; }
 .status-partial, .status-approved { color: #5b2c83; background: #f3ebfa; }
 .status-failed { color: #9b1c1c; background: #fdeaea; }
-dl.facts dt { float: left; clear: left; width: 13rem; font-weight: 600; }
-dl.facts dd { margin: 0 0 .15rem 13.5rem; }
+dl.facts dt { float: left; clear: left; width: 15rem; font-weight: 600; }
+dl.facts dd { margin: 0 0 .15rem 15.5rem; }
 table { border-collapse: collapse; width: 100%; margin: .5rem 0; }
 caption { text-align: left; font-weight: 600; padding: .25rem 0; }
 th, td { border: 1px solid #767676; padding: .25rem .5rem; text-align: left; vertical-align: top;
@@ -75,7 +75,9 @@ code { font-family: ui-monospace, monospace; font-size: .95em; }
 @media print { .status { border-width: 1px; } }
 """
 
-_QUALITY_RULES = frozenset(r.name for r in QUALITY_RULES)
+_MEASURED = frozenset(r.name for r in QUALITY_RULES if not r.flags_rows or r.severity == Severity.BLOCKING)
+"""Rules whose failure the report describes by the value measured against its threshold (as the gate
+words it), not by the rows' values."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,8 @@ def _holds(report: Mapping[str, Any]) -> list[str]:
 
 
 def _expectations(domain: str, report: Mapping[str, Any]) -> list[str]:
-    """Every expectation of the suite with its outcome, when the report is of that suite."""
+    """Every expectation of the suite (one Great Expectations expectation per rule) with its outcome,
+    when the report is of that suite."""
     if not report.get("evaluated"):
         return []
     failed = {f["rule"] for f in report.get("failed") or []}
@@ -210,7 +213,7 @@ def _expectations(domain: str, report: Mapping[str, Any]) -> list[str]:
         ]
     rows, kinds = [], []
     lineage = {"passed": 0, "failed": 0}
-    for rule, expectation, columns, severity in suite:
+    for rule, _expectation, columns, severity in suite:
         outcome = "failed" if rule in failed else "warning" if rule in warned else "passed"
         if _lineage(domain, columns):  # checks of columns never published: counted, not named
             lineage["passed" if outcome == "passed" else "failed"] += 1
@@ -219,7 +222,6 @@ def _expectations(domain: str, report: Mapping[str, Any]) -> list[str]:
         rows.append(
             [
                 rule,
-                expectation,
                 ", ".join(columns),
                 severity,
                 {"failed": "Failed", "warning": "Warning"}.get(outcome, "Passed"),
@@ -233,8 +235,8 @@ def _expectations(domain: str, report: Mapping[str, Any]) -> list[str]:
         "lineage Civicflow keeps and does not publish (where each reading came from): "
         f"{_h(lineage['failed'])} failed.</p>",
         *_table(
-            "Every expectation of the dataset's suite",
-            ["Rule", "Expectation", "Columns", "If it fails", "Outcome"],
+            "The dataset's suite, but for the lineage checks",
+            ["Rule", "Columns", "If it fails", "Outcome"],
             rows,
             last_classes=[f"outcome-{k}" for k in kinds],
         ),
@@ -252,8 +254,8 @@ def _failures(
         rule = f.get("rule", "")
         if rule == GATE_ERROR:
             about = "judging or publishing the partition raised an error (operators: civicflow release list)"
-        elif rule in _QUALITY_RULES:
-            about = f.get("detail", "")  # measured values against thresholds, no reading's values
+        elif rule in _MEASURED:
+            about = f.get("detail", "")  # a measured ratio against its threshold, no reading's value
         else:
             count = f.get("unexpected_count")
             about = "" if count is None else f"{_count(count, 'row')} unexpected"
