@@ -94,10 +94,11 @@ def test_erase_removes_a_device_everywhere_and_keeps_the_rest(tmp_path, monkeypa
         parking("p1", f"{day}T09:02:00Z", 5, owner_phone=PHONE.decode()),
     ]
     land(layout, [*minutes("p1", day, 8, 10), *minutes("p2", day, 8, 20), leaky[0]], listener="l1")
-    land(layout, [*leaky[1:], *minutes("p3", "2016-10-05", 8, 30)], listener="l2")
+    p3_days = [*minutes("p3", "2016-10-05", 8, 30), *minutes("p3", "2016-10-06", 8, 40)]
+    land(layout, [*leaky[1:], *p3_days], listener="l2")
     stage_job(settings)
     published = publish_job(settings)
-    assert published["published"] == 2 and not published["devices_held"]
+    assert published["published"] == 3 and not published["devices_held"]
     con = connect(layout.warehouse, read_only=True)
     assert con.execute("SELECT count(*) FROM quarantine.readings WHERE device_id = 'p1'").fetchone() == (3,)
     assert con.execute("SELECT count(*) FROM published.parking WHERE device_id = 'p1'").fetchone() == (60,)
@@ -120,7 +121,7 @@ def test_erase_removes_a_device_everywhere_and_keeps_the_rest(tmp_path, monkeypa
     assert warehouse_holding(layout.warehouse, SECRETS) == []
     # The raw segments keep their size and every other record its offset; p1's are tombstones.
     records = [r for seg in sorted(layout.raw.glob("*/*.seg")) for r in read_segment(seg)]
-    assert len(records) == 60 + 60 and not any(b"/p1" in r.topic for r in records)
+    assert len(records) == 60 + 120 and not any(b"/p1" in r.topic for r in records)
 
     # The other devices are still staged and published, the day's new version without p1.
     assert other_devices(layout.warehouse) == (staged_before, published_before)
@@ -130,6 +131,7 @@ def test_erase_removes_a_device_everywhere_and_keeps_the_rest(tmp_path, monkeypa
     assert sorted((p["event_date"], p["version"], p["rows"]) for p in manifest["partitions"]) == [
         (day, 2, 60),
         ("2016-10-05", 1, 60),
+        ("2016-10-06", 1, 60),
     ]
     [audit] = con.execute(
         "SELECT erased_by, reference, council, device_id, raw_records, quarantine_rows, staged_rows, "
@@ -148,17 +150,19 @@ def test_erase_removes_a_device_everywhere_and_keeps_the_rest(tmp_path, monkeypa
     assert other_devices(layout.warehouse)[0] == staged_before
     assert files_holding(layout.root, SECRETS) == []
 
-    # p3 alone reported on the 5th: erased in a window that holds its readings, the day's new
-    # version is empty and not published, and its earlier publication is withdrawn all the same.
+    # p3 alone reported on the 5th and the 6th: erased in a window that holds its readings, each
+    # day's new version is empty and not published, and both earlier publications are withdrawn
+    # all the same, one after the other on the erasure's connection.
     today = datetime.now(tz=UTC).date().isoformat()
     args = ["--council", "testtown", "--device", "p3", "--from", today, "--to", today, "--keep-old-releases"]
     result = erase(*args)
-    assert (result["staged_rows"], result["published_rows"], result["withdrawn"]) == (60, 60, 1)
+    assert (result["staged_rows"], result["published_rows"], result["withdrawn"]) == (120, 120, 2)
     assert result["releases_deleted"] == []
     manifest = read_manifest(latest_release(layout))
-    assert sorted((p["event_date"], p["rows"]) for p in manifest["partitions"]) == [
-        (day, 60),
-        ("2016-10-05", 0),
+    assert sorted((p["event_date"], p["version"], p["rows"]) for p in manifest["partitions"]) == [
+        (day, 2, 60),
+        ("2016-10-05", 1, 0),
+        ("2016-10-06", 1, 0),
     ]
     con = connect(layout.warehouse, read_only=True)
     assert con.execute("SELECT DISTINCT device_id FROM published.parking").fetchall() == [("p2",)]
