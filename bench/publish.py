@@ -180,7 +180,7 @@ def child_publish(data_root: Path, now: datetime) -> dict[str, Any]:
     for ref in refs:
         for name in partition_files(con, ref):
             staged = layout.staged_file(ref.domain, ref.council, ref.event_date, name)
-            (count,) = con.execute(f"SELECT count(*) FROM read_parquet('{staged}')").fetchone()
+            [(count,)] = con.execute(f"SELECT count(*) FROM read_parquet('{staged}')").fetchall()
             rows += count
     peak_before = _peak_mib()
     cpu0, t1 = _cpu(), time.perf_counter()

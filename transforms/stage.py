@@ -310,8 +310,8 @@ def _merge_domain(
         QUALIFY row_number() OVER (
             PARTITION BY {key}
             ORDER BY received_at, segment_id, record_offset, reading_index) = 1""")
-    (n_existing,) = con.execute("SELECT count(*) FROM existing").fetchone()
-    (n_merged,) = con.execute("SELECT count(*) FROM merged").fetchone()
+    [(n_existing,)] = con.execute("SELECT count(*) FROM existing").fetchall()
+    [(n_merged,)] = con.execute("SELECT count(*) FROM merged").fetchall()
     duplicates = n_existing + incoming.num_rows - n_merged
     identity = "council, event_date, device_id, observed_at, segment_id, record_offset, reading_index"
     changed = con.execute(f"""
@@ -339,16 +339,16 @@ def _merge_domain(
 def _only_new_keys(con: duckdb.DuckDBPyConnection, dataset: Dataset, table: str) -> bool:
     """Whether every incoming natural key is distinct and not staged yet (NULL lane ids equal)."""
     key = ", ".join(dataset.natural_key)
-    (repeated,) = con.execute(
+    [(repeated,)] = con.execute(
         f"SELECT count(*) - (SELECT count(*) FROM (SELECT DISTINCT {key} FROM incoming)) FROM incoming"
-    ).fetchone()
+    ).fetchall()
     if repeated:
         return False
     same = " AND ".join(f"i.{k} IS NOT DISTINCT FROM t.{k}" for k in dataset.natural_key)
-    (staged,) = con.execute(f"""
+    [(staged,)] = con.execute(f"""
         SELECT count(*) FROM incoming i
         JOIN (SELECT t.* FROM {table} t JOIN affected a USING (council, event_date)) t
-        ON {same}""").fetchone()
+        ON {same}""").fetchall()
     return staged == 0
 
 

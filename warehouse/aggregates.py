@@ -252,7 +252,7 @@ def replace_aggregates(
     # Parallel aggregation adds floating-point partial sums in whatever order threads finish, so
     # a mean can differ in its last digit between two identical runs. One thread makes every
     # rebuild, and every replay, byte for byte the same.
-    (threads,) = con.execute("SELECT current_setting('threads')").fetchone()
+    [(threads,)] = con.execute("SELECT current_setting('threads')").fetchall()
     con.execute("SET threads = 1")
     try:
         con.execute("CREATE OR REPLACE TEMP TABLE agg_partitions (council VARCHAR, event_date DATE)")

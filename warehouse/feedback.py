@@ -79,7 +79,7 @@ def _has_table(con: duckdb.DuckDBPyConnection) -> bool:
         con.execute(
             "SELECT count(*) FROM information_schema.tables "
             "WHERE table_schema = 'quarantine' AND table_name = 'feedback'"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     )
 
 
@@ -214,11 +214,11 @@ def device_summary(
         out += _summaries(con, now, window, Device(council, domain, device_id), only_new=False)
     if out and _has_table(con):
         for summary in out:
-            row = con.execute(
+            made = con.execute(
                 "SELECT made_at FROM quarantine.feedback WHERE council = ? AND domain = ? AND device_id = ?",
                 [council, summary["domain"], device_id],
-            ).fetchone()
-            summary["published_at"] = _iso(row[0]) if row else None
+            ).fetchall()
+            summary["published_at"] = _iso(made[0][0]) if made else None
     return out
 
 

@@ -174,16 +174,16 @@ def read_state(layout: Layout, con: duckdb.DuckDBPyConnection, now: float) -> Ba
     domains = {d.value for d in Domain}
     reasons = {r.value for r in Reason}
 
-    segments, readings, rejected, staged_at = con.execute(
+    [(segments, readings, rejected, staged_at)] = con.execute(
         "SELECT count(*), coalesce(sum(readings), 0), coalesce(sum(rejected), 0), max(staged_at) "
         "FROM raw.segments"
-    ).fetchone()
-    (merged_at,) = con.execute("SELECT max(consumed_at) FROM raw.increments").fetchone()
+    ).fetchall()
+    [(merged_at,)] = con.execute("SELECT max(consumed_at) FROM raw.increments").fetchall()
     stages = [t for t in (_seconds(staged_at), _seconds(merged_at)) if t is not None]
 
-    newest_release, pending = con.execute(
+    [(newest_release, pending)] = con.execute(
         "SELECT max(release_id), count(*) FILTER (WHERE release_id IS NULL) FROM published.releases"
-    ).fetchone()
+    ).fetchall()
     released = con.execute(
         """SELECT domain, council, count(*), max(event_date) FROM published.releases
            WHERE release_id IS NOT NULL GROUP BY ALL"""
