@@ -41,7 +41,7 @@ import pyarrow as pa
 from civicflow.contract import DATASETS, Domain
 from expectations.suites import QUALITY_COLUMN_NAMES, QUALITY_RULES, Severity, build_suite
 from warehouse.layout import Layout
-from warehouse.partitions import GATE_ERROR, PartitionRef, held_back, pending, publications
+from warehouse.partitions import GATE_ERROR, PartitionRef, held_back, pending
 
 STYLESHEET = "data-docs.css"
 """The pages' stylesheet, two folders above each page (`<domain>/` in validations, `<domain>/data-docs/`
@@ -411,7 +411,12 @@ def write_pages(con: duckdb.DuckDBPyConnection, layout: Layout) -> Pages:
     page of a version pending a release, held back now, or without a page yet is (re)written from
     its latest recorded decision; the others are as their release left them.
     """
-    published = [p.ref for p in publications(con)]
+    published = [
+        PartitionRef(*row)
+        for row in con.execute(  # the ledger's versions only: its files' lists are not needed here
+            "SELECT domain, council, event_date, partition_version FROM published.releases ORDER BY ALL"
+        ).fetchall()
+    ]
     held = sorted({PartitionRef(h.domain, h.council, h.event_date, h.version) for h in held_back(con)})
     wanted = list(dict.fromkeys([*published, *held]))
     fresh = set(pending(con)) | set(held)
