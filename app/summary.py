@@ -105,11 +105,11 @@ def warehouse_summary(settings: Settings, *, count_topics: bool = False) -> Ware
         return s
     con = connect(layout.warehouse, read_only=True)
     try:
-        s.segments, s.messages, s.readings_staged = con.execute(
+        [(s.segments, s.messages, s.readings_staged)] = con.execute(
             "SELECT count(*), coalesce(sum(records), 0), coalesce(sum(readings), 0) FROM raw.segments"
-        ).fetchone()
+        ).fetchall()
         for domain, d in s.domains.items():
-            (d.staged_rows,) = con.execute(f"SELECT count(*) FROM staged.{domain}").fetchone()
+            [(d.staged_rows,)] = con.execute(f"SELECT count(*) FROM staged.{domain}").fetchall()
         s.staged_rows = sum(d.staged_rows for d in s.domains.values())
         s.duplicates = s.readings_staged - s.staged_rows
         for domain, reason, n in con.execute(
@@ -136,7 +136,7 @@ def warehouse_summary(settings: Settings, *, count_topics: bool = False) -> Ware
         for domain, d in s.domains.items():
             columns = {r[0] for r in con.execute(f"DESCRIBE published.{domain}").fetchall()}
             if "qc_flag" in columns:
-                (d.flagged_rows,) = con.execute(f"SELECT count(qc_flag) FROM published.{domain}").fetchone()
+                [(d.flagged_rows,)] = con.execute(f"SELECT count(qc_flag) FROM published.{domain}").fetchall()
         # Partitions published with warnings: the validation of each current release records them.
         for domain, n in con.execute(
             "SELECT r.domain, count(*) FROM published.releases r WHERE EXISTS ("
