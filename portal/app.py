@@ -1,9 +1,9 @@
 """The portal's web app: catalogue and dataset pages, downloads, the DCAT-AP catalogue and the API.
 
 Read-only: every request resolves `published/latest` once (portal.release), or the kept release
-its URL names (a download, an API page pinned with `release=`), and reads nothing else, except
-the Data Docs page of a partition that release holds, the kept releases' own files for the
-changelog, and the warehouse for Prometheus at `/metrics` (portal.metrics). Pages are rendered
+its URL names (a download, an API page pinned with `release=`, a partition's Data Docs page), and
+reads nothing else, except the kept releases' own files for the changelog, and the warehouse for
+Prometheus at `/metrics` (portal.metrics). Pages are rendered
 on the server and work without JavaScript. Around the routes
 (docs/publication.md, "The portal's API over HTTP"): CORS for reading from any site, a rate
 limit per client address when one is given, and gzip where the client accepts it.
