@@ -3,8 +3,8 @@
 Read-only: every request resolves `published/latest` once (portal.release), or the kept release
 its URL names (a download, an API page pinned with `release=`, a partition's Data Docs page), and
 reads nothing else, except the kept releases' own files for the changelog, and the warehouse for
-Prometheus at `/metrics` (portal.metrics). Pages are rendered
-on the server and work without JavaScript. Around the routes
+Prometheus at `/metrics` (portal.metrics) and for a device page's feedback (portal.feedback).
+Pages are rendered on the server and work without JavaScript. Around the routes
 (docs/publication.md, "The portal's API over HTTP"): CORS for reading from any site, a rate
 limit per client address when one is given, and gzip where the client accepts it.
 """
@@ -38,6 +38,7 @@ from portal.apidoc import operations
 from portal.changelog import changelog
 from portal.chart import hourly_chart
 from portal.devices import add_devices, devices_section
+from portal.feedback import device_feedback
 from portal.http import (
     EXPOSED_HEADERS,
     IMMUTABLE,
@@ -477,7 +478,13 @@ def create_app(
 
     # Before the rows below, whose {kind} would take `devices` (portal/devices.py).
     add_devices(
-        app, release=release, dataset_of=dataset_of, validators=validators, page=page, datasets=Dataset
+        app,
+        release=release,
+        dataset_of=dataset_of,
+        validators=validators,
+        page=page,
+        datasets=Dataset,
+        feedback=lambda council, domain, device: device_feedback(layout, council, domain, device),
     )
 
     @app.get(

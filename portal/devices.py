@@ -7,7 +7,8 @@ readings and hourly files, so a page or an answer describes exactly one release:
   and `lon`), or with `format=geojson` the release's GeoJSON file itself, byte for byte;
   `council=` keeps one council's.
 - `/datasets/<dataset>/devices/<council>/<device>`: a device's page: what the listing says of it,
-  its latest readings and a chart of its hourly means (portal.chart).
+  its latest readings, a chart of its hourly means (portal.chart) and the rejection summary last
+  published to its gateway (portal.feedback: read from the warehouse, not the release).
 - The dataset page's "Devices" section: per council, a map drawn on the server (portal.map) beside
   the devices table that is its text alternative.
 """
@@ -26,6 +27,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, Response
 
 from portal.chart import hourly_chart
+from portal.feedback import DeviceFeedback
 from portal.http import matches, not_modified
 from portal.map import Point, device_map
 from portal.query import MAX_LIMIT, run_query
@@ -120,9 +122,11 @@ def add_devices(
     validators: Callable[..., dict[str, str]],
     page: Callable[[Request, str, dict], Response],
     datasets: type[StrEnum],
+    feedback: Callable[[str, str, str], DeviceFeedback],
 ) -> None:
     """The devices API and device pages. Add them before `/api/datasets/{dataset}/{kind}`, which
-    would otherwise take `devices` for a kind."""
+    would otherwise take `devices` for a kind. `feedback(council, domain, device)` is the device's
+    published rejection summary."""
 
     @app.get(
         "/api/datasets/{dataset}/devices",
@@ -205,6 +209,7 @@ def add_devices(
             "readings": readings,
             "columns": columns,
             "chart": chart,
+            "feedback": feedback(council, dataset, device),
             "geojson": f"/releases/{current.id}/{dataset}/{DEVICES_FILE}",
         }
         return page(request, "device.html", context)

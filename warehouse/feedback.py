@@ -243,3 +243,21 @@ def record_published(con: duckdb.DuckDBPyConnection, summaries: list[dict]) -> N
             for s in summaries
         ],
     )
+
+
+def published_summary(
+    con: duckdb.DuckDBPyConnection, council: str, domain: str, device_id: str
+) -> dict | None:
+    """The last summary the broker took for one device (what its retained feedback message holds),
+    with `published_at`; None when none was published (or the warehouse predates feedback)."""
+    if not _has_table(con):
+        return None
+    rows = con.execute(
+        "SELECT summary, made_at FROM quarantine.feedback WHERE council = ? AND domain = ? AND device_id = ?",
+        [council, domain, device_id],
+    ).fetchall()
+    if not rows:
+        return None
+    summary = json.loads(rows[0][0])
+    summary["published_at"] = _iso(rows[0][1])
+    return summary

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import uvicorn
@@ -17,6 +17,7 @@ from jobs.publication import gate_and_publish
 from portal.app import create_app
 from transforms.stage import stage_segments
 from warehouse.db import connect
+from warehouse.feedback import pending_summaries, record_published
 from warehouse.layout import Layout
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -34,6 +35,11 @@ S1_AT = (57.1381234, -2.0771234)
 """Where s1's readings say it is (a citizen's station: published rounded to 3 decimals)."""
 P2_AT = (52.4776, -1.8971)
 """Where the registry says p2 is (its readings carry no position)."""
+P1_REFUSED = [
+    ("city/testtown/parking/p1", b'{"observed_at": "2016-10-04T09:15:00Z", "occupied_spots": "secret-value"'),
+    ("city/testtown/parking/p1", b"not json at all"),
+]
+"""Two payloads of p1 that are not JSON (their bytes must never reach a page)."""
 REGISTRY = build_registry(
     [
         CouncilRegistry.model_validate(
@@ -62,7 +68,8 @@ def positioned(message: tuple[str, dict], at: tuple[float, float]) -> tuple[str,
 
 @pytest.fixture(scope="session")
 def released(tmp_path_factory) -> Layout:
-    """Parking of testtown (OGL) over two days and air quality of citizens (ODbL), one release.
+    """Parking of testtown (OGL) over two days and air quality of citizens (ODbL), one release;
+    two messages of p1 refused (P1_REFUSED) and their feedback summary recorded as published.
 
     p1 and s1 send their positions, p2 has one in REGISTRY; citizens' stations are citizen-hosted."""
     layout = Layout(tmp_path_factory.mktemp("portal") / "data")
@@ -78,9 +85,12 @@ def released(tmp_path_factory) -> Layout:
             ),
             *(car_park("p2", f"2016-10-04T{h:02d}:00:00Z", 50 + h, total=80) for h in range(8, 12)),
             *(air("s1", f"2016-10-04T{h:02d}:00:00Z", 10.5 + h, 20.0) for h in range(8, 11)),
+            *P1_REFUSED,
         ],
     )
     stage_segments(layout, con, LIMITS)
+    # p1's refused messages, summarised as feedback to its gateway (the device page shows it).
+    record_published(con, pending_summaries(con, NOW, timedelta(hours=24)).summaries)
     result = gate_and_publish(layout, con, now=NOW, licences={"citizens": ODBL}, registry=REGISTRY)
     con.close()
     # Three partitions, every device of every day published (no day or device held back), one release.

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import re
 
-from conftest import P1_AT, P2_AT, S1_AT
+from conftest import P1_AT, P1_REFUSED, P2_AT, S1_AT
 
 from publish.devices import DEVICES_FILE
 
@@ -106,3 +107,34 @@ def test_the_dataset_map_draws_one_linked_point_per_positioned_device_and_nothin
     assert "<title>p1 (" in svg and re.search(r">\d+ k?m</text>", svg)  # tooltips, a scale bar
     assert "http" not in svg and "<image" not in svg  # no tile server, nothing fetched
     assert '<a href="/datasets/parking/devices/testtown/p2">p2</a>' in page  # the table beside it
+
+
+def test_the_device_page_shows_the_feedback_its_gateway_was_sent_and_no_payload_bytes(client, released):
+    from warehouse.db import connect
+    from warehouse.feedback import published_summary
+
+    con = connect(released.warehouse, read_only=True)
+    sent = published_summary(con, "testtown", "parking", "p1")
+    con.close()
+    page = client.get("/datasets/parking/devices/testtown/p1").text
+    table = page.split('id="device-feedback"')[1].split("</table>")[0]
+    rows = {
+        k: html.unescape(v)
+        for k, v in re.findall(r"<tr><th scope=\"row\">([^<]*)</th><td>([^<]*)</td></tr>", table)
+    }
+    assert rows.pop("Published (UTC)") == sent["published_at"] == "2026-11-23T12:00:00Z"
+    assert sent["window"]["by_reason"] == {"not_json": 2}
+    assert rows == {
+        "Refused over the 24 h before it (from 2026-11-22T12:00:00Z)": "2",
+        "not_json": "2",
+        "Last reason": "not_json",
+        "Its detail (quoted values masked)": sent["last"]["detail"],
+        "Last refused reading received (UTC)": sent["last"]["received_at"],
+    }
+    assert sent["last"]["detail"].startswith("payload is not JSON") and "'…'" in sent["last"]["detail"]
+    for _, payload in P1_REFUSED:
+        assert payload.decode() not in html.unescape(page)
+    assert "secret-value" not in page and "not json at all" not in page
+    # A device with nothing refused says so; p2 has no summary.
+    other = client.get("/datasets/parking/devices/testtown/p2").text
+    assert 'id="device-feedback"' not in other and "No rejection summary was published" in other
