@@ -77,6 +77,7 @@ from portal.release import (
     released_file,
 )
 from publish.catalog import RESOLUTION_S
+from publish.datapackage import archive_of
 from publish.release import DATA_DOCS
 from publish.release import releases as kept_releases
 from warehouse.layout import Layout
@@ -310,9 +311,25 @@ def create_app(
         return page(request, "catalogue.html", context)
 
     @app.get("/datasets/{dataset}", response_class=HTMLResponse, include_in_schema=False)
-    def dataset_page(request: Request, dataset: str, council: str = "", device: str = "", measure: str = ""):
+    def dataset_page(
+        request: Request,
+        dataset: str,
+        council: str = "",
+        device: str = "",
+        measure: str = "",
+        month: str = "",
+    ):
         current = release()
         ds = dataset_of(current, dataset)
+        months = dataset_months(ds)
+        if month and not MONTH.fullmatch(month):
+            raise HTTPException(422, f"month must be a month such as {months[0]} (YYYY-MM), or left out")
+        if month and month not in months:
+            raise HTTPException(
+                404, f"{dataset} has no published day in {month}: pick one of {', '.join(months)}"
+            )
+        month = month or months[0]
+        others = {k: v for k, v in request.query_params.items() if k != "month"}
         councils = []
         for c in ds.councils:
             licence, attribution = ds.licence(c)
@@ -328,6 +345,8 @@ def create_app(
                     "first": first,
                     "last": last,
                     "days": ds.days(c),
+                    "month_days": month_days(ds, c, month),
+                    "archives": month_archives(ds, c, month),
                     "downloads": downloads,
                     "quality": ds.quality.get("councils", {}).get(c, {}),
                 }
@@ -343,6 +362,8 @@ def create_app(
             "chart": _chart(ds, council or ds.councils[0], device, measure),
             "devices": devices_section(ds, dataset),
             "base": f"/releases/{current.id}/{dataset}",
+            "month": month,
+            "months": [(m, f"?{urlencode({**others, 'month': m})}#downloads") for m in months],
         }
         return page(request, "dataset.html", context)
 
@@ -649,6 +670,46 @@ def create_app(
 
     add_metrics(app, layout)
     return app
+
+
+MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+ARCHIVE_FORMATS = {"parquet": "Parquet", "csv": "CSV.gz"}
+
+
+def dataset_months(ds: DatasetRelease) -> list[str]:
+    """The months (YYYY-MM) with a published day of any council, newest first."""
+    return sorted({f"{d:%Y-%m}" for c in ds.councils for d in ds.days(c)}, reverse=True)
+
+
+def month_days(ds: DatasetRelease, council: str, month: str) -> list[date]:
+    """The council's published days in `month` (YYYY-MM), oldest first."""
+    return [d for d in ds.days(council) if f"{d:%Y-%m}" == month]
+
+
+def month_archives(ds: DatasetRelease, council: str, month: str) -> list[dict]:
+    """The council's archive of `month`, then of its year: period, archive (month or year) and
+    files (Parquet, then CSV.gz: path, label, bytes)."""
+    found: dict[str, dict] = {}
+    for path, res in ds.archives.items():
+        about = archive_of(res) or {}
+        if about.get("council") == council and about.get("period") in (month, month[:4]):
+            entry = found.setdefault(about["period"], {"period": about["period"], "files": []})
+            entry["archive"] = about["archive"]
+            entry["files"].append((res["format"], path, res["bytes"]))
+    order = list(ARCHIVE_FORMATS)
+    return [
+        found[p]
+        | {
+            "files": [
+                {"path": path, "label": ARCHIVE_FORMATS.get(fmt, fmt), "bytes": size}
+                for fmt, path, size in sorted(
+                    found[p]["files"], key=lambda f: order.index(f[0]) if f[0] in order else len(order)
+                )
+            ]
+        }
+        for p in (month, month[:4])
+        if p in found
+    ]
 
 
 def _chart(ds: DatasetRelease, council: str, device: str, measure: str) -> dict:

@@ -301,6 +301,30 @@ def test_chart_is_drawn_and_follows_the_chosen_device_and_measurement(page, port
     assert caption == "Hourly mean of occupancy (1) for device p2 of testtown, last 4 hours with a reading."
 
 
+def test_downloads_are_listed_a_month_at_a_time_with_its_archives(page, portal_url, released):
+    release = latest_release(released).name
+    page.goto(portal_url + "/datasets/parking")
+    months = page.get_by_role("navigation", name="Months").get_by_role("link")
+    assert [(m.inner_text(), m.get_attribute("aria-current")) for m in months.all()] == [("2016-10", "page")]
+    months.first.click()
+    page.wait_for_url(f"{portal_url}/datasets/parking?month=2016-10#downloads")
+    table = page.locator("h2:text-is('Downloads') ~ table").first
+    rows = [row.locator("th").first.inner_text() for row in table.locator("tbody tr").all()]
+    # the month's archive and its year's above the month's days, newest day first
+    assert rows == ["2016-10 (whole month)", "2016 (whole year)", "2016-10-05", "2016-10-04"]
+    folder = f"/releases/{release}/parking/archives/council=testtown"
+    types = {"Parquet": "application/vnd.apache.parquet", "CSV.gz": "application/gzip"}
+    for row, period in zip(table.locator("tr.archive").all(), ["2016-10", "2016"], strict=True):
+        links = row.get_by_role("link").all()
+        assert [link.inner_text() for link in links] == ["Parquet", "CSV.gz"]
+        for link, suffix in zip(links, [".parquet", ".csv.gz"], strict=True):
+            href = link.get_attribute("href")
+            assert href == f"{folder}/parking-testtown-{period}{suffix}"
+            answer = page.request.get(portal_url + href)
+            assert (answer.status, answer.headers["content-type"]) == (200, types[link.inner_text()])
+            assert f"{link.inner_text()} ({len(answer.body())} bytes)" in row.inner_text()
+
+
 @pytest.mark.parametrize("fmt", ["PARQUET", "CSV"])
 def test_download_link_returns_the_exact_published_bytes(page, portal_url, released, fmt):
     release = latest_release(released)
@@ -333,6 +357,7 @@ def test_download_link_returns_the_exact_published_bytes(page, portal_url, relea
         "/datasets/parking",
         "/datasets/air_quality",
         "/datasets/parking?device=p2",
+        "/datasets/parking?month=2016-10",
         "/docs",
         "/releases",
         "/datasets/parking/data-docs/testtown/2016-10-04",

@@ -5,9 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from datetime import date
+from pathlib import Path
 
 import pytest
 
+from civicflow.contract import Domain
+from portal.app import dataset_months, month_archives, month_days
+from portal.release import DatasetRelease, Resource
 from publish.release import latest_release
 
 pytestmark = pytest.mark.integration
@@ -57,8 +62,8 @@ def test_dataset_page_has_schema_units_licence_coverage_quality_and_chart(client
         "Schema",
         "Quality",
         "Recent values",
-        "Downloads",
     ]
+    assert '<h2 id="devices">Devices</h2>' in html and '<h2 id="downloads">Downloads</h2>' in html
     assert re.search(r"<code>occupied_spots</code></th><td>integer</td><td>spot</td>", html)
     assert re.search(r"<code>occupancy</code></th><td>number</td><td>1</td>", html)
     assert "Open Government Licence v3.0</a> (OGL-UK-3.0)" in html
@@ -119,8 +124,96 @@ def test_download_links_return_the_exact_published_bytes(client, released):
         if relpath in by_path:
             assert "sha256:" + hashlib.sha256(body.content).hexdigest() == by_path[relpath]["hash"]
             checked += 1
-    assert checked == 12 + 1  # 2 days x (readings, hourly, daily) x (Parquet, CSV), devices.geojson
+    # 2 days x (readings, hourly, daily) x (Parquet, CSV), the month's and the year's archives
+    # (Parquet, CSV.gz), devices.geojson
+    assert checked == 12 + 4 + 1
     assert f"/releases/{release.name}/parking/datapackage.json" in links
+
+
+def downloads_of(html: str) -> tuple[list[tuple[str, bool]], list[str], list[tuple[str, str, str]]]:
+    """The Downloads section: (month, is current) of its navigation, its day rows, and its
+    archive rows' (period, link text, href)."""
+    section = html[html.index('<h2 id="downloads">') :]
+    nav = re.search(r'<nav aria-label="Months">(.*?)</nav>', section, re.S).group(1)
+    months = [
+        (m, bool(cur)) for cur, m in re.findall(r'<a href="[^"]*"( aria-current="page")?>([^<]+)</a>', nav)
+    ]
+    days = re.findall(r'<tr><th scope="row">(\d{4}-\d{2}-\d{2})</th>', section)
+    archives = [
+        (period, text, href)
+        for period, cells in re.findall(
+            r'<tr class="archive"><th scope="row">([^<]+)</th>(.*?)</tr>', section, re.S
+        )
+        for href, text in re.findall(r'<a href="([^"]+)">([^<]+)</a>', cells)
+    ]
+    return months, days, archives
+
+
+def test_downloads_are_paged_by_month_with_the_month_and_year_archives(client, released):
+    release = latest_release(released).name
+    html = client.get("/datasets/parking").text
+    months, days, archives = downloads_of(html)
+    assert months == [("2016-10", True)]  # the newest month is the default
+    assert days == ["2016-10-05", "2016-10-04"]
+    base = f"/releases/{release}/parking/archives/council=testtown"
+    assert [(period, text, href) for period, text, href in archives] == [
+        ("2016-10 (whole month)", "Parquet", f"{base}/parking-testtown-2016-10.parquet"),
+        ("2016-10 (whole month)", "CSV.gz", f"{base}/parking-testtown-2016-10.csv.gz"),
+        ("2016 (whole year)", "Parquet", f"{base}/parking-testtown-2016.parquet"),
+        ("2016 (whole year)", "CSV.gz", f"{base}/parking-testtown-2016.csv.gz"),
+    ]
+    package = json.loads((latest_release(released) / "parking" / "datapackage.json").read_text())
+    sizes = {r["path"]: r["bytes"] for r in package["resources"]}
+    types = {"Parquet": "application/vnd.apache.parquet", "CSV.gz": "application/gzip"}
+    for _, text, href in archives:
+        answer = client.get(href)
+        assert (answer.status_code, answer.headers["content-type"]) == (200, types[text]), href
+        size = sizes[href.split("/parking/", 1)[1]]
+        assert len(answer.content) == size
+        assert f"{text}</a> ({size} bytes)" in html
+    # The chosen month, the chart's choices kept in the month links, and months that are not there.
+    chosen = client.get("/datasets/parking", params={"month": "2016-10", "device": "p2"}).text
+    assert downloads_of(chosen)[:2] == (months, days)
+    assert 'href="?device=p2&amp;month=2016-10#downloads" aria-current="page"' in chosen
+    missing = client.get("/datasets/parking", params={"month": "2016-09"})
+    assert missing.status_code == 404
+    assert missing.json()["detail"] == "parking has no published day in 2016-09: pick one of 2016-10"
+    assert client.get("/datasets/parking", params={"month": "2016-13"}).status_code == 422
+
+
+def test_a_month_lists_only_its_own_days_and_archives():
+    """Two months of a council, as a release lists them: each month its days, its archive and its year's."""
+    days = [date(2016, 9, 29), date(2016, 9, 30), date(2016, 10, 1)]
+    resources = [
+        Resource(f"council=t/date={d}/x.parquet", "readings", "t", d, "parquet", 10, "", {}, None, {})
+        for d in days
+    ]
+    archives = {
+        f"archives/council=t/x-t-{period}.{suffix}": {
+            "path": f"archives/council=t/x-t-{period}.{suffix}",
+            "format": fmt,
+            "bytes": size,
+            "civicflow": {
+                "archive": "year" if len(period) == 4 else "month",
+                "council": "t",
+                "period": period,
+            },
+        }
+        for period, size in (("2016-09", 20), ("2016-10", 10), ("2016", 30))
+        for fmt, suffix in (("csv", "csv.gz"), ("parquet", "parquet"))
+    }
+    ds = DatasetRelease(Domain.PARKING, Path("."), {}, {}, resources, archives)
+    assert dataset_months(ds) == ["2016-10", "2016-09"]
+    assert month_days(ds, "t", "2016-09") == days[:2]
+    assert month_days(ds, "t", "2016-10") == days[2:]
+    assert [
+        (a["period"], [(f["label"], f["bytes"]) for f in a["files"]])
+        for a in month_archives(ds, "t", "2016-09")
+    ] == [
+        ("2016-09", [("Parquet", 20), ("CSV.gz", 20)]),
+        ("2016", [("Parquet", 30), ("CSV.gz", 30)]),
+    ]
+    assert [a["period"] for a in month_archives(ds, "other", "2016-09")] == []
 
 
 @pytest.mark.parametrize(
