@@ -40,6 +40,18 @@ test: $(DEV_STAMP) ## run the whole test suite on every core (starts its own Mos
 test-unit: $(DEV_STAMP) ## run only the fast unit tests
 	$(BIN)/python -m pytest -m unit
 
+.PHONY: wheel-demo
+WHEEL_VENV := .venv-wheel
+wheel-demo: $(STAMP) ## build the wheel, install it with requirements.lock into .venv-wheel and run its `civicflow demo` outside the checkout
+	rm -rf dist $(WHEEL_VENV)
+	$(BIN)/uv build --wheel --quiet -o dist
+	rm -rf build
+	$(BIN)/uv venv --quiet --python $(BIN)/python $(WHEEL_VENV)
+	$(BIN)/uv pip install --quiet --python $(WHEEL_VENV)/bin/python --require-hashes -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(WHEEL_VENV)/bin/python --no-deps dist/civicflow-*.whl
+	@dir="$$(mktemp -d)" && echo "civicflow demo in $$dir (outside the checkout)" && \
+		cd "$$dir" && "$(CURDIR)/$(WHEEL_VENV)/bin/civicflow" demo
+
 .PHONY: fuzz
 fuzz: $(DEV_STAMP) ## fuzz ingestion end to end: 100,000 hostile messages through Mosquitto, the listener and civicflow batch (FUZZ_ARGS: --messages N --seed S)
 	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
@@ -78,4 +90,4 @@ lock: ## re-resolve requirements.lock (runtime) and requirements-test.lock (runt
 	$(BIN)/uv pip compile pyproject.toml --extra test --python 3.11 --generate-hashes -o requirements-test.lock
 
 clean: ## remove generated data and the virtual environment
-	rm -rf data $(VENV)
+	rm -rf data $(VENV) $(WHEEL_VENV)
