@@ -325,6 +325,46 @@ def test_downloads_are_listed_a_month_at_a_time_with_its_archives(page, portal_u
             assert f"{link.inner_text()} ({len(answer.body())} bytes)" in row.inner_text()
 
 
+def test_a_map_point_leads_to_its_device_page_with_readings_and_chart(page, portal_url):
+    elsewhere: list[str] = []
+
+    def only_the_portal(route):
+        if route.request.url.startswith(portal_url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_portal)
+    page.goto(portal_url + "/datasets/parking")
+    device_map = page.get_by_role("group", name=re.compile("testtown"))
+    points = device_map.locator("a")
+    assert [a.get_attribute("href") for a in points.all()] == [
+        "/datasets/parking/devices/testtown/p1",
+        "/datasets/parking/devices/testtown/p2",
+    ]
+    assert points.first.locator("title").text_content().startswith("p1 (")
+    points.first.click()
+    page.wait_for_url(f"{portal_url}/datasets/parking/devices/testtown/p1")
+    page.wait_for_load_state("load")
+    assert page.get_by_role("heading", level=1).inner_text() == "Device p1 of testtown"
+    latest = page.locator("#latest-readings")
+    cells = [[c.inner_text() for c in row.locator("td").all()] for row in latest.locator("tbody tr").all()]
+    header = [th.inner_text() for th in latest.locator("thead th").all()]
+    assert len(cells) == 8  # p1's last day: 4 hours, two readings an hour, newest first
+    at, occupied = header.index("observed_at"), header.index("occupied_spots")
+    assert [(r[at], r[occupied]) for r in cells[:2]] == [
+        ("2016-10-05 11:30:00+00:00", "21"),
+        ("2016-10-05 11:00:00+00:00", "21"),
+    ]
+    title, points_drawn = chart(page)
+    assert title.startswith("occupied_spots (spot), hourly means")
+    assert len(points_drawn) == 8  # 4 hours on each of two days
+    assert page.get_by_role("img", name=re.compile("hourly means")).is_visible()
+    assert accessibility_problems(page) == []
+    assert elsewhere == []
+
+
 @pytest.mark.parametrize("fmt", ["PARQUET", "CSV"])
 def test_download_link_returns_the_exact_published_bytes(page, portal_url, released, fmt):
     release = latest_release(released)
