@@ -71,7 +71,7 @@ bench-scale: $(DEV_STAMP) ## staging with 1 and 2 workers on 1 million readings 
 	$(BIN)/python -m bench.scale $(BENCH_SCALE_ARGS)
 
 .PHONY: screenshot
-screenshot: $(DEV_STAMP) ## publish the Birmingham car parks and screenshot their dataset page (docs/images/)
+screenshot: $(DEV_STAMP) ## publish the Birmingham car parks and Aberdeen stations, screenshot a dataset page and a device map (docs/images/)
 	$(BIN)/python docs/screenshot.py
 
 bench-portal: $(DEV_STAMP) ## civicflow serve over a year of 200 car parks: query latency vs DuckDB, 50 clients

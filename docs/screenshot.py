@@ -1,14 +1,17 @@
-"""The README's screenshot of a dataset page: Birmingham's real car-park readings, as published.
+"""The README's screenshots: a dataset page (Birmingham's real car-park readings) and a device map
+(Aberdeen's Sensor.Community air-quality stations, at the positions their archive gives), as published.
 
-1. land the Birmingham car-park recording (samples/parking/, October 2016) in a raw segment, as
-   the listener would, in a throwaway data root;
+1. land the Birmingham car-park recording (samples/parking/, October 2016) and the Aberdeen
+   air-quality archive (samples/air_quality/, January 2018) in a raw segment, as the listener
+   would, in a throwaway data root;
 2. stage it and run the quality gate and publisher (`jobs.stage_job`, `publish_job`:
    the code the Airflow tasks run), which cuts a release;
 3. start `civicflow serve` on a free loopback port over that data root and take a screenshot of
    the parking dataset page with Debian's headless Chromium (Playwright, no browser download),
-   from the top of the page to the chart.
+   from the top of the page to the chart, and one of the air-quality page's Devices section, from
+   its heading to the end of Aberdeen's map and table.
 
-Run with `make screenshot` (writes docs/images/dataset-page.png), or
+Run with `make screenshot` (writes docs/images/dataset-page.png and docs/images/device-map.png), or
 `python docs/screenshot.py --help`.
 """
 
@@ -43,16 +46,17 @@ DEVICE = "bhmbccmkt01"  # Birmingham's Bull Ring car park (BHMBCCMKT01), 577 spo
 WIDTH = 1000
 
 
-def publish_birmingham(data_root: Path) -> dict:
-    """Land, stage and publish the Birmingham car-park recording under `data_root`."""
-    from ingest.samples import birmingham_parking_messages
+def publish_samples(data_root: Path) -> dict:
+    """Land, stage and publish the Birmingham car parks and the Aberdeen stations under `data_root`."""
+    from ingest.samples import aberdeen_air_quality_messages, birmingham_parking_messages
     from jobs import publish_job, stage_job
     from warehouse.segments import SegmentWriter
 
     writer = SegmentWriter(data_root / "raw" / LISTENER, max_bytes=1 << 30, max_age_s=3600, fsync=False)
     now = time.time_ns()
     count = 0
-    for i, (topic, payload) in enumerate(birmingham_parking_messages()):
+    messages = [*birmingham_parking_messages(), *aberdeen_air_quality_messages()]
+    for i, (topic, payload) in enumerate(messages):
         writer.append(topic.encode(), payload, now + i)
         count += 1
     writer.close()
@@ -115,30 +119,58 @@ def screenshot(url: str, out: Path) -> dict:
             browser.close()
 
 
+def screenshot_devices(url: str, out: Path) -> dict:
+    """A PNG of the Devices section at `url`: its heading, the first council's map and table."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": WIDTH, "height": 800}, device_scale_factor=1)
+            page.goto(url)
+            if not page.locator("svg.device-map circle").count():
+                raise RuntimeError(f"no device with a position on {url}")
+            # Boxes are relative to the viewport; the clip of a full-page shot, to the page.
+            scrolled = page.evaluate("window.scrollY")
+            top = page.locator("h2#devices").bounding_box()
+            bottom = page.locator("h2#devices ~ table").first.bounding_box()
+            y = int(top["y"] + scrolled - 8)
+            height = int(bottom["y"] + scrolled + bottom["height"] + 16) - y
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=out, clip={"x": 0, "y": y, "width": WIDTH, "height": height}, full_page=True)
+            return {"title": page.title(), "width": WIDTH, "height": height}
+        finally:
+            browser.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python docs/screenshot.py", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "dataset-page.png")
+    parser.add_argument("--map-out", type=Path, default=ROOT / "docs" / "images" / "device-map.png")
     parser.add_argument("--keep", action="store_true", help="keep the throwaway data root and print it")
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).is_file():
         parser.error(f"{CHROMIUM} is missing: apt-get install chromium")
     data_root = Path(tempfile.mkdtemp(prefix="civicflow-screenshot-"))
     try:
-        result = publish_birmingham(data_root)
+        result = publish_samples(data_root)
         print(
             f"published {result['published']['published']} of {result['published']['validated']} "
-            f"Birmingham partitions from {result['messages']:,} messages"
+            f"Birmingham and Aberdeen partitions from {result['messages']:,} messages"
         )
         port = free_port()
         proc = serve(data_root, port, data_root / "serve.log")
         try:
             url = f"http://127.0.0.1:{port}/datasets/parking?council=birmingham&device={DEVICE}"
-            shot = screenshot(url, args.out)
+            shots = [(args.out, screenshot(url, args.out))]
+            url = f"http://127.0.0.1:{port}/datasets/air_quality?council=aberdeen"
+            shots.append((args.map_out, screenshot_devices(url, args.map_out)))
         finally:
             proc.terminate()
             proc.wait(30)
-        size = args.out.stat().st_size
-        print(f"{args.out} ({shot['width']}x{shot['height']}, {size / 1024:.0f} KiB): {shot['title']}")
+        for out, shot in shots:
+            size = out.stat().st_size
+            print(f"{out} ({shot['width']}x{shot['height']}, {size / 1024:.0f} KiB): {shot['title']}")
     finally:
         if args.keep:
             print(f"data root kept: {data_root}")
