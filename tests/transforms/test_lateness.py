@@ -94,10 +94,22 @@ def test_a_late_reading_re_releases_its_day_only_and_one_beyond_the_horizon_is_q
     after = tree_digest(layout.published_dataset("parking"))
     assert {k: v for k, v in after.items() if f"date={NEXT}" in k} == next_day_before
     changed = {k for k in after if after[k] != before.get(k)}
-    assert changed and all(
-        f"date={DAY}" in k or k.endswith(("datapackage.json", ".package.json", "quality.json"))
+    # the day, the packages, and what is built from the day: its month's and year's archives and
+    # the devices' listing (first and last reading, coverage)
+    archives = {
+        f"archives/council=testtown/parking-testtown-{p}.{f}"
+        for p in ("2026-03", "2026")
+        for f in ("parquet", "csv.gz")
+    }
+    assert archives <= changed
+    assert all(
+        f"date={DAY}" in k
+        or k in archives
+        or k.endswith(
+            ("datapackage.json", ".package.json", "quality.json", "devices.geojson", "archives/index.json")
+        )
         for k in changed
-    )
+    ), changed
     assert not any("date=2026-02-25" in k for k in after)
     assert (
         con.execute("SELECT * FROM published.releases WHERE event_date = ?", [NEXT]).fetchall()

@@ -353,7 +353,19 @@ def test_a_day_held_back_whole_leaves_its_released_aggregates_as_they_were(tmp_p
         after = snapshot_of(con, layout)
         assert without_quality(after) == without_quality(before)
         assert after[2]["latest/parking/quality.json"] != before[2]["latest/parking/quality.json"]
-        assert released_manifest(layout) == released_manifest(layout, before[3])
+        pages = sorted(k for k in after[2] if k.startswith("latest/parking/data-docs/council="))
+        assert pages == [  # the published version's page, and those of the versions held back
+            f"latest/parking/data-docs/council=testtown/date={DAY}/v1.html",
+            f"latest/parking/data-docs/council=testtown/date={DAY}/v2.html",
+            f"latest/parking/data-docs/council=testtown/date={HELD_DAY}/v2.html",
+        ]
+        manifest, earlier = released_manifest(layout), released_manifest(layout, before[3])
+        assert [(h["event_date"], h["version"]) for h in manifest.pop("held_back")] == [
+            (DAY.isoformat(), 2),
+            (HELD_DAY.isoformat(), 2),
+        ]
+        earlier.pop("held_back")
+        assert manifest == earlier  # the same partitions and files
         # Rebuilding the released partition reads its published rows, never the staged ones (which
         # now hold p2's 08:10 reading twice).
         with transaction(con):
@@ -482,9 +494,13 @@ RELEASE_METADATA = ("quality.json", "latest/release.json", "latest/manifest.json
 
 
 def without_quality(snap: tuple) -> tuple:
-    """A snapshot but for the quality summaries and what names the release (its id)."""
+    """A snapshot but for the quality summaries and pages and what names the release (its id)."""
     tables, ledger, files, _ = snap
-    return tables, ledger, {k: v for k, v in files.items() if not k.endswith(RELEASE_METADATA)}
+    return (
+        tables,
+        ledger,
+        {k: v for k, v in files.items() if not k.endswith(RELEASE_METADATA) and "/data-docs/" not in k},
+    )
 
 
 def released_manifest(layout: Layout, release: Path | None = None) -> dict:
