@@ -3,7 +3,10 @@
 Each catalogue dataset (a domain of one council) becomes a CKAN package named by its identifier,
 `civicflow-<domain>-<council>`, under the council's licence mapped to a CKAN licence id, and each
 distribution a resource linking to the file's stable path under `latest/` (CKAN holds the links,
-Civicflow the files). A push is idempotent: `package_show` decides between `package_create` and
+Civicflow the files). The attribution the licence asks for (the catalogue's rights statement, which
+is what `publish.datapackage.rights` reads from the data packages) is the package's `attribution`
+extra and ends its notes and every resource's description, so whoever reuses the data from CKAN
+sees it. A push is idempotent: `package_show` decides between `package_create` and
 `package_patch`, and a resource is created when its name is new and patched only when its
 checksum changed. The API key goes in the Authorization header and is never logged.
 """
@@ -49,14 +52,29 @@ def _value(node: object) -> str:
     return node["@value"] if isinstance(node, dict) and "@value" in node else str(node)
 
 
+def _attributed(text: str, attribution: str | None) -> str:
+    return f"{text}\n\nAttribution: {attribution}" if attribution else text
+
+
 def packages_from_catalog(
     catalog: dict, release_id: str, base_url: str, organization: str | None
 ) -> list[dict]:
     """CKAN package dicts (resources included) for every dataset of a catalogue."""
     graph = catalog["@graph"]
+    nodes = {n["@id"]: n for n in graph if isinstance(n, dict) and "@id" in n}
+
+    def label(ref: dict | None) -> str | None:
+        return (
+            _value(nodes[ref["@id"]]["rdfs:label"])
+            if ref and "rdfs:label" in nodes.get(ref["@id"], {})
+            else None
+        )
+
     release_prefix = f"{base_url}releases/{release_id}/"
     packages = []
     for ds in (n for n in graph if n["@type"] == "dcat:Dataset"):
+        attribution = label(ds.get("dct:rights"))
+        licence_url = ds["dct:license"]["@id"]
         resources = []
         for dist in ds["dcat:distribution"]:
             url = dist["dcat:downloadURL"]["@id"]
@@ -66,6 +84,9 @@ def packages_from_catalog(
             resources.append(
                 {
                     "name": dist["dct:title"],
+                    "description": _attributed(
+                        dist["dct:description"], label(dist.get("dct:rights")) or attribution
+                    ),
                     "url": f"{base_url}latest/{url.removeprefix(release_prefix)}",
                     "format": FORMATS[file_type],
                     # A gzipped CSV archive downloads as gzip: CKAN's mimetype is what the link serves.
@@ -79,9 +100,16 @@ def packages_from_catalog(
         package = {
             "name": ds["dct:identifier"],
             "title": ds["dct:title"],
-            "notes": ds["dct:description"],
-            "license_id": ckan_licence_id(ds["dct:license"]["@id"]),
+            "notes": _attributed(ds["dct:description"], attribution),
+            "license_id": ckan_licence_id(licence_url),
             "tags": [{"name": k} for k in ds["dcat:keyword"]],
+            # CKAN names the licence by its id; its title and link, and the attribution, are extras
+            # (CKAN drops fields its schema does not know).
+            "extras": [
+                {"key": "licence", "value": label(ds["dct:license"]) or licence_url},
+                {"key": "licence_url", "value": licence_url},
+                *([{"key": "attribution", "value": attribution}] if attribution else []),
+            ],
             "resources": resources,
         }
         if organization:
@@ -144,7 +172,7 @@ def push_catalog(client: CkanClient, packages: list[dict]) -> PushResult:
             if old is None:
                 client.call("resource_create", {"package_id": package_id, **resource})
                 result.resources_created += 1
-            elif old.get("hash") != resource["hash"] or old.get("url") != resource["url"]:
+            elif any(old.get(k) != resource[k] for k in ("hash", "url", "description")):
                 client.call("resource_patch", {"id": old["id"], **resource})
                 result.resources_patched += 1
     log.info(

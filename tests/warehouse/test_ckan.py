@@ -12,7 +12,9 @@ import pytest
 from factories import LIMITS, car_park, land
 from pydantic import SecretStr
 
+from civicflow.contract import LICENCE, OGL_ATTRIBUTION
 from civicflow.errors import TransientError
+from civicflow.registry import load_registry
 from civicflow.settings import CkanSettings, PublishSettings
 from jobs.publication import gate_and_publish
 from transforms.stage import stage_segments
@@ -23,6 +25,7 @@ pytestmark = pytest.mark.integration
 NOW = datetime(2026, 3, 3, 12, 0, tzinfo=UTC)
 KEY = "ckan-key-do-not-log-3f9a"
 BASE = "https://data.example.org/civicflow/"
+OGL = LICENCE["path"]
 
 
 class StandIn(BaseHTTPRequestHandler):
@@ -112,8 +115,14 @@ def test_a_release_is_pushed_once_with_exact_calls_and_the_key_is_never_logged(t
         "tags": [
             {"name": t} for t in ("smart city", "parking", "testtown", "OffStreetParking", "ParkingSpot")
         ],
+        "extras": [
+            {"key": "licence", "value": LICENCE["title"]},
+            {"key": "licence_url", "value": OGL},
+            {"key": "attribution", "value": OGL_ATTRIBUTION},
+        ],
         "owner_org": "testtown-council",
     }
+    assert created["notes"].endswith(f"\n\nAttribution: {OGL_ATTRIBUTION}")
     package = json.loads((layout.latest / "parking" / "datapackage.json").read_text())
     # Every file but devices.geojson, which holds every council's devices: no council's distribution.
     listed = {r["name"]: r for r in package["resources"] if r["path"] != "devices.geojson"}
@@ -122,14 +131,70 @@ def test_a_release_is_pushed_once_with_exact_calls_and_the_key_is_never_logged(t
         assert body == {
             "package_id": f"id-{name}",
             "name": r["name"],
+            "description": body["description"],
             "url": f"{BASE}latest/parking/{r['path']}",
             "format": {"csv": "CSV", "parquet": "Parquet"}[r["format"]],
             "mimetype": "application/gzip" if r.get("compression") == "gz" else r["mediatype"],
             "size": r["bytes"],
             "hash": r["hash"],
         }
+        assert body["description"].endswith(f"\n\nAttribution: {OGL_ATTRIBUTION}")
     assert sorted(b["name"] for _, _, b in calls[2:]) == sorted(listed)
     assert KEY not in caplog.text
     for path in (tmp_path / "data").rglob("*"):
         if path.is_file() and path.suffix != ".duckdb":
             assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_the_shipped_registrys_licence_and_attribution_reach_ckan(tmp_path, ckan):
+    """Aberdeen's citizen air-quality data is under ODbL with Sensor.Community's attribution
+    (registry/aberdeen.toml); an Open Government Licence council carries the licence's statement."""
+    registry = load_registry()
+    aberdeen = registry.councils["aberdeen"]
+    assert aberdeen.attribution and aberdeen.licence is not None
+    layout = Layout(tmp_path / "data")
+    con = connect(layout.warehouse)
+    settings = PublishSettings(
+        base_url=BASE, ckan=CkanSettings(url=f"http://127.0.0.1:{ckan.server_port}", api_key=SecretStr(KEY))
+    )
+    air = [
+        (
+            f"city/aberdeen/air_quality/esp8266-{i}",
+            {"observed_at": f"2026-03-02T08:{m:02d}:00Z", "no2": 30.5, "lat": 57.14, "lon": -2.1},
+        )
+        for i in (1, 2)
+        for m in (0, 30)
+    ]
+    try:
+        land(layout, [*air, car_park("p1", "2026-03-02T08:00:00Z", 10)])
+        stage_segments(layout, con, LIMITS, now=NOW)
+        gate_and_publish(layout, con, now=NOW, licences=registry.licences(), publication=settings)
+    finally:
+        con.close()
+
+    created = {body["name"]: body for action, _, body in ckan.calls if action == "package_create"}
+    assert sorted(created) == ["civicflow-air_quality-aberdeen", "civicflow-parking-testtown"]
+    expected = {
+        "civicflow-air_quality-aberdeen": (
+            "odc-odbl",
+            aberdeen.licence.title,
+            aberdeen.licence.path,
+            aberdeen.attribution,
+        ),
+        "civicflow-parking-testtown": ("uk-ogl", LICENCE["title"], OGL, OGL_ATTRIBUTION),
+    }
+    for name, (licence_id, title, url, attribution) in expected.items():
+        package = created[name]
+        assert package["license_id"] == licence_id
+        assert package["extras"] == [
+            {"key": "licence", "value": title},
+            {"key": "licence_url", "value": url},
+            {"key": "attribution", "value": attribution},
+        ]
+        assert package["notes"].endswith(f"\n\nAttribution: {attribution}")
+        resources = [
+            b for a, _, b in ckan.calls if a == "resource_create" and b["package_id"] == f"id-{name}"
+        ]
+        assert len(resources) == 8 + 4
+        for r in resources:
+            assert r["description"].endswith(f"\n\nAttribution: {attribution}"), r["name"]
