@@ -5,9 +5,11 @@ store directory, no TLS, ack_wait shortened), with deploy/nats/accounts.conf as 
 secrets.conf of made-up passwords for the users of secrets.conf.example. The gateway simulator and
 `civicflow listen` run unchanged against it: readings published at QoS 1 land with none lost
 across a SIGKILL of the listener and a SIGKILL and restart of nats-server, both mid-stream; the
-users' permissions hold; NATS does not honour shared subscriptions, so councils are sharded across
-listeners instead (CIVICFLOW_MQTT__COUNCILS); and the three-node example replicates every MQTT
-stream and consumer three times and keeps landing with a node down.
+users' permissions hold, the feedback grants included (only civicflow-feedback writes a
+council's retained summaries, only that council's gateways read them, at QoS 0); NATS does not
+honour shared subscriptions, so councils are sharded across listeners instead
+(CIVICFLOW_MQTT__COUNCILS); and the three-node example replicates every MQTT stream and consumer
+three times and keeps landing with a node down.
 
 One single-node server serves the module; the tests that kill it restart it before they end.
 """
@@ -29,6 +31,7 @@ from natsbroker import (
     CHIRPSTACK_UPLINK,
     DEPLOY_NATS,
     HOST,
+    NATS_SERVER,
     TEST_ACK_WAIT,
     USERS,
     Gateway,
@@ -38,6 +41,8 @@ from natsbroker import (
 )
 from paho.mqtt.enums import CallbackAPIVersion
 
+from ingest.feedback import FeedbackTarget, encode_summary
+from ingest.feedback import publish_summaries as publish_feedback
 from ingest.gateway import publish_messages
 from ingest.listener import BrokerAddress
 from ingest.probe import probe_broker
@@ -431,3 +436,92 @@ def test_councils_setting_subscribes_per_council_and_refuses_what_is_not_a_counc
         monkeypatch.setenv("CIVICFLOW_MQTT__COUNCILS", bad)
         with pytest.raises(ValidationError, match=says):
             Settings()
+
+
+# -- Feedback ---------------------------------------------------------------------------------
+
+
+def publish_retained(server: NatsServer, user: str, topic: str, payload: bytes) -> None:
+    """One retained QoS 1 publish under `user`, as ingest/feedback.py publishes; waits for the PUBACK."""
+    acked = threading.Event()
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"{user}-retained", clean_session=True, protocol=mqtt.MQTTv311
+    )
+    client.username_pw_set(user, USERS[user])
+    client.on_publish = lambda *args: acked.set()
+    client.connect(HOST, server.mqtt_port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1, retain=True)
+        assert acked.wait(10), f"no PUBACK for {user}'s publish on {topic}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def feedback_summary(council: str, device_id: str) -> dict:
+    return {"council": council, "domain": "parking", "device_id": device_id, "rejected": 1}
+
+
+def test_only_civicflow_feedback_writes_feedback_and_only_the_councils_gateways_read_it(request):
+    """A retained summary published by ingest/feedback.py as civicflow-feedback reaches a gateway of
+    its council subscribed at QoS 0 (the only QoS accounts.conf lets a gateway have), never another
+    council's gateway; a gateway's own retained publish on a feedback topic is not stored."""
+    if not NATS_SERVER.exists():
+        pytest.skip(f"{NATS_SERVER} not found: install nats-server or set CIVICFLOW_TEST_NATS_SERVER")
+    nats = request.getfixturevalue("nats")
+    feedback = FeedbackTarget(
+        BrokerAddress(HOST, nats.mqtt_port, "civicflow-feedback", USERS["civicflow-feedback"]), prefix="city"
+    )
+    genuine = feedback_summary("birmingham", "fb-1")
+    assert publish_feedback(feedback, [genuine]) == [genuine]
+    # A gateway forging a summary of its own council's device: acknowledged (MQTT 3.1.1), not stored.
+    publish_retained(nats, "gw-birmingham-2", "city/birmingham/parking/fb-2/feedback", b"forged")
+
+    def gateway(user: str, topic_filter: str, client_id: str) -> Collector:
+        return Collector(
+            HOST,
+            nats.mqtt_port,
+            topic_filter,
+            client_id=client_id,
+            qos=0,
+            clean_session=True,
+            username=user,
+            password=USERS[user],
+        )
+
+    birmingham = gateway("gw-birmingham-1", "city/birmingham/+/+/feedback", "gw-birmingham-1")
+    leeds_own = gateway("gw-leeds-1", "city/leeds/+/+/feedback", "gw-leeds-1")
+    leeds_other = gateway("gw-leeds-1", "city/birmingham/+/+/feedback", "gw-leeds-1-other")
+    try:
+        assert birmingham.start() == [0]
+        assert leeds_own.start() == [0]
+        assert leeds_other.start() == [128]  # SUBACK failure: outside gw-leeds-1's grant
+        assert birmingham.wait_for(1, 10) == 1  # the retained summary, at once
+        # Then a live one for each council: each gateway's next message must be its own council's.
+        later = [feedback_summary("birmingham", "fb-3"), feedback_summary("leeds", "fb-4")]
+        assert publish_feedback(feedback, later) == later
+        assert birmingham.wait_for(2, 10) == 2
+        assert leeds_own.wait_for(1, 10) == 1
+    finally:
+        for c in (birmingham, leeds_own, leeds_other):
+            c.stop()
+    assert birmingham.topics == [
+        "city/birmingham/parking/fb-1/feedback",
+        "city/birmingham/parking/fb-3/feedback",
+    ]
+    assert birmingham.payloads == [encode_summary(genuine), encode_summary(later[0])]
+    assert birmingham.retained == [True, False]
+    assert leeds_own.topics == ["city/leeds/parking/fb-4/feedback"]
+    assert leeds_other.payloads == []
+    assert (
+        'Publish Violation - User "gw-birmingham-2", Subject "city.birmingham.parking.fb-2.feedback"'
+        in nats.log_text()
+    )
+    # An empty retained message clears a topic's (MQTT 3.1.1): NATS deletes it from its stream of
+    # retained messages, so the module's other subscribers to city/# get none of these.
+    assert nats.account_streams()["$MQTT_rmsgs"]["state"]["messages"] == 3
+    for device in ("fb-1", "fb-3"):
+        publish_retained(nats, "civicflow-feedback", f"city/birmingham/parking/{device}/feedback", b"")
+    publish_retained(nats, "civicflow-feedback", "city/leeds/parking/fb-4/feedback", b"")
+    assert nats.account_streams()["$MQTT_rmsgs"]["state"]["messages"] == 0
