@@ -349,6 +349,7 @@ def create_app(
                     "archives": month_archives(ds, c, month),
                     "downloads": downloads,
                     "quality": ds.quality.get("councils", {}).get(c, {}),
+                    "held_pages": held_pages(ds, c),
                 }
             )
         context = {
@@ -399,11 +400,11 @@ def create_app(
         found = released_file(current, dataset, path)
         if found is None:
             raise HTTPException(404, f"{dataset}/{path} is not in release {current.id}")
-        listed = current.datasets[dataset].resource(path)
+        listed = current.datasets[dataset].listed_hash(path)  # day files and archives alike
         return file_answer(
             request,
             found,
-            etag=f'"{listed.hash.removeprefix("sha256:")}"' if listed is not None else None,
+            etag=f'"{listed}"' if listed is not None else None,
             cache_control=IMMUTABLE,
             # A Data Docs page (and its stylesheet) opens in the browser; data files download.
             filename=None if path.startswith(f"{DATA_DOCS}/") else found.name,
@@ -679,6 +680,14 @@ ARCHIVE_FORMATS = {"parquet": "Parquet", "csv": "CSV.gz"}
 def dataset_months(ds: DatasetRelease) -> list[str]:
     """The months (YYYY-MM) with a published day of any council, newest first."""
     return sorted({f"{d:%Y-%m}" for c in ds.councils for d in ds.days(c)}, reverse=True)
+
+
+def held_pages(ds: DatasetRelease, council: str) -> list[tuple[str, str]]:
+    """(day, Data Docs page) of a council's held-back days whose page the release holds, as
+    `quality.json` names them (relative to the dataset's folder)."""
+    held = ds.quality.get("councils", {}).get(council, {}).get("held_back", [])
+    pages = {(h["date"], h["data_docs"]) for h in held if h.get("data_docs") and ds.has_page(h["data_docs"])}
+    return sorted(pages)
 
 
 def month_days(ds: DatasetRelease, council: str, month: str) -> list[date]:

@@ -91,6 +91,17 @@ class DatasetRelease:
     held_docs: frozenset[str] = frozenset()
     """The Data Docs pages of versions held back now, relative to the dataset's folder."""
 
+    def listed_hash(self, relpath: str) -> str | None:
+        """The sha256 (hex) the data package lists for a file, day file or archive, if it lists it."""
+        listed = self._by_path.get(relpath)
+        found = listed.hash if listed is not None else self.archives.get(relpath, {}).get("hash")
+        return found.removeprefix("sha256:") if found else None
+
+    def has_page(self, relpath: str) -> bool:
+        """Whether the release holds this Data Docs page (relative to the dataset's folder), as
+        `quality.json` names a held-back day's."""
+        return relpath in self.held_docs or relpath in self.data_docs.values()
+
     @cached_property
     def _index(self) -> dict[tuple[str, str, str | None], list[Resource]]:
         """Resources by (kind, format, council), each list in package order and by day.
@@ -332,7 +343,7 @@ def released_file(release: ReleaseView, dataset: str, relpath: str) -> Path | No
     if found is None:
         return None
     packages = {council_package_file(council) for council in found.councils}
-    pages = relpath == DATA_DOCS_CSS or relpath in found.held_docs or relpath in found.data_docs.values()
+    pages = relpath == DATA_DOCS_CSS or found.has_page(relpath)
     if (
         relpath in METADATA_FILES
         or relpath in SCHEMA_FILES

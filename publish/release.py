@@ -29,7 +29,7 @@ import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
@@ -217,9 +217,10 @@ def release(
         dataset = DATASETS[Domain(name)]
         if name in (quality or {}):
             layout.published_dataset(dataset.domain).mkdir(parents=True, exist_ok=True)
+            summary = _quality_pages(name, quality[name], data_docs or {}, stylesheets or {})
             _write_atomically(
                 layout.published_dataset(dataset.domain) / "quality.json",
-                json.dumps(quality[name], indent=2) + "\n",
+                json.dumps(summary, indent=2) + "\n",
             )
         if any(p.domain == name for p in waiting) or current is None:
             write_datapackage(con, layout, dataset, licences, councils)
@@ -242,6 +243,25 @@ def data_docs_file(ref: PartitionRef) -> str:
     `../../data-docs.css` (expectations/docs.py).
     """
     return f"{DATA_DOCS}/council={ref.council}/date={ref.event_date.isoformat()}/v{ref.version}.html"
+
+
+def _quality_pages(
+    domain: str, summary: dict, pages: Mapping[PartitionRef, Path], stylesheets: Mapping[str, Path]
+) -> dict:
+    """A quality summary whose held-back entries name their version's Data Docs page in the release.
+
+    The path is relative to the dataset's folder, like every path in the release (`data_docs_file`);
+    null when the release holds no page for that version.
+    """
+    councils = {}
+    for council, found in summary.get("councils", {}).items():
+        held = []
+        for entry in found.get("held_back", []):
+            ref = PartitionRef(domain, council, date.fromisoformat(entry["date"]), entry["version"])
+            page = data_docs_file(ref) if ref in pages and domain in stylesheets else None
+            held.append(entry | {"data_docs": page})
+        councils[council] = found | {"held_back": held} if "held_back" in found else found
+    return summary | {"councils": councils} if "councils" in summary else summary
 
 
 def _data_docs(

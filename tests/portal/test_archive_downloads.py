@@ -28,6 +28,11 @@ def test_archives_are_served_with_their_media_types_and_bytes(released, client):
             r["bytes"],
             r["hash"],
         )
+        # Validated by the sha256 the data package lists, as the day files are.
+        etag = f'"{r["hash"].removeprefix("sha256:")}"'
+        assert answer.headers["etag"] == etag, path
+        again = client.get(f"/releases/{release.name}/parking/{path}", headers={"If-None-Match": etag})
+        assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", etag), path
     month = client.get(f"/releases/{release.name}/parking/{folder}/parking-testtown-2016-10.csv.gz").content
     lines = gzip.decompress(month).decode().splitlines()
     assert len(lines) == 1 + 8 + 8 + 4  # header; p1 on two days, p2 on one

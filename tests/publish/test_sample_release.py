@@ -13,10 +13,13 @@ import pyshacl
 import pytest
 import rdflib
 from factories import LIMITS, car_park, land
+from fastapi.testclient import TestClient
 
 from civicflow.registry import load_registry
 from ingest.samples import aberdeen_air_quality_messages, birmingham_parking_messages
 from jobs.publication import gate_and_publish
+from portal.app import create_app, held_pages
+from portal.release import load_release
 from publish.catalog import PLACEHOLDER_BASE, build_catalog, to_graph
 from publish.release import Release, latest_release
 from transforms.stage import stage_segments
@@ -206,6 +209,22 @@ def test_the_data_docs_of_a_release_load_nothing_from_elsewhere_and_say_what_was
     assert [(p["council"], p["data_docs"]) for p in manifest["held_back"]] == [
         ("testtown", "parking/data-docs/council=testtown/date=2026-11-23/v1.html")
     ]
+    # quality.json names the held-back day's page as the release holds it, from the dataset's folder.
+    quality = json.loads((release / "parking" / "quality.json").read_text())
+    [held] = quality["councils"]["testtown"]["held_back"]
+    assert (held["date"], held["data_docs"]) == (
+        "2026-11-23",
+        "data-docs/council=testtown/date=2026-11-23/v1.html",
+    )
+    assert (release / "parking" / held["data_docs"]).is_file()
+    # The portal serves that page from the release, under the path quality.json gives.
+    answer = TestClient(create_app(sample_release)).get(
+        f"/releases/{release.name}/parking/{held['data_docs']}"
+    )
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/html")
+    assert answer.content == (release / "parking" / held["data_docs"]).read_bytes()
+    parking = load_release(sample_release).datasets["parking"]
+    assert held_pages(parking, "testtown") == [("2026-11-23", held["data_docs"])]  # the dataset page's link
 
 
 SHAPES = Path(__file__).parent / "data" / "dcat-ap-3.0.1"
