@@ -260,7 +260,13 @@ class Lake:
                                 update.remove_field(field.name)
                             for name in partition_by:
                                 update.add_identity(name)
-                log.info("%s: partitioned by %s (was %s)", ".".join(ident), partition_by, have)
+                log.info(
+                    "%s conformed: partitioned by %s (was %s), properties set: %s",
+                    ".".join(ident),
+                    partition_by,
+                    have,
+                    sorted(stale),
+                )
             except (CommitFailedException, OperationalError):
                 _back_off(attempt)
             table = self.catalog.load_table(ident)
