@@ -83,7 +83,7 @@ bench-publish: $(DEV_STAMP) ## gate and publish for 1, 10, 50 councils (7 days e
 lint: $(DEV_STAMP) ## ruff format check and lint; import contracts (package layers, framework homes)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/lint-imports --no-cache
+	$(BIN)/python -m tests.import_layout
 
 lock: ## re-resolve requirements.lock (runtime) and requirements-test.lock (runtime + test tools) from pyproject.toml, with hashes
 	$(BIN)/uv pip compile pyproject.toml --python 3.11 --generate-hashes -o requirements.lock

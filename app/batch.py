@@ -105,7 +105,7 @@ def run_batch(
     deadline = time.monotonic() + timeout_s
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.batch", str(result_path), json.dumps(conf or {}), *dag_ids],
+            [sys.executable, "-m", "civicflow.app.batch", str(result_path), json.dumps(conf or {}), *dag_ids],
             env=airflow_env(settings, airflow_home),
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -2,7 +2,7 @@
 
 An entry point: it reads the settings and imports stage packages inside each command, so
 `civicflow --help` stays fast and a command only loads what it runs. Each command prints through
-`app.progress.output_console()`: a terminal's width on a terminal, full-width lines elsewhere.
+`civicflow.app.progress.output_console()`: a terminal's width on a terminal, full-width lines elsewhere.
 Data (values, paths, messages) is printed literally, never read as rich markup.
 """
 
@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from app.progress import output_console
+from civicflow.app.progress import output_console
 from civicflow.settings import Settings
 
 app = typer.Typer(
@@ -82,7 +82,7 @@ def listen(verbose: Verbose = False, log_json: LogJson = False) -> None:
 
     Example: CIVICFLOW_MQTT__HOST=127.0.0.1 CIVICFLOW_MQTT__PORT=1883 civicflow listen --log-json
     """
-    from ingest.listener import Listener
+    from civicflow.ingest.listener import Listener
 
     _logging(verbose, log_json)
     try:
@@ -123,11 +123,11 @@ def status(
     Example: CIVICFLOW_DATA_ROOT=data/demo civicflow status
              civicflow status --device birmingham/bhmbccmkt01 --json
     """
-    from app.status import pipeline_status
+    from civicflow.app.status import pipeline_status
 
     settings = Settings()
     if device is not None:
-        from app.status import device_feedback
+        from civicflow.app.status import device_feedback
 
         try:
             found = device_feedback(settings, device)
@@ -139,7 +139,7 @@ def status(
 
             typer.echo(json.dumps(found, indent=2, default=str))
         else:
-            from app.status_view import print_device
+            from civicflow.app.status_view import print_device
 
             print_device(output_console(), found)
         return
@@ -149,7 +149,7 @@ def status(
 
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
-        from app.status_view import print_status
+        from civicflow.app.status_view import print_status
 
         print_status(output_console(), report, settings)
     if not report.healthy:
@@ -186,21 +186,21 @@ def _echo_json(doc: object) -> None:
 
 def _run_dags(settings: Settings, as_json: bool, dag_ids: tuple[str, ...] | None = None):
     """Run DAGs through Airflow with a progress display, on stderr when stdout carries JSON."""
-    from app.batch import BATCH_DAGS, run_batch
-    from app.progress import dag_progress
+    from civicflow.app.batch import BATCH_DAGS, run_batch
+    from civicflow.app.progress import dag_progress
 
     with dag_progress(output_console(stderr=as_json)) as on_progress:
         return run_batch(settings, dag_ids=dag_ids or BATCH_DAGS, on_progress=on_progress)
 
 
 def _summary(settings: Settings, outcome) -> dict:
-    from app.summary import summary_document, warehouse_summary
+    from civicflow.app.summary import summary_document, warehouse_summary
 
     return summary_document(warehouse_summary(settings), outcome)
 
 
 def _print_summary(settings: Settings, outcome) -> None:
-    from app.summary import print_summary, warehouse_summary
+    from civicflow.app.summary import print_summary, warehouse_summary
 
     print_summary(output_console(), warehouse_summary(settings), outcome)
 
@@ -228,9 +228,9 @@ def replay(
 
     Example: civicflow replay --from 2026-03-01 --to 2026-03-07
     """
-    from app.progress import segment_progress
+    from civicflow.app.progress import segment_progress
     from civicflow.errors import CivicflowError
-    from jobs import replay_job
+    from civicflow.jobs import replay_job
 
     _logging(verbose, log_json)
     settings = Settings()
@@ -296,7 +296,7 @@ def erase(
     import os
 
     from civicflow.errors import CivicflowError
-    from jobs import erase_job
+    from civicflow.jobs import erase_job
 
     _logging(verbose, log_json)
     who = os.environ.get("USER") or getpass.getuser()
@@ -348,7 +348,7 @@ def airflow(
     """
     import os
 
-    from app.batch import client_host, default_airflow_home, run_standalone
+    from civicflow.app.batch import client_host, default_airflow_home, run_standalone
 
     settings = Settings()
     port = port or int(os.environ.get("AIRFLOW__API__PORT", "8080"))
@@ -373,7 +373,7 @@ def demo(
 
     Example: civicflow demo --data-root data/demo   (what `make demo` runs)
     """
-    from app.demo import run_demo
+    from civicflow.app.demo import run_demo
 
     _logging(verbose)
     raise typer.Exit(run_demo(output_console(), data_root))
@@ -396,7 +396,7 @@ def sql(
     """
     import duckdb
 
-    from warehouse.db import connect
+    from civicflow.warehouse.db import connect
 
     settings = Settings()
     con = connect(settings.warehouse_path, read_only=True)
@@ -454,8 +454,8 @@ def metrics(
     """
     from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
 
-    from warehouse.layout import Layout
-    from warehouse.metrics import BatchCollector
+    from civicflow.warehouse.layout import Layout
+    from civicflow.warehouse.metrics import BatchCollector
 
     if textfile is not None and textfile.suffix != ".prom":
         output_console(stderr=True).print(
@@ -503,8 +503,8 @@ def _json_rows(columns: list[str], rows: list[tuple]) -> str:
 
 
 def _register_subcommands() -> None:
-    from app.release_cli import release_app
-    from app.serve_cli import serve
+    from civicflow.app.release_cli import release_app
+    from civicflow.app.serve_cli import serve
 
     app.add_typer(release_app, name="release")
     app.command()(serve)

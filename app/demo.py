@@ -145,7 +145,7 @@ class Replay:
 
 def demo_replays(prefix: str) -> list[Replay]:
     """The messages of every domain, from `samples/` (real) or generated (traffic)."""
-    from ingest import samples
+    from civicflow.ingest import samples
 
     return [
         Replay(
@@ -181,11 +181,11 @@ def demo_replays(prefix: str) -> list[Replay]:
 
 
 def run_demo(console: Console, data_root: Path) -> int:
-    from app.batch import run_batch
-    from app.progress import dag_progress, message_progress
-    from app.summary import print_summary, warehouse_summary
-    from ingest.broker import EmbeddedBroker
-    from ingest.gateway import publish_messages
+    from civicflow.app.batch import run_batch
+    from civicflow.app.progress import dag_progress, message_progress
+    from civicflow.app.summary import print_summary, warehouse_summary
+    from civicflow.ingest.broker import EmbeddedBroker
+    from civicflow.ingest.gateway import publish_messages
 
     data_root = data_root.resolve()
     if data_root.exists():
@@ -217,7 +217,7 @@ def run_demo(console: Console, data_root: Path) -> int:
         status = data_root / "raw" / DEMO_CLIENT_ID / "status.json"
         log_file = (run_dir / "listener.log").open("w")
         listener = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "listen"],
+            [sys.executable, "-m", "civicflow.app.cli", "listen"],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -295,11 +295,24 @@ def run_demo(console: Console, data_root: Path) -> int:
     return 0 if outcome.ok else 1
 
 
+def shown_path(path: Path) -> str:
+    """A path as a user would type it here: relative under the working directory, else absolute."""
+    path = path.absolute()
+    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def command_name() -> str:
+    """How to run this `civicflow` again: its bare name where PATH finds this very script, else its path."""
+    script = Path(sys.executable).parent / "civicflow"
+    found = shutil.which("civicflow")
+    if found and Path(found).resolve() == script.resolve():
+        return "civicflow"
+    return shown_path(script)
+
+
 def print_next_steps(console: Console, data_root: Path) -> None:
     """Where to look next: the portal over what the demo published, and the one-screen status."""
-    root = os.path.relpath(data_root) if data_root.is_relative_to(Path.cwd()) else str(data_root)
-    cli = os.path.relpath(Path(sys.executable).parent / "civicflow")
-    root, cli = escape(root), escape(cli)
+    root, cli = escape(shown_path(data_root)), escape(command_name())
     console.print()
     console.print(
         f"[bold]Open-data portal[/] over this release: run\n"

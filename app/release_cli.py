@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from app.progress import output_console
+from civicflow.app.progress import output_console
 from civicflow.contract import Domain
 from civicflow.settings import Settings
 
@@ -42,8 +42,8 @@ def list_held_back(
 
     Example: civicflow release list --domain traffic
     """
-    from warehouse.db import connect
-    from warehouse.partitions import held_back
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.partitions import held_back
 
     console = output_console()
     settings = Settings()
@@ -55,7 +55,7 @@ def list_held_back(
     if as_json:
         import json
 
-        from app.summary import held_back_document
+        from civicflow.app.summary import held_back_document
 
         typer.echo(json.dumps([held_back_document(h, settings.data_root) for h in held], indent=2))
         return
@@ -104,10 +104,10 @@ def approve(
     Example: civicflow release approve parking birmingham 2016-10-04 --reason "car park closed for works"
     """
     from civicflow.errors import CivicflowError
+    from civicflow.jobs.publication import approve as approve_held
     from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
-    from jobs.publication import approve as approve_held
-    from warehouse.db import connect
-    from warehouse.layout import Layout
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.layout import Layout
 
     console = output_console()
     settings = Settings()

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from civicflow.portal.ratelimit import RateLimit
     from civicflow.settings import PortalSettings
-    from portal.ratelimit import RateLimit
 
 
 def serve(
@@ -26,9 +26,9 @@ def serve(
     """
     import uvicorn
 
+    from civicflow.portal.app import create_app
     from civicflow.settings import Settings
-    from portal.app import create_app
-    from warehouse.layout import Layout
+    from civicflow.warehouse.layout import Layout
 
     settings = Settings()
     app = create_app(Layout(settings.data_root), rate_limit=rate_limit(settings.portal))
@@ -37,7 +37,7 @@ def serve(
 
 def rate_limit(settings: PortalSettings) -> RateLimit | None:
     """The portal's limit per client address, from CIVICFLOW_PORTAL__RATE_LIMIT_* (None: no limit)."""
-    from portal.ratelimit import RateLimit
+    from civicflow.portal.ratelimit import RateLimit
 
     if settings.rate_limit_per_minute == 0:
         return None

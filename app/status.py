@@ -3,7 +3,7 @@
 Four questions, each answered from what the pipeline already keeps, so `status` needs no service
 of its own and never takes the warehouse's write lock:
 
-- **broker**: one MQTT CONNECT with the listener's credentials (`ingest.probe`);
+- **broker**: one MQTT CONNECT with the listener's credentials (`civicflow.ingest.probe`);
 - **listeners**: each listener's `/health`, or the `status.json` beside its segments, with the
   closed-segment backlog staging has not recorded yet (`civicflow.health`);
 - **DAG runs**: the last run of each Civicflow DAG, read from Airflow's metadata database
@@ -80,7 +80,7 @@ def airflow_databases(settings: Settings) -> list[str]:
     configured = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
     if configured:
         return [configured]
-    from app.batch import default_airflow_home
+    from civicflow.app.batch import default_airflow_home
 
     database = default_airflow_home(settings) / "airflow.db"
     return [f"sqlite:///{database}"] if database.is_file() else []
@@ -131,7 +131,7 @@ def dataset_states(settings: Settings) -> tuple[list[dict], dict | None]:
     `gate` is `held back` when a whole day is, `devices held` when only devices' days are (the
     rest of those days is published), else `warnings` or `passed`.
     """
-    from warehouse.layout import Layout
+    from civicflow.warehouse.layout import Layout
 
     layout = Layout(settings.data_root)
     release = None
@@ -171,8 +171,8 @@ def pipeline_status(settings: Settings, *, probe: bool = True) -> PipelineStatus
     problems = []
     broker = None
     if settings.mqtt.host is not None and probe:
-        from ingest.listener import BrokerAddress
-        from ingest.probe import probe_broker
+        from civicflow.ingest.listener import BrokerAddress
+        from civicflow.ingest.probe import probe_broker
 
         broker = probe_broker(BrokerAddress.from_settings(settings)).to_dict()
         if not broker["accepted"]:
@@ -220,9 +220,9 @@ def device_feedback(settings: Settings, device: str, now: datetime | None = None
     from datetime import timedelta
 
     from civicflow.contract import is_name
-    from warehouse.db import connect
-    from warehouse.feedback import device_summary
-    from warehouse.layout import Layout
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.feedback import device_summary
+    from civicflow.warehouse.layout import Layout
 
     council, _, device_id = device.partition("/")
     if not (is_name(council) and is_name(device_id)):

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from app.status import PipelineStatus
+from civicflow.app.status import PipelineStatus
 from civicflow.settings import Settings
 
 

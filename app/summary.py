@@ -23,7 +23,7 @@ from civicflow.contract import DATASETS
 from civicflow.settings import Settings
 
 if TYPE_CHECKING:
-    from warehouse.partitions import HeldBack
+    from civicflow.warehouse.partitions import HeldBack
 
 DOMAINS: tuple[str, ...] = tuple(d.value for d in DATASETS)
 
@@ -69,7 +69,7 @@ class WarehouseSummary:
     published_rows: int = 0
     held_back: list[HeldBack] = field(default_factory=list)
     """What the gate holds back and nobody approved: whole days (`device_id` None) and devices' days,
-    by domain, council and date (`warehouse.partitions.held_back`)."""
+    by domain, council and date (`civicflow.warehouse.partitions.held_back`)."""
     data_docs: str = ""
     catalog: str = ""
     data_root: Path = Path()
@@ -79,7 +79,7 @@ class WarehouseSummary:
 
 def count_messages_by_domain(raw_root: Path, prefix: str) -> dict[str, int]:
     """Messages in the closed raw segments, per domain their `<prefix>/<council>/<domain>` topic names."""
-    from warehouse.segments import list_closed_segments, read_segment_lenient
+    from civicflow.warehouse.segments import list_closed_segments, read_segment_lenient
 
     counts = dict.fromkeys(DOMAINS, 0)
     for path in list_closed_segments(raw_root):
@@ -96,8 +96,8 @@ def count_messages_by_domain(raw_root: Path, prefix: str) -> dict[str, int]:
 
 
 def warehouse_summary(settings: Settings, *, count_topics: bool = False) -> WarehouseSummary:
-    from warehouse.db import connect
-    from warehouse.layout import Layout
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.layout import Layout
 
     layout = Layout(settings.data_root)
     s = WarehouseSummary(data_root=layout.root)
@@ -148,7 +148,7 @@ def warehouse_summary(settings: Settings, *, count_topics: bool = False) -> Ware
                 s.domains[domain].warned_partitions = n
         # Held back: holds on current staged versions that no approval lifted, whole days and
         # devices' days (`civicflow release approve [--device]` overrides them).
-        from warehouse.partitions import held_back
+        from civicflow.warehouse.partitions import held_back
 
         s.held_back = held_back(con)
         for h in s.held_back:
@@ -192,7 +192,7 @@ def print_held_back(console: Console, held: list[HeldBack], *, data_root: Path) 
     Then the first of their Data Docs pages (one per partition version; `civicflow release list`
     names each) and how to override a hold.
     """
-    from warehouse.partitions import GATE_ERROR
+    from civicflow.warehouse.partitions import GATE_ERROR
 
     days = [
         (key, list(holds))

@@ -33,8 +33,8 @@ from typing import Any
 
 from bench.broker import Mosquitto, mosquitto_version
 from bench.machine import filesystem, machine
-from ingest.gateway import publish_messages
-from warehouse.segments import list_closed_segments, read_segment
+from civicflow.ingest.gateway import publish_messages
+from civicflow.warehouse.segments import list_closed_segments, read_segment
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBSCRIBERS = ("listener", "bare_paho", "mosquitto_sub")
@@ -200,7 +200,11 @@ class Run:
 
     def _listener_cmd(self) -> list[str]:
         script = Path(sys.executable).parent / "civicflow"
-        return [str(script), "listen"] if script.exists() else [sys.executable, "-m", "app.cli", "listen"]
+        return (
+            [str(script), "listen"]
+            if script.exists()
+            else [sys.executable, "-m", "civicflow.app.cli", "listen"]
+        )
 
     def _status_path(self) -> Path:
         return self.data_root / "raw" / self.client_id / "status.json"

@@ -2,8 +2,8 @@
 
 1. the release: a year (2025) of readings from 200 car parks (4 councils of 50) reporting every
    30 minutes, 3.5 million readings, published with the project's own publish code
-   (`publish.partition.publish_partition` per council and day, which writes the readings and
-   their aggregates and records the publication, then `publish.release.release` with the
+   (`civicflow.publish.partition.publish_partition` per council and day, which writes the readings and
+   their aggregates and records the publication, then `civicflow.publish.release.release` with the
    quality summary, which writes the data package and cuts the release, as `gate_and_publish`
    runs them). Staging and the Great Expectations gate are left out: at 1,460 partitions the
    gate alone would take most of an hour, and what the portal reads is only the release. It is
@@ -107,11 +107,11 @@ def _day_rows(council: str, day: date, rng: np.random.Generator, state: dict[str
 def build_release(data_root: Path) -> dict[str, Any]:
     """Publish the year of readings under `data_root` with the publisher's own functions."""
     from civicflow.contract import DATASETS, Domain
-    from expectations.summary import quality_summary
-    from publish.partition import publish_partition
-    from publish.release import release
-    from warehouse.db import connect
-    from warehouse.layout import Layout
+    from civicflow.expectations.summary import quality_summary
+    from civicflow.publish.partition import publish_partition
+    from civicflow.publish.release import release
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.layout import Layout
 
     shutil.rmtree(data_root, ignore_errors=True)
     layout = Layout(data_root)
@@ -196,7 +196,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         script = Path(sys.executable).parent / "civicflow"
-        cmd = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+        cmd = [str(script)] if script.exists() else [sys.executable, "-m", "civicflow.app.cli"]
         self.command = [*cmd, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CIVICFLOW_")}
         env["CIVICFLOW_DATA_ROOT"] = str(data_root)

@@ -5,19 +5,19 @@ devices (domain `parking`) reporting once an hour, each at its own minute, for `
 last day is today and runs to 11:xx (the readings of a live day). Then, each step in its own fresh
 interpreter (so each peak resident set is that step's alone):
 
-1. **stage (full)**: `transforms.stage.stage_segments` on the landed raw segments: the reference
+1. **stage (full)**: `civicflow.transforms.stage.stage_segments` on the landed raw segments: the reference
    ("ceiling") for the same readings;
-2. **publish (full)**: `jobs.publication.gate_and_publish` at today 12:30, the first publication
+2. **publish (full)**: `civicflow.jobs.publication.gate_and_publish` at today 12:30, the first publication
    of every partition (judge with Great Expectations, publish files/aggregates/ledger, release);
 3. one more hour of readings arrives for every council (today 12:xx), and is landed as a segment;
 4. **stage (increment)**: staging that hour (a new version of today's partition in each council);
 5. **publish (increment)**: `gate_and_publish` at today 13:30: the hourly publish run.
 
-Inside each publish run, `expectations.judge.judge_partitions` (the gate), `publish.partition.
-publish_decisions` (publish) and `jobs.publication.release_step` (the release) are wrapped with
-timers, so one run gives the split. Importing Great Expectations (about 10 s, once per process) is
-measured on its own before the clock starts and is not in any timed figure. Peak memory is the
-child's `ru_maxrss` (VmHWM), which includes DuckDB's allocations.
+Inside each publish run, `civicflow.expectations.judge.judge_partitions` (the gate),
+`civicflow.publish.partition.publish_decisions` (publish) and `civicflow.jobs.publication.release_step`
+(the release) are wrapped with timers, so one run gives the split. Importing Great Expectations
+(about 10 s, once per process) is measured on its own before the clock starts and is not in any
+timed figure. Peak memory is the child's `ru_maxrss` (VmHWM), which includes DuckDB's allocations.
 
 Run with `make bench-publish`, or `python -m bench.publish --help`.
 """
@@ -74,7 +74,7 @@ def hours_of(days: int, increment: bool) -> list[datetime]:
 
 def land(data_root: Path, councils: int, hours: list[datetime], listener: str) -> dict[str, Any]:
     """Write the readings of `hours` for every council and device into closed raw segments."""
-    from warehouse.segments import SegmentWriter
+    from civicflow.warehouse.segments import SegmentWriter
 
     writer = SegmentWriter(
         data_root / "raw" / listener, max_bytes=64 << 20, max_age_s=1e12, fsync=False, clock=time.time
@@ -117,10 +117,10 @@ def _cpu() -> float:
 def child_stage(data_root: Path) -> dict[str, Any]:
     import pandas  # noqa: F401 - as in bench.stage: DuckDB's first Arrow register imports it
 
-    from transforms.decode import Limits
-    from transforms.stage import stage_segments
-    from warehouse.db import connect
-    from warehouse.layout import Layout
+    from civicflow.transforms.decode import Limits
+    from civicflow.transforms.stage import stage_segments
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.layout import Layout
 
     layout = Layout(data_root)
     con = connect(layout.warehouse)
@@ -143,17 +143,17 @@ def child_stage(data_root: Path) -> dict[str, Any]:
 
 def child_publish(data_root: Path, now: datetime) -> dict[str, Any]:
     t0 = time.perf_counter()
-    import expectations.gate  # noqa: F401 - Great Expectations itself, ~10 s
+    import civicflow.expectations.gate  # noqa: F401 - Great Expectations itself, ~10 s
 
     gx_import_s = time.perf_counter() - t0
     import pandas  # noqa: F401
 
-    import expectations.judge
-    import jobs.publication
-    import publish.partition
-    from warehouse.db import connect
-    from warehouse.layout import Layout
-    from warehouse.partitions import partition_files, to_validate
+    import civicflow.expectations.judge
+    import civicflow.jobs.publication
+    import civicflow.publish.partition
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.layout import Layout
+    from civicflow.warehouse.partitions import partition_files, to_validate
 
     import_s = time.perf_counter() - t0
     timers = {"gate_s": 0.0, "publish_s": 0.0, "release_s": 0.0}
@@ -169,9 +169,13 @@ def child_publish(data_root: Path, now: datetime) -> dict[str, Any]:
 
         return wrapper
 
-    expectations.judge.judge_partitions = timed("gate_s", expectations.judge.judge_partitions)
-    publish.partition.publish_decisions = timed("publish_s", publish.partition.publish_decisions)
-    jobs.publication.release_step = timed("release_s", jobs.publication.release_step)
+    civicflow.expectations.judge.judge_partitions = timed(
+        "gate_s", civicflow.expectations.judge.judge_partitions
+    )
+    civicflow.publish.partition.publish_decisions = timed(
+        "publish_s", civicflow.publish.partition.publish_decisions
+    )
+    civicflow.jobs.publication.release_step = timed("release_s", civicflow.jobs.publication.release_step)
 
     layout = Layout(data_root)
     con = connect(layout.warehouse)
@@ -184,7 +188,7 @@ def child_publish(data_root: Path, now: datetime) -> dict[str, Any]:
             rows += count
     peak_before = _peak_mib()
     cpu0, t1 = _cpu(), time.perf_counter()
-    result = jobs.publication.gate_and_publish(layout, con, now=now, refs=refs)
+    result = civicflow.jobs.publication.gate_and_publish(layout, con, now=now, refs=refs)
     seconds, cpu = time.perf_counter() - t1, _cpu() - cpu0
     con.close()
     r = result.to_dict()

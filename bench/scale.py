@@ -108,7 +108,7 @@ def docs_markers(councils: int) -> tuple[str, str]:
 
 def commit_readings() -> int:
     """Readings a decode commit takes at most (`decode_shard`'s `max_readings_per_commit`)."""
-    from transforms.stage import decode_shard
+    from civicflow.transforms.stage import decode_shard
 
     return int(inspect.signature(decode_shard).parameters["max_readings_per_commit"].default)
 
@@ -129,14 +129,14 @@ def _spin(iterations: int) -> int:
 
 # Where staging's time goes: (module, attribute) timed by wrapping it in the child, by name.
 PARTS = {
-    "append": ("warehouse.lake", "Lake.append"),
-    "write_files": ("warehouse.lake", "_write_data_files"),
-    "ledger_read": ("warehouse.lake", "Lake.staged_segments"),
-    "read_increments": ("warehouse.lake", "Lake.read_increment"),
-    "merge_domains": ("transforms.stage", "_merge_domain"),
-    "corrections": ("transforms.stage", "_record_corrections"),
-    "export": ("transforms.stage", "export_partitions"),
-    "fold": ("warehouse.lake", "Lake.fold"),
+    "append": ("civicflow.warehouse.lake", "Lake.append"),
+    "write_files": ("civicflow.warehouse.lake", "_write_data_files"),
+    "ledger_read": ("civicflow.warehouse.lake", "Lake.staged_segments"),
+    "read_increments": ("civicflow.warehouse.lake", "Lake.read_increment"),
+    "merge_domains": ("civicflow.transforms.stage", "_merge_domain"),
+    "corrections": ("civicflow.transforms.stage", "_record_corrections"),
+    "export": ("civicflow.transforms.stage", "export_partitions"),
+    "fold": ("civicflow.warehouse.lake", "Lake.fold"),
 }
 
 
@@ -221,11 +221,11 @@ def child(args: argparse.Namespace) -> int:
         ):
             importlib.import_module(module)
 
+        import civicflow.jobs  # noqa: F401
         import civicflow.registry  # noqa: F401
-        import jobs  # noqa: F401
-        import transforms.stage  # noqa: F401
-        import warehouse.db  # noqa: F401
-        import warehouse.lake  # noqa: F401
+        import civicflow.transforms.stage  # noqa: F401
+        import civicflow.warehouse.db  # noqa: F401
+        import civicflow.warehouse.lake  # noqa: F401
         from civicflow.settings import Settings
 
         stats = _instrument()
@@ -240,11 +240,11 @@ def child(args: argparse.Namespace) -> int:
     if profiler:
         profiler.enable()
     if args.child == "decode":
-        from jobs import decode_job
+        from civicflow.jobs import decode_job
 
         result = decode_job(args.shard, shards=args.shards, settings=settings)
     elif args.child == "merge":
-        from jobs import merge_job
+        from civicflow.jobs import merge_job
 
         result = merge_job(settings)
         result.pop("changed_partitions", None)
@@ -399,9 +399,9 @@ def _settings(data_root: Path):
 
 def expected_shards(raw: Path, shards: int) -> list[dict[str, int]]:
     """Segments and readings (records) each shard should decode."""
-    from transforms.stage import shard_of
-    from warehouse.segment_columns import scan_columns
-    from warehouse.segments import CLOSED_SUFFIX, list_closed_segments
+    from civicflow.transforms.stage import shard_of
+    from civicflow.warehouse.segment_columns import scan_columns
+    from civicflow.warehouse.segments import CLOSED_SUFFIX, list_closed_segments
 
     out = [{"segments": 0, "readings": 0} for _ in range(shards)]
     for path in list_closed_segments(raw):
@@ -414,8 +414,8 @@ def expected_shards(raw: Path, shards: int) -> list[dict[str, int]]:
 
 def stage_with(workers: int, label: str, source: Path, generated: dict[str, Any], args) -> dict[str, Any]:
     """Stage a copy of `source`'s raw zone with `workers` decode processes, then merge; verify."""
-    from jobs import open_lake
-    from warehouse.lake import SHARD_KEY, snapshots_with_ledger
+    from civicflow.jobs import open_lake
+    from civicflow.warehouse.lake import SHARD_KEY, snapshots_with_ledger
 
     workdir = args.workdir / label
     shutil.rmtree(workdir, ignore_errors=True)
@@ -495,8 +495,8 @@ def verify(workdir: Path, workers: int, generated: dict[str, Any], run: dict[str
     """Every reading staged once: fail loudly otherwise. Returns the ledger's digest and counts."""
     import duckdb
 
-    from jobs import open_lake
-    from warehouse.lake import snapshots_with_ledger
+    from civicflow.jobs import open_lake
+    from civicflow.warehouse.lake import snapshots_with_ledger
 
     n, problems = generated["messages"], []
     data = workdir / "data"
@@ -904,7 +904,7 @@ def projection_markdown(national: dict[str, Any], local: dict[str, Any], p: dict
 
 def profile(source: Path, generated: dict[str, Any], args) -> int:
     """The lone worker's decode and merge under cProfile; print where their time goes."""
-    from jobs import open_lake
+    from civicflow.jobs import open_lake
 
     workdir = args.workdir / "profile"
     shutil.rmtree(workdir, ignore_errors=True)

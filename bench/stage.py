@@ -201,7 +201,7 @@ def write_backlog(
 ) -> dict[str, Any]:
     """Land `n` messages of `councils`' fleets as the listener would (raw segments of at most
     `segment_max_bytes`) and as NDJSON; return what was written."""
-    from warehouse.segments import SegmentWriter
+    from civicflow.warehouse.segments import SegmentWriter
 
     clock = [float(START_S)]
     raw_dir = data_root / "raw" / LISTENER_ID
@@ -272,10 +272,10 @@ def child_stage(workdir: Path, profile: Path | None) -> dict[str, Any]:
     import pandas  # noqa: F401
 
     import civicflow.registry  # noqa: F401
-    import transforms.stage  # noqa: F401
-    import warehouse.db  # noqa: F401
+    import civicflow.transforms.stage  # noqa: F401
+    import civicflow.warehouse.db  # noqa: F401
+    from civicflow.jobs import stage_job
     from civicflow.settings import Settings
-    from jobs import stage_job
 
     settings = Settings(data_root=workdir / "data")
     profiler = cProfile.Profile() if profile else None

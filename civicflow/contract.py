@@ -2,7 +2,7 @@
 
 This module is the single source of truth for names. The same word names the folder
 (`data/staged/parking/...`), the DuckDB table (`staged.parking`), the Airflow Asset and the log line.
-Column types use the Frictionless Table Schema vocabulary; `warehouse.schema` maps them to DuckDB
+Column types use the Frictionless Table Schema vocabulary; `civicflow.warehouse.schema` maps them to DuckDB
 and Arrow. Measurement names follow the FIWARE Smart Data Models vocabulary in snake_case.
 """
 

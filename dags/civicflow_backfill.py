@@ -40,7 +40,7 @@ def civicflow_backfill():
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from civicflow.errors import TerminalError
-        from jobs import replay_job
+        from civicflow.jobs import replay_job
 
         try:
             result = replay_job(params["from"], params["to"])

@@ -36,7 +36,7 @@ def civicflow_maintenance():
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from civicflow.errors import TerminalError
-        from jobs import retention_job
+        from civicflow.jobs import retention_job
 
         try:
             result = retention_job()

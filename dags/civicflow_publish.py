@@ -45,7 +45,7 @@ Runs when any `staged.<domain>` dataset changes.
 def civicflow_publish():
     @task
     def plan() -> list[list[dict]]:
-        from jobs import plan_gate_job
+        from civicflow.jobs import plan_gate_job
 
         return plan_gate_job()
 
@@ -56,7 +56,7 @@ def civicflow_publish():
         from airflow.sdk.exceptions import AirflowFailException
 
         from civicflow.errors import TerminalError
-        from jobs import judge_job
+        from civicflow.jobs import judge_job
 
         get_current_context()["partitions"] = ", ".join(
             f"{r['domain']} {r['council']} {r['event_date']} v{r['version']}" for r in refs
@@ -71,7 +71,7 @@ def civicflow_publish():
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from civicflow.errors import TerminalError
-        from jobs import release_job
+        from civicflow.jobs import release_job
 
         try:
             outcome = release_job(refs=[r for refs in plans for r in refs])

@@ -53,7 +53,7 @@ def civicflow_stage():
         from airflow.sdk.exceptions import AirflowFailException
 
         from civicflow.errors import TerminalError
-        from jobs import decode_job
+        from civicflow.jobs import decode_job
 
         get_current_context()["shard"] = f"{shard + 1} of {len(SHARDS)}"
         try:
@@ -66,7 +66,7 @@ def civicflow_stage():
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from civicflow.errors import TerminalError
-        from jobs import merge_job
+        from civicflow.jobs import merge_job
 
         try:
             result = merge_job()
@@ -81,7 +81,7 @@ def civicflow_stage():
     def feedback() -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from jobs import feedback_job
+        from civicflow.jobs import feedback_job
 
         result = feedback_job()
         if result["skipped"]:

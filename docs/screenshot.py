@@ -48,9 +48,9 @@ WIDTH = 1000
 
 def publish_samples(data_root: Path) -> dict:
     """Land, stage and publish the Birmingham car parks and the Aberdeen stations under `data_root`."""
-    from ingest.samples import aberdeen_air_quality_messages, birmingham_parking_messages
-    from jobs import publish_job, stage_job
-    from warehouse.segments import SegmentWriter
+    from civicflow.ingest.samples import aberdeen_air_quality_messages, birmingham_parking_messages
+    from civicflow.jobs import publish_job, stage_job
+    from civicflow.warehouse.segments import SegmentWriter
 
     writer = SegmentWriter(data_root / "raw" / LISTENER, max_bytes=1 << 30, max_age_s=3600, fsync=False)
     now = time.time_ns()
@@ -75,7 +75,7 @@ def free_port() -> int:
 def serve(data_root: Path, port: int, log: Path) -> subprocess.Popen:
     """`civicflow serve` over `data_root`, once it answers."""
     script = Path(sys.executable).parent / "civicflow"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "civicflow.app.cli"]
     env = os.environ | {"CIVICFLOW_DATA_ROOT": str(data_root)}
     with log.open("wb") as out:
         proc = subprocess.Popen(

@@ -33,8 +33,8 @@ def _quieten_gx() -> None:
 
 _quieten_gx()
 
-from expectations.gate import ValidationReport, validate_partition  # noqa: E402
-from expectations.suites import (  # noqa: E402
+from civicflow.expectations.gate import ValidationReport, validate_partition  # noqa: E402
+from civicflow.expectations.suites import (  # noqa: E402
     CLOCK_SKEW,
     OBSERVED_AT_MAX,
     build_suite,

@@ -39,9 +39,9 @@ import duckdb
 import pyarrow as pa
 
 from civicflow.contract import DATASETS, Domain
-from expectations.suites import QUALITY_COLUMN_NAMES, QUALITY_RULES, Severity, build_suite
-from warehouse.layout import Layout
-from warehouse.partitions import GATE_ERROR, PartitionRef, held_back, pending
+from civicflow.expectations.suites import QUALITY_COLUMN_NAMES, QUALITY_RULES, Severity, build_suite
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import GATE_ERROR, PartitionRef, held_back, pending
 
 STYLESHEET = "data-docs.css"
 """The pages' stylesheet, two folders above each page (`<domain>/` in validations, `<domain>/data-docs/`

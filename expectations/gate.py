@@ -9,7 +9,7 @@ diffed and stored next to the data.
 
 `evaluate_partition` also returns what the release needs besides the report: each row's
 `qc_flag` (the warning rules it failed; GX's `unexpected_index_list` names the rows) and the GX
-result itself, which `expectations.docs` renders as Data Docs.
+result itself, which `civicflow.expectations.docs` renders as Data Docs.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ from great_expectations.data_context.types.base import (
 from great_expectations.datasource.fluent import PandasDatasource
 
 from civicflow.contract import Dataset
-from civicflow.settings import QualitySettings
-from expectations.quality import QualityInputs, add_quality_columns, device_hour_coverage
-from expectations.suites import (
+from civicflow.expectations.quality import QualityInputs, add_quality_columns, device_hour_coverage
+from civicflow.expectations.suites import (
     DEVICE_RULE_PREFIXES,
     QUALITY_RULES,
     Grain,
@@ -53,6 +52,7 @@ from expectations.suites import (
     rule_grain,
     suite_parameters,
 )
+from civicflow.settings import QualitySettings
 
 logger = logging.getLogger(__name__)
 

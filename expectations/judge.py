@@ -14,11 +14,11 @@ dataset with the same thresholds are judged together in one Great Expectations r
 - Judging raised (a reading no rule can read, a bug): the partition is held back with the rule
   `gate_error` and the error; every other partition is judged as usual.
 
-A data engineer's approval (`warehouse.partitions.record_approval`) lifts the holds of a version,
+A data engineer's approval (`civicflow.warehouse.partitions.record_approval`) lifts the holds of a version,
 for one device or all of it; the rows it lets through carry the failed rules in `qc_flag`.
 This module decides and reports (the JSON report under `data/validations/`, which names the
 partition's own Data Docs page, written from the recorded decision by the release step:
-`expectations.docs`); the publish stage writes what a decision publishes, and records it.
+`civicflow.expectations.docs`); the publish stage writes what a decision publishes, and records it.
 """
 
 from __future__ import annotations
@@ -37,13 +37,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from civicflow.contract import DATASETS, Domain
+from civicflow.expectations.docs import data_docs_path, validation_dir
+from civicflow.expectations.gate import Evaluation, Part, evaluate_batch
+from civicflow.expectations.quality import load_inputs
 from civicflow.registry import Registry
 from civicflow.settings import QualitySettings
-from expectations.docs import data_docs_path, validation_dir
-from expectations.gate import Evaluation, Part, evaluate_batch
-from expectations.quality import load_inputs
-from warehouse.layout import Layout
-from warehouse.partitions import GATE_ERROR, Decision, Hold, PartitionRef, approvals, partition_files
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import (
+    GATE_ERROR,
+    Decision,
+    Hold,
+    PartitionRef,
+    approvals,
+    partition_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +150,7 @@ def _record_report(layout: Layout, ref: PartitionRef, evaluation: Evaluation) ->
     """Write the JSON report of a decision under `data/validations/`; return it as stored.
 
     It names the partition's Data Docs page (relative to the data root), which the release step
-    writes beside it (`expectations.docs.write_pages`).
+    writes beside it (`civicflow.expectations.docs.write_pages`).
     """
     page = data_docs_path(layout, ref.domain, ref.council, ref.event_date, ref.version)
     report = evaluation.report.to_json() | {

@@ -4,7 +4,7 @@ The contract rules look at a partition's own rows. The quality rules also need t
 many of the partition's readings were quarantined, how many rows the council's previous days
 had, and each device's reporting interval. `load_inputs` reads those; `add_quality_columns`
 turns them into columns beside the partition's rows so the rules are ordinary Great Expectations
-column expectations (`expectations.suites.QUALITY_RULES`) and a warning names exactly the rows
+column expectations (`civicflow.expectations.suites.QUALITY_RULES`) and a warning names exactly the rows
 it is about.
 
 Completeness uses the coverage rule of the published aggregates (warehouse/aggregates.py,
@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from civicflow.contract import Dataset, Domain
-from warehouse.aggregates import HOURLY, _device_sql, _rows_sql, series_columns
-from warehouse.partitions import trailing_rows
+from civicflow.warehouse.aggregates import HOURLY, _device_sql, _rows_sql, series_columns
+from civicflow.warehouse.partitions import trailing_rows
 
 TRAILING_DAYS = 7
 ROW_ID = "_qc_row"

@@ -4,7 +4,7 @@ The contract in `civicflow.contract` is the only place a column's bounds, domain
 requiredness is declared; suites are generated from it so that a change to the contract changes
 the gate without anyone editing a second list. Suites describe the staged partition (the frame
 the gate sees), whose columns are the reading and lineage columns, plus the `qc_*` columns
-`expectations.quality` computes beside them (device-hour completeness, quarantine share, volume,
+`civicflow.expectations.quality` computes beside them (device-hour completeness, quarantine share, volume,
 freshness) so that every rule, contract or quality, is a Great Expectations expectation.
 
 Every expectation names its rule (`meta["rule"]`) and is either blocking (GX severity

@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 
 from civicflow.contract import Domain
-from warehouse.partitions import HeldBack, held_back
+from civicflow.warehouse.partitions import HeldBack, held_back
 
 QUALITY_FILE = "quality.json"
 

@@ -1,6 +1,6 @@
 """An embedded MQTT 3.1.1 broker (amqtt) for the demo and for machines without Mosquitto.
 
-The broker runs in its own process (`python -m ingest.broker`) so that its asyncio loop never
+The broker runs in its own process (`python -m civicflow.ingest.broker`) so that its asyncio loop never
 competes with paho's network threads in the caller, and so that stopping it cannot leave tasks
 behind in the caller's interpreter.
 
@@ -39,7 +39,7 @@ from amqtt.session import Session
 log = logging.getLogger(__name__)
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
-_AUTH_PLUGIN = "ingest.broker.AcceptAllAuthPlugin"
+_AUTH_PLUGIN = "civicflow.ingest.broker.AcceptAllAuthPlugin"
 _CONNACK_ACCEPTED = bytes([0x20, 0x02, 0x00, 0x00])
 _DISCONNECT = bytes([0xE0, 0x00])
 
@@ -217,7 +217,7 @@ class EmbeddedBroker:
         command = [
             sys.executable,
             "-m",
-            "ingest.broker",
+            "civicflow.ingest.broker",
             "--host",
             self.host,
             "--port",

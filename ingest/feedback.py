@@ -1,6 +1,6 @@
 """Publish rejection summaries back to gateways: one retained QoS 1 message per device.
 
-The summaries come from `warehouse.feedback`; this module only talks MQTT. It connects to the
+The summaries come from `civicflow.warehouse.feedback`; this module only talks MQTT. It connects to the
 listener's broker (host, port, TLS) with the feedback account (`CIVICFLOW_FEEDBACK__USERNAME`, else
 the listener's user) and a clean session of its own client id, so it never touches the listener's
 session, publishes each summary retained on `<prefix>/<council>/<domain>/<device_id>/feedback` and
@@ -19,8 +19,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from civicflow.errors import TransientError
+from civicflow.ingest.listener import BrokerAddress
 from civicflow.wire import feedback_topic
-from ingest.listener import BrokerAddress
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ speaks MQTT 5 to see the takeover's reason code, and MQTT 3.1.1 to a broker that
 (the embedded demo broker), where a takeover looks like any lost connection.
 
 With an object store (`CIVICFLOW_STORAGE__URL`), a message is acknowledged only once the segment
-holding it is in the store: closed segments go to `ingest.upload.SegmentUploader`, and the
+holding it is in the store: closed segments go to `civicflow.ingest.upload.SegmentUploader`, and the
 acknowledgements they are owed are sent when it reports them uploaded (docs/scaling.md).
 """
 
@@ -47,13 +47,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from civicflow.health import closed_backlog
+from civicflow.ingest.metrics import ListenerMetrics, serve
+from civicflow.warehouse.segments import SegmentWriter
 from civicflow.wire import is_bad_topic, is_feedback_topic
-from ingest.metrics import ListenerMetrics, serve
-from warehouse.segments import SegmentWriter
 
 if TYPE_CHECKING:
+    from civicflow.ingest.upload import Ack, SegmentUploader
     from civicflow.settings import Settings
-    from ingest.upload import Ack, SegmentUploader
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class Listener:
     @classmethod
     def from_settings(cls, settings: Settings) -> Listener:
         """The listener `civicflow listen` runs: one settings object in, everything wired."""
-        from warehouse.layout import Layout
+        from civicflow.warehouse.layout import Layout
 
         mqtt_settings = settings.mqtt
         broker = BrokerAddress.from_settings(settings)
@@ -235,8 +235,8 @@ class Listener:
         uploader = None
         max_age_s = settings.landing.segment_max_age_s
         if settings.storage.url is not None:  # object storage: see ingest/upload.py
-            from ingest.upload import S3_SEGMENT_MAX_AGE_S, SegmentUploader
-            from warehouse.storage import open_store
+            from civicflow.ingest.upload import S3_SEGMENT_MAX_AGE_S, SegmentUploader
+            from civicflow.warehouse.storage import open_store
 
             if "segment_max_age_s" not in settings.landing.model_fields_set:
                 max_age_s = S3_SEGMENT_MAX_AGE_S
@@ -643,7 +643,7 @@ class Listener:
                     session = Properties(PacketTypes.CONNECT)
                     session.SessionExpiryInterval = SESSION_NEVER_EXPIRES
                     if self.uploader is not None:  # acks wait for uploads: a window that holds them
-                        from ingest.upload import RECEIVE_MAXIMUM
+                        from civicflow.ingest.upload import RECEIVE_MAXIMUM
 
                         session.ReceiveMaximum = RECEIVE_MAXIMUM
                     self.client.connect(
@@ -741,7 +741,7 @@ class Listener:
     def _unacknowledged_full(self) -> bool:
         if self.uploader is None:
             return False
-        from ingest.upload import ROLL_AT_UNACKNOWLEDGED
+        from civicflow.ingest.upload import ROLL_AT_UNACKNOWLEDGED
 
         return len(self._awaiting_upload) + len(self._pending) >= ROLL_AT_UNACKNOWLEDGED
 
@@ -766,7 +766,7 @@ class Listener:
         """Give the last segments their upload and their messages their acknowledgement."""
         if self.uploader is None:
             return
-        from ingest.upload import SHUTDOWN_WAIT_S
+        from civicflow.ingest.upload import SHUTDOWN_WAIT_S
 
         deadline = time.monotonic() + SHUTDOWN_WAIT_S
         while self.uploader.busy and time.monotonic() < deadline:

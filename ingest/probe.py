@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.listener import BrokerAddress
+from civicflow.ingest.listener import BrokerAddress
 
 
 @dataclass(frozen=True)

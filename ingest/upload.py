@@ -29,8 +29,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from civicflow.errors import CivicflowError, TerminalError
-from warehouse.segments import CLOSED_SUFFIX
-from warehouse.storage import Store
+from civicflow.warehouse.segments import CLOSED_SUFFIX
+from civicflow.warehouse.storage import Store
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ def decode_job(
     warehouse, so they need not take turns.
     """
     from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
-    from transforms.stage import decode_shard
-    from warehouse.layout import Layout
+    from civicflow.transforms.stage import decode_shard
+    from civicflow.warehouse.layout import Layout
 
     settings = settings or Settings()
     registry = load_registry(registry_dir or settings.registry_dir or DEFAULT_REGISTRY_DIR)
@@ -60,9 +60,9 @@ def decode_job(
 def merge_job(settings: Settings | None = None) -> dict:
     """Merge every decoded increment into the warehouse (the one writer), then fold what it took:
     ledger rows to `raw.segments`, data files out of `staged.increments`, snapshots expired."""
-    from transforms.stage import merge_increments
-    from warehouse.db import connect
-    from warehouse.layout import Layout
+    from civicflow.transforms.stage import merge_increments
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.layout import Layout
 
     settings = settings or Settings()
     layout = Layout(settings.data_root)
@@ -93,11 +93,11 @@ def feedback_job(settings: Settings | None = None, now: datetime | None = None) 
     """
     from dataclasses import replace
 
-    from ingest.feedback import FeedbackTarget, publish_summaries, summary_topic
-    from ingest.listener import BrokerAddress
-    from warehouse.db import connect
-    from warehouse.feedback import pending_summaries, record_published
-    from warehouse.layout import Layout
+    from civicflow.ingest.feedback import FeedbackTarget, publish_summaries, summary_topic
+    from civicflow.ingest.listener import BrokerAddress
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.feedback import pending_summaries, record_published
+    from civicflow.warehouse.layout import Layout
 
     settings = settings or Settings()
     feedback = settings.feedback
@@ -131,7 +131,7 @@ def _store(settings: Settings):
     """The object store of `CIVICFLOW_STORAGE__URL`, or None: the zones are under the data root."""
     if not settings.storage.url:
         return None
-    from warehouse.storage import open_store
+    from civicflow.warehouse.storage import open_store
 
     return open_store(settings.storage, settings.data_root)
 
@@ -139,7 +139,7 @@ def _store(settings: Settings):
 def open_lake(settings: Settings):
     """The Iceberg catalogue of the staged increments: `CIVICFLOW_CATALOG__URI` (SQLite beside the
     warehouse by default), tables under the data root or `<CIVICFLOW_STORAGE__URL>/warehouse/iceberg`."""
-    from warehouse.lake import open_lake as open_catalog
+    from civicflow.warehouse.lake import open_lake as open_catalog
 
     properties: dict[str, str] = {}
     if (store := _store(settings)) is not None:
@@ -163,7 +163,7 @@ def publish_job(settings: Settings | None = None) -> dict:
     `[quality]` table. Each council's data is published under the licence its registry file
     names (the Open Government Licence unless it says otherwise).
     """
-    from jobs.publication import gate_and_publish
+    from civicflow.jobs.publication import gate_and_publish
 
     settings = settings or Settings()
     with _warehouse(settings) as (layout, con, registry):
@@ -180,7 +180,7 @@ def publish_job(settings: Settings | None = None) -> dict:
 
 def plan_gate_job(settings: Settings | None = None) -> list[list[dict]]:
     """The staged partition versions the gate must judge, in groups: one judging task each."""
-    from jobs.publication import plan
+    from civicflow.jobs.publication import plan
 
     settings = settings or Settings()
     with _warehouse(settings) as (_layout, con, _registry):
@@ -193,11 +193,11 @@ def judge_job(refs: list[dict], settings: Settings | None = None) -> dict:
     Opens the warehouse read-only, so the judging tasks of a run go at once, on as many workers as
     there are (they need the data root: the warehouse and the staged zone).
     """
+    from civicflow.jobs.publication import judge_step
     from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
-    from jobs.publication import judge_step
-    from warehouse.db import connect
-    from warehouse.layout import Layout
-    from warehouse.partitions import PartitionRef
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.layout import Layout
+    from civicflow.warehouse.partitions import PartitionRef
 
     settings = settings or Settings()
     layout = Layout(settings.data_root)
@@ -221,8 +221,8 @@ def release_job(
 ) -> dict:
     """Publish what the judging tasks decided for `refs`, then cut the release that holds every
     pending publication (nothing if nothing changed)."""
-    from jobs.publication import publish_judged, release_step
-    from warehouse.partitions import PartitionRef
+    from civicflow.jobs.publication import publish_judged, release_step
+    from civicflow.warehouse.partitions import PartitionRef
 
     settings = settings or Settings()
     now = datetime.now(tz=UTC)
@@ -253,8 +253,8 @@ def release_job(
 def _warehouse(settings: Settings):
     """The data root's layout, the warehouse opened for writing, and the device registry."""
     from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
-    from warehouse.db import connect
-    from warehouse.layout import Layout
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.layout import Layout
 
     layout = Layout(settings.data_root)
     registry = load_registry(settings.registry_dir or DEFAULT_REGISTRY_DIR)
@@ -279,9 +279,9 @@ def replay_job(
     `civicflow_publish` run re-validates exactly those. A bad bound fails the task (terminal).
     """
     from civicflow.registry import DEFAULT_REGISTRY_DIR, load_registry
-    from transforms.replay import parse_bound, replay_segments
-    from warehouse.db import connect
-    from warehouse.layout import Layout
+    from civicflow.transforms.replay import parse_bound, replay_segments
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.layout import Layout
 
     settings = settings or Settings()
     layout = Layout(settings.data_root)
@@ -305,11 +305,11 @@ def retention_job(settings: Settings | None = None) -> dict:
 
     When the warehouse changed, its file is rewritten so that no freed block keeps what was removed.
     """
-    from jobs.privacy import enforce_retention
-    from transforms.stage import compact_closed
-    from warehouse.db import connect
-    from warehouse.layout import Layout
-    from warehouse.privacy import compact
+    from civicflow.jobs.privacy import enforce_retention
+    from civicflow.transforms.stage import compact_closed
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.layout import Layout
+    from civicflow.warehouse.privacy import compact
 
     settings = settings or Settings()
     layout = Layout(settings.data_root)
@@ -346,9 +346,9 @@ def erase_job(
     Bounds are read as replay's are (a date as `end` means the end of that day). The warehouse file
     is rewritten afterwards, so that no freed block keeps an erased value.
     """
-    from jobs.privacy import erase_device
-    from transforms.replay import parse_bound
-    from warehouse.privacy import compact
+    from civicflow.jobs.privacy import erase_device
+    from civicflow.transforms.replay import parse_bound
+    from civicflow.warehouse.privacy import compact
 
     settings = settings or Settings()
     merge_job(settings)  # what the decoders staged goes into the warehouse first, so erasure sees it
@@ -379,7 +379,7 @@ def erase_job(
 
 def _limits(settings: Settings):
     """The decoder's limits, from the settings (staging and replay decode alike)."""
-    from transforms.decode import Limits
+    from civicflow.transforms.decode import Limits
 
     return Limits(
         topic_prefix=settings.mqtt.topic_prefix,

@@ -1,8 +1,8 @@
 """Personal data as jobs: enforce the retention periods, and erase one device's data on request.
 
 `enforce_retention` is what the daily `civicflow_maintenance` DAG runs; `erase_device` is what
-`civicflow erase` runs. The warehouse side of both is `warehouse.privacy` (the only writer of what
-they change there, and of the record of erasures); the raw side is `warehouse.segments`.
+`civicflow erase` runs. The warehouse side of both is `civicflow.warehouse.privacy` (the only writer of what
+they change there, and of the record of erasures); the raw side is `civicflow.warehouse.segments`.
 
 An erasure removes a device's messages received in a window from every zone that holds them:
 
@@ -23,7 +23,7 @@ With an object store (`CIVICFLOW_STORAGE__URL`, docs/scaling.md) both also reach
 the raw segments the listeners uploaded and staging's quarantine files are purged, stripped,
 tombstoned and rewritten by the same rules (only the objects that change are written), and after
 an erasure the store's `latest.json` names the data root's latest release and the releases the
-data root no longer has are deleted from the store at once (`publish.objectstore`).
+data root no longer has are deleted from the store at once (`civicflow.publish.objectstore`).
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ from civicflow.contract import DATASETS, Domain, Zone
 from civicflow.errors import TerminalError
 from civicflow.registry import Registry
 from civicflow.settings import PublishSettings, QualitySettings, RetentionSettings, Settings, StorageSettings
-from warehouse.layout import Layout
+from civicflow.warehouse.layout import Layout
 
 if TYPE_CHECKING:
-    from warehouse.privacy import StoredObject
-    from warehouse.storage import Store
+    from civicflow.warehouse.privacy import StoredObject
+    from civicflow.warehouse.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ def enforce_retention(
     `CIVICFLOW_STORAGE__URL` from the environment): its raw segments and quarantine files.
     Returns what was done, and whether the warehouse changed (then the caller compacts it).
     """
-    from warehouse.partitions import transaction
-    from warehouse.privacy import (
+    from civicflow.warehouse.partitions import transaction
+    from civicflow.warehouse.privacy import (
         expire_quarantine_files,
         expire_quarantine_rows,
         expire_stored_quarantine,
@@ -142,7 +142,7 @@ def enforce_retention(
 
 def object_store(layout: Layout, storage: StorageSettings | None) -> Store | None:
     """The object store of `storage` (None: of the environment's settings), or None without one."""
-    from warehouse.storage import open_store
+    from civicflow.warehouse.storage import open_store
 
     storage = storage if storage is not None else Settings().storage
     if storage.url is None:
@@ -212,12 +212,12 @@ def erase_device(
     Raises:
         ErasureError: If the council or device is blank or the window is empty.
     """
-    from jobs.publication import gate_and_publish, release_step
-    from publish.objectstore import publish_to_store
-    from publish.release import latest_release, prune_releases
-    from transforms.stage import export_partitions
-    from warehouse.partitions import current
-    from warehouse.privacy import (
+    from civicflow.jobs.publication import gate_and_publish, release_step
+    from civicflow.publish.objectstore import publish_to_store
+    from civicflow.publish.release import latest_release, prune_releases
+    from civicflow.transforms.stage import export_partitions
+    from civicflow.warehouse.partitions import current
+    from civicflow.warehouse.privacy import (
         device_records,
         drop_quarantine_file_rows,
         drop_stored_quarantine_rows,
@@ -230,7 +230,7 @@ def erase_device(
         stored_segments,
         update_ledger,
     )
-    from warehouse.segments import OPEN_SUFFIX, erase_records
+    from civicflow.warehouse.segments import OPEN_SUFFIX, erase_records
 
     if not council.strip() or not device.strip():
         raise ErasureError("an erasure needs a council and a device: --council C --device D")
@@ -354,7 +354,7 @@ def erase_device(
         result.store_releases_deleted = list(published.removed) if published is not None else []
 
     # 5. the record of the erasure
-    from warehouse.partitions import transaction
+    from civicflow.warehouse.partitions import transaction
 
     with transaction(con):
         record_erasure(
@@ -392,7 +392,7 @@ def erase_device(
 
 def _owns(record, limits, registry: Registry | None, council: str, device: str) -> bool:
     """Whether a raw record decodes to a reading or a rejection of the device."""
-    from transforms.decode import decode_message
+    from civicflow.transforms.decode import decode_message
 
     decoded = decode_message(
         record.topic, record.payload, limits, received_at=record.received_at, registry=registry
@@ -411,7 +411,7 @@ def _holds_device(
     start: datetime | None,
     end: datetime | None,
 ) -> bool:
-    from warehouse.segments import read_segment_lenient
+    from civicflow.warehouse.segments import read_segment_lenient
 
     records, _, _ = read_segment_lenient(path)
     return any(
@@ -433,8 +433,8 @@ def _raw_records(
 ) -> dict[str, set[int]]:
     """The records of closed segments that decode to the device's readings or rejections, received
     in the window (a segment opened at or after `end` cannot hold one)."""
-    from warehouse.privacy import segment_opened_at
-    from warehouse.segments import CLOSED_SUFFIX, list_closed_segments
+    from civicflow.warehouse.privacy import segment_opened_at
+    from civicflow.warehouse.segments import CLOSED_SUFFIX, list_closed_segments
 
     found: dict[str, set[int]] = {}
     for path in list_closed_segments(layout.raw):
@@ -468,7 +468,7 @@ def _stored_records(
             return set()
         return _device_offsets(data, limits, registry, council, device, start, end)
 
-    from warehouse.privacy import in_parallel
+    from civicflow.warehouse.privacy import in_parallel
 
     return [(s.segment_id, o) for s, o in zip(todo, in_parallel(offsets, todo), strict=True) if o]
 
@@ -483,7 +483,7 @@ def _device_offsets(
     end: datetime | None,
 ) -> set[int]:
     """The offsets of a segment's live records received in the window that are the device's."""
-    from warehouse.segment_columns import scan_columns
+    from civicflow.warehouse.segment_columns import scan_columns
 
     prefix = f"{limits.topic_prefix}/".encode()
     mine = f"{limits.topic_prefix}/{council}/".encode()
@@ -529,8 +529,8 @@ def _withdraw_remaining(
     """Withdraw the device's published readings that are no longer staged (the gate held back the
     version that dropped them): the earlier publication of each such day is published again,
     under its own version, without them. Returns how many partitions were withdrawn from."""
-    from publish.partition import publish_partition
-    from warehouse.partitions import publications
+    from civicflow.publish.partition import publish_partition
+    from civicflow.warehouse.partitions import publications
 
     withdrawn = 0
     for domain in DATASETS:

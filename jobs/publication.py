@@ -31,8 +31,8 @@ from civicflow.contract import Domain
 from civicflow.errors import TerminalError
 from civicflow.registry import Registry
 from civicflow.settings import PublishSettings, QualitySettings, Settings, StorageSettings
-from warehouse.layout import Layout
-from warehouse.partitions import (
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import (
     GATE_ERROR,
     Decision,
     Hold,
@@ -112,8 +112,8 @@ def judge_and_publish(
     registry: Registry | None = None,
 ) -> GateResult:
     """Judge partition versions and carry out each decision; never raises for one partition."""
-    from expectations.judge import judge_partitions
-    from publish.partition import publish_decisions
+    from civicflow.expectations.judge import judge_partitions
+    from civicflow.publish.partition import publish_decisions
 
     decisions = judge_partitions(con, layout, refs, now=now, quality=quality, registry=registry)
     return gate_result(publish_decisions(con, layout, decisions, now=now, registry=registry))
@@ -133,7 +133,7 @@ def judge_step(
     Reads the warehouse only, so many judging tasks run at once (civicflow_publish's mapped
     `judge`). Returns what was decided (before publication, which may still hold a partition back).
     """
-    from expectations.judge import judge_partitions
+    from civicflow.expectations.judge import judge_partitions
 
     decisions = judge_partitions(con, layout, refs, now=now, quality=quality, registry=registry)
     for decision in decisions:
@@ -154,7 +154,7 @@ def publish_judged(
     A version with no kept decision (its judging task failed) is left unjudged: the next run plans
     it again. Each decision's files are removed once it is recorded.
     """
-    from publish.partition import publish_decisions
+    from civicflow.publish.partition import publish_decisions
 
     decisions = [d for d in (_load_decision(layout, ref) for ref in refs) if d is not None]
     recorded = publish_decisions(con, layout, decisions, now=now, registry=registry)
@@ -165,7 +165,7 @@ def publish_judged(
 
 
 def _decision_files(layout: Layout, ref: PartitionRef) -> tuple[Path, Path]:
-    from expectations.docs import validation_dir
+    from civicflow.expectations.docs import validation_dir
 
     where = validation_dir(layout, ref.domain, ref.council, ref.event_date) / f"v{ref.version}"
     return where / "decision.json", where / "decision.parquet"
@@ -258,15 +258,15 @@ def release_step(
     storage: StorageSettings | None = None,
     registry: Registry | None = None,
 ):
-    """Rebuild quality summaries, data packages and Data Docs and cut the release (`publish.release`).
+    """Rebuild quality summaries, data packages and Data Docs; cut the release (`civicflow.publish.release`).
 
     With an object store (`storage.url`; None: `CIVICFLOW_STORAGE__URL` from the environment), the
-    release `latest` points at is then published there (`publish.objectstore`).
+    release `latest` points at is then published there (`civicflow.publish.objectstore`).
     """
-    from expectations.docs import write_pages
-    from expectations.summary import quality_summary
-    from publish.objectstore import publish_to_store
-    from publish.release import release
+    from civicflow.expectations.docs import write_pages
+    from civicflow.expectations.summary import quality_summary
+    from civicflow.publish.objectstore import publish_to_store
+    from civicflow.publish.release import release
 
     pub = publication or PublishSettings()
     domains = {Domain(d) for d in judged} | set(domains_published(con))

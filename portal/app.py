@@ -1,9 +1,10 @@
 """The portal's web app: catalogue and dataset pages, downloads, the DCAT-AP catalogue and the API.
 
-Read-only: every request resolves `published/latest` once (portal.release), or the kept release
+Read-only: every request resolves `published/latest` once (civicflow.portal.release), or the kept release
 its URL names (a download, an API page pinned with `release=`, a partition's Data Docs page), and
 reads nothing else, except the kept releases' own files for the changelog, and the warehouse for
-Prometheus at `/metrics` (portal.metrics) and for a device page's feedback (portal.feedback).
+Prometheus at `/metrics` (civicflow.portal.metrics) and for a device page's feedback
+(civicflow.portal.feedback).
 Pages are rendered on the server and work without JavaScript. Around the routes
 (docs/publication.md, "The portal's API over HTTP"): CORS for reading from any site, a rate
 limit per client address when one is given, and gzip where the client accepts it.
@@ -34,12 +35,12 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Message, Receive, Scope, Send
 
 from civicflow.contract import DATASETS, Domain
-from portal.apidoc import operations
-from portal.changelog import changelog
-from portal.chart import hourly_chart
-from portal.devices import add_devices, devices_section
-from portal.feedback import device_feedback
-from portal.http import (
+from civicflow.portal.apidoc import operations
+from civicflow.portal.changelog import changelog
+from civicflow.portal.chart import hourly_chart
+from civicflow.portal.devices import add_devices, devices_section
+from civicflow.portal.feedback import device_feedback
+from civicflow.portal.http import (
     EXPOSED_HEADERS,
     IMMUTABLE,
     LATEST,
@@ -50,8 +51,8 @@ from portal.http import (
     matches,
     not_modified,
 )
-from portal.metrics import add_metrics
-from portal.query import (
+from civicflow.portal.metrics import add_metrics
+from civicflow.portal.query import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     MAX_OFFSET,
@@ -63,9 +64,9 @@ from portal.query import (
     to_csv,
     to_parquet,
 )
-from portal.query import Query as RowQuery
-from portal.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
-from portal.release import (
+from civicflow.portal.query import Query as RowQuery
+from civicflow.portal.ratelimit import RateLimit, RateLimitMiddleware, TokenBuckets
+from civicflow.portal.release import (
     KINDS,
     RELEASE_ID,
     DatasetRelease,
@@ -76,11 +77,11 @@ from portal.release import (
     load_release,
     released_file,
 )
-from publish.catalog import RESOLUTION_S
-from publish.datapackage import archive_of
-from publish.release import DATA_DOCS
-from publish.release import releases as kept_releases
-from warehouse.layout import Layout
+from civicflow.publish.catalog import RESOLUTION_S
+from civicflow.publish.datapackage import archive_of
+from civicflow.publish.release import DATA_DOCS
+from civicflow.publish.release import releases as kept_releases
+from civicflow.warehouse.layout import Layout
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 CHART_HOURS = 48
@@ -130,7 +131,7 @@ def _time(name: str) -> Callable[[Any], Any]:
 
     Only the text forms the API documents are read: a number is not taken as epoch seconds, and a
     time that does not exist (2015-02-29, 24:00, an offset of 24 hours) is refused, saying so.
-    Whether the time lies in the window is for the query to decide (portal.query.checked).
+    Whether the time lies in the window is for the query to decide (civicflow.portal.query.checked).
     """
 
     def parse(value: Any) -> Any:

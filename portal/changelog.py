@@ -25,9 +25,9 @@ from pathlib import Path
 
 import orjson
 
-from portal.release import release_number
-from publish.release import MANIFEST, releases
-from warehouse.layout import Layout
+from civicflow.portal.release import release_number
+from civicflow.publish.release import MANIFEST, releases
+from civicflow.warehouse.layout import Layout
 
 PartitionKey = tuple[str, str, str]  # dataset, council, date
 HoldKey = tuple[str, str, str, int, str | None]  # dataset, council, date, version, device (None: the day)

@@ -7,9 +7,9 @@ readings and hourly files, so a page or an answer describes exactly one release:
   and `lon`), or with `format=geojson` the release's GeoJSON file itself, byte for byte;
   `council=` keeps one council's.
 - `/datasets/<dataset>/devices/<council>/<device>`: a device's page: what the listing says of it,
-  its latest readings, a chart of its hourly means (portal.chart) and the rejection summary last
-  published to its gateway (portal.feedback: read from the warehouse, not the release).
-- The dataset page's "Devices" section: per council, a map drawn on the server (portal.map) beside
+  its latest readings, a chart of its hourly means (civicflow.portal.chart) and the rejection summary last
+  published to its gateway (civicflow.portal.feedback: read from the warehouse, not the release).
+- The dataset page's "Devices" section: per council, a map drawn on the server (civicflow.portal.map) beside
   the devices table that is its text alternative.
 """
 
@@ -26,14 +26,14 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, Response
 
-from portal.chart import hourly_chart
-from portal.feedback import DeviceFeedback
-from portal.http import matches, not_modified
-from portal.map import Point, device_map
-from portal.query import MAX_LIMIT, run_query
-from portal.query import Query as RowQuery
-from portal.release import DatasetRelease, ReleaseView
-from publish.devices import DEVICES_FILE, MEDIA_TYPE
+from civicflow.portal.chart import hourly_chart
+from civicflow.portal.feedback import DeviceFeedback
+from civicflow.portal.http import matches, not_modified
+from civicflow.portal.map import Point, device_map
+from civicflow.portal.query import MAX_LIMIT, run_query
+from civicflow.portal.query import Query as RowQuery
+from civicflow.portal.release import DatasetRelease, ReleaseView
+from civicflow.publish.devices import DEVICES_FILE, MEDIA_TYPE
 
 LATEST_READINGS = 10
 """Readings the device page shows, newest first."""

@@ -1,7 +1,7 @@
 """A device's feedback on its portal page: the rejection summary last published to its gateway.
 
 Feedback is not part of a release (it is about readings Civicflow refused, not data it published),
-so, as for `/metrics` (portal.metrics), the device page reads it from the warehouse beside the
+so, as for `/metrics` (civicflow.portal.metrics), the device page reads it from the warehouse beside the
 releases, read-only: `quarantine.feedback` holds each summary the broker took, which is what the
 device's retained `<prefix>/<council>/<domain>/<device>/feedback` message holds
 (docs/mqtt-contract.md, "Feedback"). A summary carries no payload bytes and its detail is masked.
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import duckdb
 
 from civicflow.errors import CivicflowError
-from warehouse.db import connect
-from warehouse.feedback import published_summary
-from warehouse.layout import Layout
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.feedback import published_summary
+from civicflow.warehouse.layout import Layout
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`GET /metrics` on the portal: the batch side's Prometheus metrics (warehouse.metrics).
+"""`GET /metrics` on the portal: the batch side's Prometheus metrics (civicflow.warehouse.metrics).
 
 The portal's own pages read only the published releases; this one route also reads the warehouse
 beside them, read-only, when Prometheus scrapes it. Where the portal runs without the warehouse,
@@ -12,8 +12,8 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from warehouse.layout import Layout
-from warehouse.metrics import BatchCollector
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.metrics import BatchCollector
 
 
 def add_metrics(app: FastAPI, layout: Layout) -> None:

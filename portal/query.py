@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from civicflow.contract import OBSERVED_FROM, OBSERVED_UNTIL
-from portal.release import DatasetRelease
+from civicflow.portal.release import DatasetRelease
 
 MAX_LIMIT = 10_000
 MAX_OFFSET = 1_000_000

@@ -23,10 +23,10 @@ from pathlib import Path
 import orjson
 
 from civicflow.contract import DATASETS, LICENCE, Domain
-from publish.datapackage import archive_of, council_package_file, rights
-from publish.devices import DEVICES_FILE
-from publish.release import DATA_DOCS, DATA_DOCS_STYLESHEET, RELEASE_RE, latest_release, releases
-from warehouse.layout import Layout
+from civicflow.publish.datapackage import archive_of, council_package_file, rights
+from civicflow.publish.devices import DEVICES_FILE
+from civicflow.publish.release import DATA_DOCS, DATA_DOCS_STYLESHEET, RELEASE_RE, latest_release, releases
+from civicflow.warehouse.layout import Layout
 
 KINDS = ("readings", "hourly", "daily", "council_daily")
 """What the API and downloads serve: the readings and the three aggregates (docs/queries.md)."""

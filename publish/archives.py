@@ -37,9 +37,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from civicflow.contract import Dataset
-from publish.files import ROW_GROUP_ROWS, _check_allowlist, _sha256, replace_into_place
-from warehouse.partitions import Publication
-from warehouse.tables import arrow_schema
+from civicflow.publish.files import ROW_GROUP_ROWS, _check_allowlist, _sha256, replace_into_place
+from civicflow.warehouse.partitions import Publication
+from civicflow.warehouse.tables import arrow_schema
 
 ARCHIVES = "archives"
 INDEX = f"{ARCHIVES}/index.json"

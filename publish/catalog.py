@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING
 import rdflib
 
 from civicflow.contract import DATASETS, LICENCE, Domain
+from civicflow.publish.datapackage import archive_of
+from civicflow.publish.datapackage import rights as rights_of
+from civicflow.publish.devices import is_devices
 from civicflow.registry import CouncilRegistry, council_title
-from publish.datapackage import archive_of
-from publish.datapackage import rights as rights_of
-from publish.devices import is_devices
-from warehouse.aggregates import DEFAULT_INTERVAL_S
-from warehouse.layout import Layout
+from civicflow.warehouse.aggregates import DEFAULT_INTERVAL_S
+from civicflow.warehouse.layout import Layout
 
 if TYPE_CHECKING:
-    from publish.release import Release
+    from civicflow.publish.release import Release
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Each catalogue dataset (a domain of one council) becomes a CKAN package named by
 `civicflow-<domain>-<council>`, under the council's licence mapped to a CKAN licence id, and each
 distribution a resource linking to the file's stable path under `latest/` (CKAN holds the links,
 Civicflow the files). The attribution the licence asks for (the catalogue's rights statement, which
-is what `publish.datapackage.rights` reads from the data packages) is the package's `attribution`
+is what `civicflow.publish.datapackage.rights` reads from the data packages) is the package's `attribution`
 extra and ends its notes and every resource's description, so whoever reuses the data from CKAN
 sees it. A push is idempotent: `package_show` decides between `package_create` and
 `package_patch`, and a resource is created when its name is new and patched only when its

@@ -29,14 +29,14 @@ import duckdb
 
 from civicflow import __version__
 from civicflow.contract import CONTRACT_VERSION, LICENCE, OGL_ATTRIBUTION, Dataset
+from civicflow.publish.archives import write_archives
+from civicflow.publish.devices import devices_resource, write_devices
+from civicflow.publish.files import MEDIA_TYPES, columns_schema, replace_into_place, table_schema
+from civicflow.publish.partition import READINGS
 from civicflow.registry import CouncilRegistry, build_registry
-from publish.archives import write_archives
-from publish.devices import devices_resource, write_devices
-from publish.files import MEDIA_TYPES, columns_schema, replace_into_place, table_schema
-from publish.partition import READINGS
-from warehouse.aggregates import KINDS, columns, primary_key
-from warehouse.layout import Layout
-from warehouse.partitions import publications
+from civicflow.warehouse.aggregates import KINDS, columns, primary_key
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import publications
 
 
 def schema_file(kind: str) -> str:
@@ -90,7 +90,7 @@ def file_resource(domain: str, council: str, day: str, entry: dict) -> dict:
 
 
 def archive_resource(domain: str, entry: dict) -> dict:
-    """The data package resource of one archive (`publish.archives.write_archives`' entry)."""
+    """The data package resource of one archive (`civicflow.publish.archives.write_archives`' entry)."""
     fmt = entry["format"]
     resource = {
         "name": resource_name(domain, entry["council"], entry["period"])

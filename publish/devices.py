@@ -6,7 +6,7 @@ One feature per device (council and device id) with a published reading:
 
 - `geometry`: a Point, `[lon, lat]` in WGS84, from the device's latest published reading with a
   position, else from its registry entry; `null` when neither gives one (nothing is guessed). The
-  position of a citizen-hosted device is rounded as its readings are (`publish.files.
+  position of a citizen-hosted device is rounded as its readings are (`civicflow.publish.files.
   coarsen_locations`, 3 decimals) and `position_decimals` says so.
 - `properties`: `dataset`, `council`, `device_id`, `model` (the registry's, else null),
   `citizen_hosted`, `position_decimals`, `reporting_interval_s` and where it comes from
@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from civicflow.contract import Dataset, Domain
+from civicflow.publish.files import CITIZEN_DECIMALS, coarsen_locations, replace_into_place
 from civicflow.registry import Registry
-from publish.files import CITIZEN_DECIMALS, coarsen_locations, replace_into_place
-from warehouse.partitions import publications
+from civicflow.warehouse.partitions import publications
 
 DEVICES_FILE = "devices.geojson"
 MEDIA_TYPE = "application/geo+json"

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from civicflow.contract import LOCATION_COLUMNS, Column, Dataset
 from civicflow.errors import TerminalError
-from warehouse.tables import arrow_schema
+from civicflow.warehouse.tables import arrow_schema
 
 MEDIA_TYPES = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv"}
 ROW_GROUP_ROWS = 8192

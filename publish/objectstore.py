@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from civicflow.errors import TerminalError, TransientError
+from civicflow.publish.release import MANIFEST, RELEASE_RE, releases
 from civicflow.settings import StorageSettings
-from publish.release import MANIFEST, RELEASE_RE, releases
-from warehouse.layout import Layout
-from warehouse.storage import Store, open_store
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.storage import Store, open_store
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The files are written first, each renamed into place in the publisher's working tree
 (`data/published/<domain>/`); then one transaction replaces the partition's rows in
 `published.<domain>` and its aggregate tables and records the decision and the publication
-(`warehouse.partitions`), pending until a release holds it. If anything raises, nothing is
+(`civicflow.warehouse.partitions`), pending until a release holds it. If anything raises, nothing is
 recorded but a `gate_error` hold with the error: the partition's earlier publication, if any,
 stays in place, and every other partition is published as usual.
 
@@ -23,11 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from civicflow.contract import DATASETS, Dataset, Domain, Zone
+from civicflow.publish.files import ROW_GROUP_ROWS, allowlist, coarsen_locations, sort_keys, write_files
 from civicflow.registry import Registry
-from publish.files import ROW_GROUP_ROWS, allowlist, coarsen_locations, sort_keys, write_files
-from warehouse.aggregates import KINDS, aggregate_rows_of, columns, replace_aggregates
-from warehouse.layout import Layout
-from warehouse.partitions import (
+from civicflow.warehouse.aggregates import KINDS, aggregate_rows_of, columns, replace_aggregates
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import (
     GATE_ERROR,
     Decision,
     Hold,
@@ -35,7 +35,7 @@ from warehouse.partitions import (
     record_publication,
     transaction,
 )
-from warehouse.tables import arrow_schema
+from civicflow.warehouse.tables import arrow_schema
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def publish_partition(
     Raises:
         PublicationError: If what would be written breaks a publication rule.
     """
-    from warehouse.partitions import PartitionRef, publication
+    from civicflow.warehouse.partitions import PartitionRef, publication
 
     ref = PartitionRef(dataset.domain.value, council, day, version)
     report = {"dataset": ref.domain, "now": now.isoformat(), "success": True, "failed": [], "warnings": []}

@@ -2,7 +2,7 @@
 
 The publisher writes into its working tree, `data/published/<domain>/` (publish/partition.py), which
 changes file by file during a publish. Consumers never read it. `release` is the last step of every
-publish run: if the ledger has publications no release holds yet (`warehouse.partitions`), or a
+publish run: if the ledger has publications no release holds yet (`civicflow.warehouse.partitions`), or a
 dataset's metadata changed, it rebuilds the data packages and snapshots what they list into a new,
 immutable directory `data/published/releases/<id>/` (hard links: files are only ever replaced by
 rename, so a released file never changes), then switches `data/published/latest` to it by renaming a
@@ -36,12 +36,12 @@ import duckdb
 
 from civicflow.contract import DATASETS, Domain, Zone
 from civicflow.errors import TerminalError
+from civicflow.publish.catalog import build_catalog, to_turtle
+from civicflow.publish.datapackage import council_package_file, write_datapackage
 from civicflow.registry import CouncilRegistry
 from civicflow.settings import CkanSettings
-from publish.catalog import build_catalog, to_turtle
-from publish.datapackage import council_package_file, write_datapackage
-from warehouse.layout import Layout
-from warehouse.partitions import (
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import (
     PartitionRef,
     domains_published,
     mark_released,
@@ -192,14 +192,14 @@ def release(
     """Put every pending publication into a release that `latest` points at; mark the ledger.
 
     Args:
-        quality: Dataset -> its quality summary (`expectations.summary`), written as `quality.json`.
+        quality: Dataset -> its quality summary (`civicflow.expectations.summary`), written as `quality.json`.
         licences: Council -> the licence its data carries, when not the Open Government Licence.
-        data_docs: Partition version -> its Data Docs page (`expectations.docs.write_pages`): the
+        data_docs: Partition version -> its Data Docs page (`civicflow.expectations.docs.write_pages`): the
             release holds the page of every version it publishes or holds back, which
             `manifest.json` names.
         stylesheets: Dataset -> the stylesheet its pages name, held once per dataset.
         councils: Council -> its registry file, for the catalogue's publishers, contact points and
-            areas (`publish.catalog.build_catalog`).
+            areas (`civicflow.publish.catalog.build_catalog`).
 
     Idempotent: with nothing pending and no metadata changed, nothing is cut; pending
     publications that `latest` already holds (a crash after the switch) are only marked.
@@ -346,7 +346,7 @@ def push_pending(
     councils: Mapping[str, CouncilRegistry] | None = None,
 ) -> bool:
     """Push the latest release's catalogue to CKAN if it has not been pushed yet."""
-    from publish.ckan import CkanClient, packages_from_catalog, push_catalog
+    from civicflow.publish.ckan import CkanClient, packages_from_catalog, push_catalog
 
     if not layout.latest_pointer.is_file():
         return False

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from warehouse.db import connect
-from warehouse.layout import Layout
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
 
 
 @pytest.fixture

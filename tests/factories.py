@@ -9,9 +9,9 @@ from pathlib import Path
 
 import orjson
 
-from transforms.decode import Limits
-from warehouse.layout import Layout
-from warehouse.segments import SegmentWriter
+from civicflow.transforms.decode import Limits
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.segments import SegmentWriter
 
 LIMITS = Limits()
 
@@ -46,7 +46,7 @@ def staged_file_rows(con, layout: Layout, domain: str, council: str, day) -> lis
     """A staged partition's rows as its current version's Parquet files hold them, in file order."""
     import pyarrow.parquet as pq
 
-    from warehouse.partitions import PartitionRef, current, partition_files
+    from civicflow.warehouse.partitions import PartitionRef, current, partition_files
 
     ref = current(con, domain, council, day)
     assert ref is not None, f"{domain}/{council}/{day} is not staged and exported"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from brokers import free_port
 
-from warehouse.segments import list_closed_segments, read_segment
+from civicflow.warehouse.segments import list_closed_segments, read_segment
 
 
 class ListenerProcess:
@@ -45,7 +45,7 @@ class ListenerProcess:
     def start(self) -> ListenerProcess:
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "listen", "-v"],
+                [sys.executable, "-m", "civicflow.app.cli", "listen", "-v"],
                 env=os.environ | self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

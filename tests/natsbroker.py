@@ -20,7 +20,7 @@ from pathlib import Path
 from brokers import deploy_nats_config, free_port
 from listeners import wait_for
 
-from ingest.gateway import publish_messages
+from civicflow.ingest.gateway import publish_messages
 
 DEPLOY_NATS = Path(__file__).resolve().parents[1] / "deploy" / "nats"
 

@@ -26,7 +26,7 @@ def test_log_json_has_separate_fields_extras_and_the_exception(root_logger):
 
     out = io.StringIO()
     configure(json=True, stream=out)
-    log = logging.getLogger("ingest.listener")
+    log = logging.getLogger("civicflow.ingest.listener")
     log.info("landed %d messages in %s", 3, "a.seg", extra={"segment": "a.seg", "messages": 3, "level": "x"})
     try:
         raise ZeroDivisionError("division by zero")
@@ -40,7 +40,7 @@ def test_log_json_has_separate_fields_extras_and_the_exception(root_logger):
     assert landed["time"].endswith("Z") and landed["time"][:4].isdigit()
     assert (landed["level"], landed["logger"], landed["message"]) == (
         "info",
-        "ingest.listener",
+        "civicflow.ingest.listener",
         "landed 3 messages in a.seg",
     )
     assert (landed["segment"], landed["messages"], landed["extra_level"]) == ("a.seg", 3, "x")
@@ -59,7 +59,7 @@ def test_text_logs_show_extras_and_a_plain_traceback(root_logger):
     try:
         raise ValueError(f"bad value {len(secret)}")
     except ValueError:
-        logging.getLogger("ingest.listener").exception("cannot land", extra={"segment": "a.seg"})
+        logging.getLogger("civicflow.ingest.listener").exception("cannot land", extra={"segment": "a.seg"})
     text = out.getvalue()
     assert "[error" in text and "cannot land" in text and "segment=a.seg" in text
     assert "ValueError: bad value 7" in text and secret not in text
@@ -83,7 +83,7 @@ def test_a_console_outside_a_terminal_neither_crops_nor_wraps(environ, monkeypat
     from rich.table import Table
     from rich.text import Text
 
-    from app.progress import UNBOUNDED_WIDTH, output_console
+    from civicflow.app.progress import UNBOUNDED_WIDTH, output_console
 
     for name, value in environ.items():
         if value is None:
@@ -111,7 +111,7 @@ def test_a_console_outside_a_terminal_neither_crops_nor_wraps(environ, monkeypat
 def test_progress_outside_a_terminal_is_a_few_plain_lines():
     from rich.console import Console
 
-    from app.progress import dag_progress, message_progress, segment_progress
+    from civicflow.app.progress import dag_progress, message_progress, segment_progress
 
     console = Console(file=io.StringIO(), width=1000, force_terminal=True, color_system=None)  # FORCE_COLOR
     with segment_progress(console) as progress:
@@ -151,9 +151,9 @@ def staged(tmp_path, monkeypatch):
     """A data root with one raw segment staged, as CIVICFLOW_DATA_ROOT; output not a terminal."""
     from factories import LIMITS, car_park, land
 
-    from transforms.stage import stage_segments
-    from warehouse.db import connect
-    from warehouse.layout import Layout
+    from civicflow.transforms.stage import stage_segments
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.layout import Layout
 
     layout = Layout(tmp_path / "data")
     con = connect(layout.warehouse)
@@ -169,7 +169,7 @@ def staged(tmp_path, monkeypatch):
 def test_sql_prints_values_literally_and_whole(staged):
     from typer.testing import CliRunner
 
-    from app.cli import app
+    from civicflow.app.cli import app
 
     query = (
         "SELECT device_id, '[a-z0-9]+' AS \"[pattern]\", '[bold]x[/bold] \\' AS markup, "
@@ -190,7 +190,7 @@ def test_sql_prints_values_literally_and_whole(staged):
 def test_sql_json_is_one_object_per_row(staged):
     from typer.testing import CliRunner
 
-    from app.cli import app
+    from civicflow.app.cli import app
 
     query = (
         "SELECT device_id, occupied_spots, 1.25::DECIMAL(5, 2) AS d, DATE '2026-03-01' AS day, "
@@ -217,7 +217,7 @@ def test_replay_json_is_one_document_and_its_progress_goes_to_stderr(staged):
 
     from typer.testing import CliRunner
 
-    from app.cli import app
+    from civicflow.app.cli import app
 
     today = datetime.now(tz=UTC).date().isoformat()
     done = CliRunner().invoke(app, ["replay", "--from", today, "--to", today, "--no-publish", "--json"])
@@ -237,7 +237,7 @@ def test_version_is_the_installed_distributions():
     from typer.testing import CliRunner
 
     import civicflow
-    from app.cli import app, installed_version
+    from civicflow.app.cli import app, installed_version
 
     done = CliRunner().invoke(app, ["--version"])
     assert (done.exit_code, done.stdout) == (0, f"civicflow {version('civicflow')}\n")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ingest.metrics import ListenerMetrics
-from warehouse.layout import Layout
-from warehouse.metrics import BatchCollector
+from civicflow.ingest.metrics import ListenerMetrics
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.metrics import BatchCollector
 
 pytestmark = pytest.mark.unit
 MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"

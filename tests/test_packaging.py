@@ -15,6 +15,7 @@ import pytest
 import civicflow.resources as resources
 
 ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("app", "expectations", "ingest", "jobs", "portal", "publish", "transforms", "warehouse")
 
 
 def test_the_checkout_comes_first_then_the_installed_copy(tmp_path, monkeypatch):
@@ -55,8 +56,23 @@ def test_the_wheel_carries_dags_registry_and_samples(wheel):
         *(p.relative_to(ROOT).as_posix() for p in (ROOT / "samples").rglob("*") if p.is_file()),
     }
     assert {n.removeprefix(data) for n in names if n.startswith(data)} == expected
-    assert {n.split("/")[0] for n in names} >= {"civicflow", "app", "jobs", "portal"}
-    assert "dags/__init__.py" not in names  # the DAGs are data, not a top-level package
+    # One name in site-packages: the stage folders are subpackages of civicflow, the DAGs are data.
+    assert {n.split("/")[0] for n in names} == {
+        "civicflow",
+        "civicflow-0.1.0.data",
+        "civicflow-0.1.0.dist-info",
+    }
+    packages = {
+        n.rsplit("/", 1)[0] for n in names if n.endswith("/__init__.py") and n.startswith("civicflow/")
+    }
+    assert packages == {"civicflow", *(f"civicflow/{s}" for s in STAGES)}
+    for stage in STAGES:
+        modules = {p.name for p in (ROOT / stage).glob("*.py")}
+        assert {n.rsplit("/", 1)[1] for n in names if n.startswith(f"civicflow/{stage}/")} >= modules, stage
+    templates = {p.name for p in (ROOT / "portal" / "templates").glob("*.html")}
+    assert {n.rsplit("/", 1)[1] for n in names if n.startswith("civicflow/portal/templates/")} == templates
+    entry_points = zipfile.ZipFile(wheel).read("civicflow-0.1.0.dist-info/entry_points.txt").decode()
+    assert "civicflow = civicflow.app.cli:main" in entry_points
 
 
 INSTALLED_CHECK = """
@@ -83,8 +99,9 @@ print(json.dumps({
 def test_the_installed_wheel_runs_outside_the_checkout_with_its_dags_and_registry(wheel, tmp_path):
     """The wheel and requirements.lock (hashed) in a fresh venv, run from a directory that is not
     the checkout: its version, its data under the venv's share/civicflow, the registry loaded from
-    there and every installed DAG parsed by Airflow without an import error (`make wheel-demo`
-    goes on to run the demo)."""
+    there, every installed DAG parsed by Airflow without an import error, nothing but `civicflow`
+    added to site-packages, and `civicflow demo` publishing what its summary says (as `make
+    wheel-demo` does)."""
     uv, venv = find_uv(), tmp_path / "venv"
     install = [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python")]
     subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
@@ -116,3 +133,54 @@ def test_the_installed_wheel_runs_outside_the_checkout_with_its_dags_and_registr
     assert found["errors"] == {}
     assert found["dag_files"] == sorted(p.name for p in (ROOT / "dags").glob("*.py"))
     assert found["dags"] == sorted(f"civicflow_{n}" for n in ("backfill", "maintenance", "publish", "stage"))
+
+    [site_packages] = venv.glob("lib/python3*/site-packages")
+    assert not {s for s in STAGES if (site_packages / s).exists()}, (
+        "a stage landed at the top of site-packages"
+    )
+
+    demo = run(str(venv / "bin" / "civicflow"), "demo", "--data-root", "demo-data")
+    summary = demo_summary(demo)
+    latest = elsewhere / "demo-data" / "published" / "latest"
+    for dag in ("civicflow_stage", "civicflow_publish"):
+        assert f"Airflow DAG {dag}: success" in demo, demo
+    assert "CIVICFLOW_DATA_ROOT=demo-data civicflow serve" in demo  # the installed command, by name
+    published = {domain: published_rows(latest / domain) for domain in summary["rows published"]}
+    assert published == summary["rows published"] and all(published.values()), demo
+    assert sum(published.values()) == summary["rows published total"]
+
+
+def demo_summary(output: str) -> dict[str, dict[str, int] | int]:
+    """The demo summary's table: row label -> {dataset: count} (and "<label> total")."""
+    lines = output.splitlines()
+    header = next(line.split() for line in lines if line.split()[:1] == ["step"])
+    datasets = header[1:-1]  # step, the datasets..., total
+    table: dict[str, dict[str, int] | int] = {}
+    for line in lines:
+        cells = line.split()
+        if len(cells) < len(header) or not all(
+            c.replace(",", "").isdigit() for c in cells[-len(header) + 1 :]
+        ):
+            continue
+        label = " ".join(cells[: len(cells) - len(header) + 1])
+        values = [int(c.replace(",", "")) for c in cells[-len(header) + 1 :]]
+        table[label] = dict(zip(datasets, values[:-1], strict=True))
+        table[f"{label} total"] = values[-1]
+    return table
+
+
+def published_rows(dataset_dir: Path) -> int:
+    """Rows in a released dataset's day files, each checked against its data package's sha256."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    package = json.loads((dataset_dir / "datapackage.json").read_text())
+    rows = 0
+    for resource in package["resources"]:
+        if resource["format"] != "parquet" or not resource["path"].startswith("council="):
+            continue
+        path = dataset_dir / resource["path"]
+        assert resource["hash"] == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest(), path
+        rows += pq.ParquetFile(path).metadata.num_rows
+    return rows

@@ -103,7 +103,7 @@ def test_every_variable_the_repository_names_is_accepted():
 def test_every_environment_variable_of_a_command_option_is_accepted():
     import typer.main
 
-    from app.cli import app
+    from civicflow.app.cli import app
 
     def envvars(command) -> list[str]:
         found = [
@@ -121,7 +121,7 @@ def test_every_environment_variable_of_a_command_option_is_accepted():
 
 
 def test_the_command_prints_the_refusal_and_exits_2(monkeypatch, capsys):
-    from app.cli import main
+    from civicflow.app.cli import main
 
     monkeypatch.setenv("CIVICFLOW_DATAROOT", "/srv/civicflow")
     monkeypatch.setenv("COLUMNS", "80")  # as CI passes it down; stderr is not a terminal: no wrapping

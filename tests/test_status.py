@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 import pytest
 from factories import LIMITS, car_park, land
 
-from app.status import pipeline_status
+from civicflow.app.status import pipeline_status
+from civicflow.jobs.publication import gate_and_publish
 from civicflow.settings import Settings
-from jobs.publication import gate_and_publish
-from transforms.stage import stage_segments
-from warehouse.db import connect
-from warehouse.layout import Layout
+from civicflow.transforms.stage import stage_segments
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -107,7 +107,7 @@ def test_status_screen_and_json_exit_1_on_a_problem(gated):
     env.pop("CIVICFLOW_MQTT__HOST", None)
     env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
     screen = subprocess.run(
-        [sys.executable, "-m", "app.cli", "status"],
+        [sys.executable, "-m", "civicflow.app.cli", "status"],
         env={k: v for k, v in env.items() if k != "COLUMNS"},  # a pipe: full width, not 80 columns
         capture_output=True,
         text=True,
@@ -130,7 +130,7 @@ def test_status_screen_and_json_exit_1_on_a_problem(gated):
     ):
         assert expected in out, (expected, out)
     as_json = subprocess.run(
-        [sys.executable, "-m", "app.cli", "status", "--json"],
+        [sys.executable, "-m", "civicflow.app.cli", "status", "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -155,7 +155,7 @@ def test_an_empty_data_root_says_no_listener_has_run_and_how_to_start_one(tmp_pa
 def test_batch_summary_counts_and_lists_held_back_days_and_devices_days(gated):
     from rich.console import Console
 
-    from app.summary import DOMAINS, print_summary, summary_document, warehouse_summary
+    from civicflow.app.summary import DOMAINS, print_summary, summary_document, warehouse_summary
 
     s = warehouse_summary(gated)
     parking = s.domains["parking"]

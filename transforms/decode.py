@@ -38,10 +38,10 @@ from civicflow.contract import (
     is_name,
 )
 from civicflow.registry import CouncilRegistry, Device, Registry
+from civicflow.transforms.invalid import Invalid
+from civicflow.transforms.lorawan import find_owner, parse_chirpstack, parse_tts, profile_reading
+from civicflow.transforms.senml import group_by_time, reading_object, resolve_pack
 from civicflow.wire import WireFormat, topic_format
-from transforms.invalid import Invalid
-from transforms.lorawan import find_owner, parse_chirpstack, parse_tts, profile_reading
-from transforms.senml import group_by_time, reading_object, resolve_pack
 
 # RFC 3339 date-time, ASCII digits only (`\d` would take any script's digits), matched in full
 RFC3339_RE = re.compile(
@@ -278,7 +278,7 @@ RULES = {Rule.CAR_PARK_COUNTS: _car_park_counts}
 """How this decoder applies each rule a dataset declares (`Dataset.rules` in the contract)."""
 _missing = {rule for dataset in DATASETS.values() for rule in dataset.rules} - set(RULES)
 if _missing:  # a rule the contract declares must never be skipped
-    raise RuntimeError(f"transforms.decode implements no check for rule(s) {sorted(_missing)}")
+    raise RuntimeError(f"civicflow.transforms.decode implements no check for rule(s) {sorted(_missing)}")
 
 
 def decode_reading(

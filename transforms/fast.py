@@ -38,13 +38,13 @@ import pyarrow.compute as pc
 
 from civicflow.contract import DATASETS, LOCATION_COLUMNS, Dataset, Domain, Reason, Rule
 from civicflow.registry import Registry
+from civicflow.transforms import fastjson
+from civicflow.transforms.decode import Decoded, Limits, Rejection, decode_message, parse_topic
+from civicflow.transforms.invalid import Invalid
+from civicflow.warehouse.segment_columns import SegmentColumns
+from civicflow.warehouse.segments import RawRecord
+from civicflow.warehouse.tables import arrow_schema
 from civicflow.wire import WireFormat, topic_format
-from transforms import fastjson
-from transforms.decode import Decoded, Limits, Rejection, decode_message, parse_topic
-from transforms.invalid import Invalid
-from warehouse.segment_columns import SegmentColumns
-from warehouse.segments import RawRecord
-from warehouse.tables import arrow_schema
 
 CHUNK_RECORDS = 1 << 17
 BATCH_ROWS = 16_384  # rows per Arrow batch handed to DuckDB: its threads split a scan by batch

@@ -1,6 +1,6 @@
 """The one exception the decoder's parts raise for input that breaks the contract.
 
-It never leaves `transforms.decode.decode_message`: there it becomes a `Rejection` with the same
+It never leaves `civicflow.transforms.decode.decode_message`: there it becomes a `Rejection` with the same
 reason and detail, and the input is quarantined.
 """
 

@@ -2,7 +2,7 @@
 
 The topic names a LoRaWAN application and device, not a council: the device registry
 (`civicflow.registry`) says which council, domain and device id the uplink belongs to and which
-model profile (`transforms.profiles`) maps its decoded payload. Values come from the network
+model profile (`civicflow.transforms.profiles`) maps its decoded payload. Values come from the network
 server's payload codec (`uplink_message.decoded_payload`, ChirpStack's `object`); Civicflow does
 not decode `frm_payload` bytes itself.
 
@@ -27,10 +27,10 @@ from typing import Any
 
 from civicflow.contract import NAME_PATTERN, Dataset, Domain, Reason, is_name
 from civicflow.registry import Device, Match, Registry
+from civicflow.transforms.invalid import Invalid
+from civicflow.transforms.profiles import PROFILES, Kind, Profile
+from civicflow.transforms.units import convert
 from civicflow.wire import CHIRPSTACK_TOPIC_RE, TTS_TOPIC_RE
-from transforms.invalid import Invalid
-from transforms.profiles import PROFILES, Kind, Profile
-from transforms.units import convert
 
 DEV_EUI_RE = re.compile(r"[0-9A-Fa-f]{16}")  # fullmatch only
 

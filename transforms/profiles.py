@@ -19,7 +19,7 @@ from civicflow.contract import Domain
 
 
 class Kind(StrEnum):
-    NUMBER = "number"  # a number in `unit`, converted by transforms.units
+    NUMBER = "number"  # a number in `unit`, converted by civicflow.transforms.units
     OCCUPIED = "occupied"  # a boolean bay state: true -> status "occupied", false -> "free"
     DISTANCE = "distance"  # ultrasonic distance to the contents, in `unit`; needs the bin depth
 

@@ -15,7 +15,7 @@ So a replay works on whole partitions (domain x council x UTC event date):
    partitions (segments not yet staged are left to the next `civicflow_stage` run, as they
    would be without a replay); a staged segment deleted at the end of its retention period is
    represented by its staged rows in those partitions;
-3. de-duplicate them from scratch with staging's own merge (`transforms.stage._merge_domain`,
+3. de-duplicate them from scratch with staging's own merge (`civicflow.transforms.stage._merge_domain`,
    run on an empty in-memory warehouse), so the rule is the one in docs/warehouse.md;
 4. in one transaction, replace each touched partition whose rows changed (its version goes up;
    an unchanged partition keeps its version, its rows and its Parquet file), replace the
@@ -45,9 +45,9 @@ import pyarrow as pa
 from civicflow.contract import DATASETS, Dataset, Domain
 from civicflow.errors import TerminalError
 from civicflow.registry import Registry, RegistryError
-from transforms.decode import Limits
-from transforms.lorawan import registry_problems
-from transforms.stage import (
+from civicflow.transforms.decode import Limits
+from civicflow.transforms.lorawan import registry_problems
+from civicflow.transforms.stage import (
     StageResult,
     _Batch,
     _decode_segment,
@@ -56,11 +56,11 @@ from transforms.stage import (
     mark_staged,
     segment_id,
 )
-from warehouse.db import connect
-from warehouse.layout import Layout
-from warehouse.partitions import replace_staged
-from warehouse.segments import list_closed_segments
-from warehouse.tables import arrow_schema, quarantine_schema
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import replace_staged
+from civicflow.warehouse.segments import list_closed_segments
+from civicflow.warehouse.tables import arrow_schema, quarantine_schema
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ record that carries them and every later one until replaced. A record's name is 
 time `bt` + `t`, its unit `u` or else `bu`, its value `bv` + `v`. Times below 2**28 are relative
 to the time the message was received (RFC 8428 section 4.5.3), so the caller passes that time in.
 Records that resolve to the same time form one reading; its measurements are named by the last
-`:` or `/` segment of the record name through `transforms.profiles.SENML_NAMES`.
+`:` or `/` segment of the record name through `civicflow.transforms.profiles.SENML_NAMES`.
 
 A malformed record (wrong JSON types, a bad name, a field that must be understood) refuses the
 whole pack: its grouping cannot be trusted. A reading whose record is well formed but not
@@ -22,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from civicflow.contract import EPOCH_MAX, Dataset, Reason
-from transforms.invalid import Invalid
-from transforms.profiles import SENML_IGNORED, SENML_NAMES
-from transforms.units import convert
+from civicflow.transforms.invalid import Invalid
+from civicflow.transforms.profiles import SENML_IGNORED, SENML_NAMES
+from civicflow.transforms.units import convert
 
 SENML_VERSION = 10
 RELATIVE_LIMIT = 2**28  # RFC 8428: a resolved time below this is relative to the receive time

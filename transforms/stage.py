@@ -37,11 +37,11 @@ import pyarrow.parquet as pq
 from civicflow.contract import DATASETS, Dataset, Domain, Reason
 from civicflow.health import STAGED_MARKER
 from civicflow.registry import Registry, RegistryError
-from transforms.decode import Limits, Rejection
-from transforms.fast import Part, SegmentDecoder, quarantine_row
-from transforms.lorawan import registry_problems
-from warehouse.layout import Layout
-from warehouse.partitions import (
+from civicflow.transforms.decode import Limits, Rejection
+from civicflow.transforms.fast import Part, SegmentDecoder, quarantine_row
+from civicflow.transforms.lorawan import registry_problems
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import (
     ExportState,
     PartitionRef,
     append_staged,
@@ -51,13 +51,13 @@ from warehouse.partitions import (
     replace_staged,
     to_export,
 )
-from warehouse.segment_columns import scan_columns
-from warehouse.segments import CLOSED_SUFFIX, RawRecord, SegmentCorrupt, list_closed_segments
-from warehouse.tables import arrow_schema, quarantine_schema
+from civicflow.warehouse.segment_columns import scan_columns
+from civicflow.warehouse.segments import CLOSED_SUFFIX, RawRecord, SegmentCorrupt, list_closed_segments
+from civicflow.warehouse.tables import arrow_schema, quarantine_schema
 
 if TYPE_CHECKING:  # pyiceberg and boto3 are imported only where staging runs on many workers
-    from warehouse.lake import Lake
-    from warehouse.storage import Store
+    from civicflow.warehouse.lake import Lake
+    from civicflow.warehouse.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -774,7 +774,7 @@ def decode_shard(
     or a change in the number of shards): the later commit leaves it out (warehouse/lake.py).
     Quarantine rows are written to each segment's quarantine file before its commit.
     """
-    from warehouse.lake import LedgerRow, arrow_schema, increment_columns
+    from civicflow.warehouse.lake import LedgerRow, arrow_schema, increment_columns
 
     if not 0 <= shard < shards:
         raise ValueError(f"shard {shard} is not one of 0..{shards - 1}")
@@ -856,7 +856,7 @@ def merge_increments(
     in with its readings in one transaction. Returns what was staged and the ids of every
     consumed snapshot still in the table, for `Lake.fold`.
     """
-    from warehouse.lake import INCREMENTS, snapshots_with_ledger
+    from civicflow.warehouse.lake import INCREMENTS, snapshots_with_ledger
 
     now = now or datetime.now(tz=UTC)
     zone = RawZone(layout, store)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from civicflow.contract import Reason
-from transforms.invalid import Invalid
+from civicflow.transforms.invalid import Invalid
 
 MOLAR_VOLUME_L = 24.04  # litres per mole at 20 °C and 101.325 kPa (EU reference conditions)
 MOLAR_MASS_G = {"no2": 46.0055, "o3": 47.9982, "so2": 64.066, "co": 28.010}

@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 
 from civicflow.errors import TerminalError, TransientError
-from warehouse.schema import all_ddl
+from civicflow.warehouse.schema import all_ddl
 
 WRITER_LOCK_WAIT_S = 30.0
 """How long a writer waits for the file's lock: readers (a metrics scrape, the portal opening a

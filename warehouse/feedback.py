@@ -6,7 +6,7 @@ summaries the broker took, in `quarantine.feedback`, so a second run finds nothi
 `device_summary` is the same summary for one device, for `civicflow status --device`.
 
 A summary never holds payload bytes (they may hold personal data), and each detail is masked as
-retention masks an expired row's (`warehouse.privacy.mask_detail`): the values it quotes become
+retention masks an expired row's (`civicflow.warehouse.privacy.mask_detail`): the values it quotes become
 `'…'`. Rows without a council, domain or device id (bad topics, unknown LoRaWAN devices) name no
 feedback topic; they are only counted.
 """
@@ -33,7 +33,7 @@ FEEDBACK_DDL = [
     PRIMARY KEY (council, domain, device_id)
 )""",
 ]
-"""The table this module owns; `warehouse.schema` runs it on every writable connect."""
+"""The table this module owns; `civicflow.warehouse.schema` runs it on every writable connect."""
 
 _ADDRESSABLE = "council IS NOT NULL AND domain IS NOT NULL AND device_id IS NOT NULL"
 _ORDER = (
@@ -86,7 +86,7 @@ def _has_table(con: duckdb.DuckDBPyConnection) -> bool:
 def _summaries(
     con: duckdb.DuckDBPyConnection, now: datetime, window: timedelta, device: Device | None, only_new: bool
 ) -> list[dict]:
-    from warehouse.privacy import mask_detail
+    from civicflow.warehouse.privacy import mask_detail
 
     since = now - window
     one = "AND council = ? AND domain = ? AND device_id = ?" if device else ""

@@ -145,7 +145,7 @@ def iceberg_schema(columns: Iterable[Column]) -> Schema:
 
 
 def arrow_schema(columns: Iterable[Column]) -> pa.Schema:
-    from warehouse.tables import ARROW_TYPES
+    from civicflow.warehouse.tables import ARROW_TYPES
 
     return pa.schema([pa.field(c.name, ARROW_TYPES[c.type], nullable=not c.required) for c in columns])
 

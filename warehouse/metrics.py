@@ -1,10 +1,10 @@
 """The batch side's Prometheus metrics, read from the warehouse when they are scraped.
 
-The listener counts what it does as it does it (`ingest.metrics`); staging, the quality gate and
+The listener counts what it does as it does it (`civicflow.ingest.metrics`); staging, the quality gate and
 publication run as Airflow tasks that come and go, so their state is read where they leave it: the
 warehouse's ledgers. `BatchCollector` opens the DuckDB file read-only on a scrape, runs a few
 aggregate queries and closes it again, so it never holds the file while a task wants to write it.
-The portal serves it at `/metrics` (`portal.metrics`), and `civicflow metrics` writes it for
+The portal serves it at `/metrics` (`civicflow.portal.metrics`), and `civicflow metrics` writes it for
 node_exporter's textfile collector.
 
 While a task holds the warehouse for writing (DuckDB allows one writer and no reader beside it),
@@ -35,9 +35,9 @@ from prometheus_client.registry import Collector
 from civicflow.contract import Domain, Reason
 from civicflow.errors import CivicflowError, TransientError
 from civicflow.health import closed_backlog
-from warehouse.db import connect
-from warehouse.layout import Layout
-from warehouse.partitions import held_back
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import held_back
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ Each move is one call here, and these tables are written nowhere else:
   written `pending` (no release) together with the published rows, in one transaction; it names
   its release only once that release is `latest`. The ledger therefore never claims a
   publication that no release contains, and a crash anywhere between the two leaves pending rows
-  that the next run releases (`publish.release`).
+  that the next run releases (`civicflow.publish.release`).
 
 Nothing here knows where files live: a publication's files are recorded as the publisher
 describes them (path relative to the published zone, bytes, sha256), so the ledger does not change
@@ -100,7 +100,7 @@ PARTITION_DDL = [
 )""",
     "ALTER TABLE published.releases ADD COLUMN IF NOT EXISTS release_id VARCHAR",
 ]
-"""The tables this module owns; `warehouse.schema` runs them on every writable connect."""
+"""The tables this module owns; `civicflow.warehouse.schema` runs them on every writable connect."""
 
 GATE_ERROR = "gate_error"
 """The rule a hold names when judging or publishing the partition raised instead of deciding."""

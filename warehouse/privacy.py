@@ -36,12 +36,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from civicflow.contract import DATASETS, Dataset
-from warehouse.partitions import replace_staged
-from warehouse.segments import CLOSED_SUFFIX, TORN_SUFFIX, erase_records, fsync_dir
-from warehouse.tables import quarantine_schema
+from civicflow.warehouse.partitions import replace_staged
+from civicflow.warehouse.segments import CLOSED_SUFFIX, TORN_SUFFIX, erase_records, fsync_dir
+from civicflow.warehouse.tables import quarantine_schema
 
 if TYPE_CHECKING:
-    from warehouse.storage import Store
+    from civicflow.warehouse.storage import Store
 
 T = TypeVar("T")
 
@@ -65,7 +65,7 @@ ERASURE_DDL = [
     release_id VARCHAR
 )""",
 ]
-"""The table this module owns; `warehouse.schema` runs it on every writable connect."""
+"""The table this module owns; `civicflow.warehouse.schema` runs it on every writable connect."""
 
 MASK = "'…'"
 QUOTED = r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*\""""
@@ -283,7 +283,7 @@ def erase_device_rows(
     """In one transaction: delete the device's quarantine rows, staged rows and corrections received
     in the window, and the quarantine rows of the erased raw records; version the changed partitions.
 
-    The staged partitions that lose rows are replaced through `warehouse.partitions.replace_staged`
+    The staged partitions that lose rows are replaced through `civicflow.warehouse.partitions.replace_staged`
     like any other change, so their new versions are exported, judged and published as usual.
     """
     window = {"council": council, "device": device, "start": start, "end": end}
@@ -598,7 +598,7 @@ def erase_stored_records(
 ) -> tuple[str, int]:
     """Tombstone the records at `offsets` of a segment in the store; return (sha256, how many).
 
-    The segment is copied into `scratch`, tombstoned there by `warehouse.segments.erase_records`
+    The segment is copied into `scratch`, tombstoned there by `civicflow.warehouse.segments.erase_records`
     (the format is the local one, byte for byte) and put back at its key if a record changed;
     the copy is deleted either way.
     """

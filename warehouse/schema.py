@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from civicflow.contract import DATASETS, Column, Dataset
-from warehouse.aggregates import aggregate_tables
-from warehouse.feedback import FEEDBACK_DDL
-from warehouse.partitions import PARTITION_DDL
-from warehouse.privacy import ERASURE_DDL
+from civicflow.warehouse.aggregates import aggregate_tables
+from civicflow.warehouse.feedback import FEEDBACK_DDL
+from civicflow.warehouse.partitions import PARTITION_DDL
+from civicflow.warehouse.privacy import ERASURE_DDL
 
 DUCKDB_TYPES = {
     "string": "VARCHAR",

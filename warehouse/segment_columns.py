@@ -1,6 +1,6 @@
 """Raw segments as columns, for staging: one scan of a segment's bytes, no object per record.
 
-Kept apart from `warehouse.segments` so that the listener, which only writes segments, never
+Kept apart from `civicflow.warehouse.segments` so that the listener, which only writes segments, never
 imports numpy or pyarrow: their import is most of a listener's start-up, and a listener that
 restarts after a crash drains its backlog later by that much.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from warehouse.segments import FLAG_ERASED, FLAG_RETAIN, HEADER, MAGIC, QOS_SHIFT, RawRecord
+from civicflow.warehouse.segments import FLAG_ERASED, FLAG_RETAIN, HEADER, MAGIC, QOS_SHIFT, RawRecord
 
 _LENGTHS = struct.Struct("<IHI")  # crc32, topic_len, payload_len: what the scan loop needs
 assert HEADER.size == 19  # crc 0, topic_len 4, payload_len 6, received_at_ns 10, flags 18

@@ -47,12 +47,12 @@ from listeners import ListenerProcess
 from natsbroker import USERS, Gateway, single_node
 from objectstores import CREDENTIALS, aws_credentials, shared_moto
 
-from app.batch import run_batch
+from civicflow.app.batch import run_batch
+from civicflow.ingest.samples import birmingham_parking_messages
+from civicflow.publish.release import latest_release
 from civicflow.settings import Settings
-from ingest.samples import birmingham_parking_messages
-from publish.release import latest_release
-from warehouse.layout import Layout
-from warehouse.storage import open_store
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.storage import open_store
 
 STAGE_WORKER = Worker("worker-stage", ("civicflow-stage",), concurrency=2)
 FIXTURES = (aws_credentials,)  # tests/objectstores.py: the store's credentials in the environment

@@ -18,16 +18,16 @@ import pyarrow.parquet as pq
 import pytest
 from factories import car_park, land
 
-from app.batch import BATCH_DAGS, DAGS_DIR, REPLAY_DAGS, run_batch
-from app.status import dag_runs
+from civicflow.app.batch import BATCH_DAGS, DAGS_DIR, REPLAY_DAGS, run_batch
+from civicflow.app.status import dag_runs
 from civicflow.contract import DATASETS, Zone
+from civicflow.ingest.samples import birmingham_parking_messages
+from civicflow.jobs import publish_job, stage_job
+from civicflow.publish.release import latest_release, read_manifest
 from civicflow.settings import Settings
-from ingest.samples import birmingham_parking_messages
-from jobs import publish_job, stage_job
-from publish.release import latest_release, read_manifest
-from warehouse.db import connect
-from warehouse.layout import Layout
-from warehouse.partitions import held_back, pending
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import held_back, pending
 
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
 EXPECTED = {"civicflow_stage", "civicflow_publish", "civicflow_backfill", "civicflow_maintenance"}
@@ -230,7 +230,7 @@ def test_each_dag_runs_through_dag_test_on_real_data(tmp_path, airflow_home, mon
     # A data engineer approves one held device's day: it is in `latest` when the command returns.
     from typer.testing import CliRunner
 
-    from app.release_cli import release_app
+    from civicflow.app.release_cli import release_app
 
     assert devices, "the real sample has car parks whose counters over-read"
     target = devices[0]

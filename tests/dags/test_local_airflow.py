@@ -25,7 +25,7 @@ import psutil
 import pytest
 from factories import car_park, land
 
-from app.batch import (
+from civicflow.app.batch import (
     COMPONENTS,
     BatchOutcome,
     client_host,
@@ -33,9 +33,9 @@ from app.batch import (
     run_batch,
     standalone_env,
 )
-from app.status import airflow_databases, pipeline_status
+from civicflow.app.status import airflow_databases, pipeline_status
 from civicflow.settings import Settings
-from warehouse.layout import Layout
+from civicflow.warehouse.layout import Layout
 
 DEADLINE_S = 240
 
@@ -151,7 +151,7 @@ def test_the_ui_shows_the_batch_runs_and_airflow_listens_on_loopback_only(tmp_pa
     log_path = tmp_path / "airflow.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "airflow", "--port", str(port)],
+            [sys.executable, "-m", "civicflow.app.cli", "airflow", "--port", str(port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

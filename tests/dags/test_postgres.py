@@ -24,9 +24,9 @@ import httpx
 import pytest
 from factories import car_park, land
 
-from app.batch import DAGS_DIR
-from warehouse.db import connect
-from warehouse.layout import Layout
+from civicflow.app.batch import DAGS_DIR
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +112,7 @@ def test_scheduler_runs_stage_then_publish_on_the_asset_with_localexecutor(tmp_p
             [
                 sys.executable,
                 "-m",
-                "app.cli",
+                "civicflow.app.cli",
                 "airflow",
                 "--port",
                 str(port),

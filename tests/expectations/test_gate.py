@@ -12,9 +12,15 @@ import pyarrow as pa
 import pytest
 
 from civicflow.contract import PARKING, Column
-from expectations.gate import Part, ValidationReport, evaluate_batch, evaluate_partition, validate_partition
-from expectations.quality import QualityInputs
-from expectations.suites import OBSERVED_AT_MAX, build_suite, suite_parameters
+from civicflow.expectations.gate import (
+    Part,
+    ValidationReport,
+    evaluate_batch,
+    evaluate_partition,
+    validate_partition,
+)
+from civicflow.expectations.quality import QualityInputs
+from civicflow.expectations.suites import OBSERVED_AT_MAX, build_suite, suite_parameters
 
 pytestmark = pytest.mark.integration
 

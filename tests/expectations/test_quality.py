@@ -9,14 +9,14 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from factories import LIMITS, car_park, land
 
+from civicflow.jobs.publication import ApprovalError, gate_and_publish
+from civicflow.jobs.publication import approve as approve_partition
 from civicflow.registry import CouncilRegistry, RegistryError, build_registry, load_council
 from civicflow.settings import QualitySettings
-from jobs.publication import ApprovalError, gate_and_publish
-from jobs.publication import approve as approve_partition
-from transforms.stage import stage_segments
-from warehouse.db import connect
-from warehouse.layout import Layout
-from warehouse.partitions import held_back
+from civicflow.transforms.stage import stage_segments
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import held_back
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -428,7 +428,7 @@ def test_quality_settings_come_from_the_environment(monkeypatch):
 def test_release_commands_list_and_approve_a_held_back_partition(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from app.release_cli import release_app
+    from civicflow.app.release_cli import release_app
 
     layout = Layout(tmp_path / "data")
     con = connect(layout.warehouse)

@@ -9,10 +9,10 @@ import frictionless
 import pytest
 from factories import LIMITS, car_park, land, tree_digest
 
-from jobs.publication import gate_and_publish
-from publish.release import latest_release
-from transforms.stage import export_partitions, stage_segments
-from warehouse.partitions import held_back
+from civicflow.jobs.publication import gate_and_publish
+from civicflow.publish.release import latest_release
+from civicflow.transforms.stage import export_partitions, stage_segments
+from civicflow.warehouse.partitions import held_back
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -1,6 +1,6 @@
 """Every reading of every landed message, accounted for in the warehouse.
 
-The reference decoder (`transforms.decode.decode_message`) is run again on every record of every
+The reference decoder (`civicflow.transforms.decode.decode_message`) is run again on every record of every
 closed raw segment, with the record's receive time and the run's limits and registry: it says how
 many readings and which rejections each record yields, whichever path staging took (the DuckDB fast
 path or the reference). The warehouse must then hold, for each record:
@@ -29,12 +29,12 @@ import orjson
 
 from civicflow.contract import DATASETS, Domain
 from civicflow.registry import Registry
+from civicflow.transforms.decode import Decoded, Limits, decode_message
+from civicflow.transforms.stage import segment_id
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import held_back
+from civicflow.warehouse.segments import RawRecord, list_closed_segments, read_segment
 from fuzz.corpus import Outcome
-from transforms.decode import Decoded, Limits, decode_message
-from transforms.stage import segment_id
-from warehouse.layout import Layout
-from warehouse.partitions import held_back
-from warehouse.segments import RawRecord, list_closed_segments, read_segment
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Lineage = tuple[str, int, int]  # segment id, record offset, reading index

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 from hypothesis import strategies as st
 
-from ingest.samples import (
+from civicflow.ingest.samples import (
     aberdeen_air_quality_messages,
     birmingham_parking_messages,
     edinburgh_waste_messages,

@@ -30,14 +30,14 @@ from brokers import run_mosquitto
 from listeners import ListenerProcess
 from paho.mqtt.enums import CallbackAPIVersion
 
+from civicflow.ingest.gateway import publish_messages
+from civicflow.jobs import _limits, publish_job, stage_job
 from civicflow.settings import LORAWAN_TOPIC_FILTERS, Settings
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
 from fuzz.accounting import Ledger, account, check_control, landed_records
 from fuzz.corpus import fuzz_registry, write_registry_dir
 from fuzz.generators import CONTROL_COUNCIL, PREFIX, Message, control_messages, matches, publishable
-from ingest.gateway import publish_messages
-from jobs import _limits, publish_job, stage_job
-from warehouse.db import connect
-from warehouse.layout import Layout
 
 TOPIC_FILTERS = (f"{PREFIX}/#", *LORAWAN_TOPIC_FILTERS)
 CANARY: Message = (b"city/fuzzcanary/parking/c1", b'{"observed_at":"2026-03-01T12:00:00Z","status":"free"}')
@@ -237,7 +237,7 @@ def _batch(settings: Settings, workdir: Path, log: Callable[[str], None]) -> lis
     out = workdir / "batch.log"
     with out.open("w") as fh:
         rc = subprocess.call(
-            [sys.executable, "-m", "app.cli", "batch"], env=env, stdout=fh, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "civicflow.app.cli", "batch"], env=env, stdout=fh, stderr=subprocess.STDOUT
         )
     if rc != 0:
         return [f"civicflow batch exited {rc}; see {out} and {settings.data_root / 'airflow' / 'logs'}"]

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from civicflow.registry import Registry
+from civicflow.transforms.decode import Limits
+from civicflow.transforms.fast import SegmentDecoder
+from civicflow.warehouse.segment_columns import scan_columns
+from civicflow.warehouse.segments import MAGIC, encode_record
 from fuzz.corpus import Outcome
-from transforms.decode import Limits
-from transforms.fast import SegmentDecoder
-from warehouse.segment_columns import scan_columns
-from warehouse.segments import MAGIC, encode_record
 
 NOW = datetime(2026, 3, 9, 12, 0, tzinfo=UTC)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from civicflow.contract import Reason
+from civicflow.transforms.decode import Limits, decode_message
 from fuzz.corpus import CORPUS_DIR, Case, Outcome, fuzz_registry, load_corpus
 from fuzz.segments import stage_decode
-from transforms.decode import Limits, decode_message
 
 pytestmark = pytest.mark.unit
 CASES = load_corpus()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 
 from civicflow.contract import Reason
+from civicflow.transforms.decode import Limits, decode_message
 from fuzz.corpus import Outcome, fuzz_registry, load_corpus
 from fuzz.generators import matches, publishable
 from fuzz.harness import TOPIC_FILTERS, Run, summary
-from transforms.decode import Limits, decode_message
 
 pytestmark = pytest.mark.integration
 

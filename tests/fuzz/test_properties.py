@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from civicflow.contract import Reason
+from civicflow.transforms.decode import Limits, decode_message
 from fuzz.corpus import RECEIVED_AT, fuzz_registry
 from fuzz.generators import GENERATORS, Message, generate, matches, messages, publishable
 from fuzz.segments import stage_decode
-from transforms.decode import Limits, decode_message
 
 pytestmark = pytest.mark.unit
 REGISTRY = fuzz_registry()

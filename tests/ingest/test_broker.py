@@ -14,8 +14,8 @@ from brokers import Collector
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.broker import EmbeddedBroker, EmbeddedBrokerError
-from ingest.gateway import publish_messages
+from civicflow.ingest.broker import EmbeddedBroker, EmbeddedBrokerError
+from civicflow.ingest.gateway import publish_messages
 
 pytestmark = pytest.mark.integration
 

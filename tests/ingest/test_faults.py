@@ -24,10 +24,10 @@ from brokers import run_mosquitto
 from listeners import ListenerProcess, landed_payloads
 
 from civicflow.health import closed_backlog
+from civicflow.ingest.gateway import publish_messages
+from civicflow.jobs import publish_job, stage_job
 from civicflow.settings import Settings
-from ingest.gateway import publish_messages
-from jobs import publish_job, stage_job
-from warehouse.layout import Layout
+from civicflow.warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 BASE = datetime(2026, 5, 1, tzinfo=UTC).timestamp()
@@ -205,7 +205,7 @@ def test_a_broker_that_lost_the_session_is_reported_loudly(tmp_path):
 
 def civicflow_status(data_root: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", "status", "--json"],
+        [sys.executable, "-m", "civicflow.app.cli", "status", "--json"],
         env=os.environ | {"CIVICFLOW_DATA_ROOT": str(data_root)},
         capture_output=True,
         text=True,
@@ -335,7 +335,7 @@ def test_two_listeners_share_one_subscription_and_together_land_everything(tmp_p
 
 
 def landed_payloads_of(data_root: Path, client_id: str) -> list[bytes]:
-    from warehouse.segments import list_closed_segments, read_segment
+    from civicflow.warehouse.segments import list_closed_segments, read_segment
 
     return [
         r.payload

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from brokers import Collector, run_mosquitto
 
-from ingest.gateway import PublishStats, publish_messages
+from civicflow.ingest.gateway import PublishStats, publish_messages
 
 MESSAGES = 70_000
 _CONNACK_ACCEPTED = bytes([0x20, 0x02, 0x00, 0x00])

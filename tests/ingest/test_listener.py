@@ -18,13 +18,13 @@ from brokers import free_port, run_mosquitto
 from listeners import ListenerProcess, landed_payloads
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from ingest.broker import EmbeddedBroker
-from ingest.gateway import publish_messages
-from transforms.decode import Limits
-from transforms.stage import stage_segments
-from warehouse.db import connect
-from warehouse.layout import Layout
-from warehouse.segments import list_closed_segments, read_segment, read_segment_lenient
+from civicflow.ingest.broker import EmbeddedBroker
+from civicflow.ingest.gateway import publish_messages
+from civicflow.transforms.decode import Limits
+from civicflow.transforms.stage import stage_segments
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.segments import list_closed_segments, read_segment, read_segment_lenient
 
 pytestmark = pytest.mark.integration
 CLIENT_ID = "test-listener"
@@ -135,7 +135,7 @@ def test_log_json_writes_one_json_object_per_line(tmp_path):
         "CIVICFLOW_METRICS__PORT": "0",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "listen", "--log-json"],
+        [sys.executable, "-m", "civicflow.app.cli", "listen", "--log-json"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -156,7 +156,7 @@ def test_log_json_writes_one_json_object_per_line(tmp_path):
     broker = env["CIVICFLOW_MQTT__HOST"] + ":" + env["CIVICFLOW_MQTT__PORT"]
     assert (unreachable["level"], unreachable["logger"], unreachable["broker"]) == (
         "warning",
-        "ingest.listener",
+        "civicflow.ingest.listener",
         f"mqtt://{broker}",
     )
     assert lines[-1]["message"].startswith("listener stopped")

@@ -12,10 +12,10 @@ from prometheus_client import generate_latest
 from test_listener import BAD_TOPICS, GOOD_TOPICS
 
 from civicflow.contract import Reason
+from civicflow.ingest.listener import BrokerAddress, Listener
+from civicflow.transforms.decode import Limits, decode_message
+from civicflow.warehouse.segments import SegmentWriter
 from civicflow.wire import is_bad_topic
-from ingest.listener import BrokerAddress, Listener
-from transforms.decode import Limits, decode_message
-from warehouse.segments import SegmentWriter
 
 pytestmark = pytest.mark.unit
 
@@ -49,7 +49,7 @@ def test_a_session_taken_over_is_counted_logged_and_makes_the_listener_unhealthy
     listener._set_state("subscribed")
     assert listener.health()["healthy"] is True
 
-    with caplog.at_level(logging.ERROR, logger="ingest.listener"):
+    with caplog.at_level(logging.ERROR, logger="civicflow.ingest.listener"):
         listener._on_disconnect(
             listener.client, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=0x8E), None
         )

@@ -41,12 +41,12 @@ from natsbroker import (
 )
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.feedback import FeedbackTarget, encode_summary
-from ingest.feedback import publish_summaries as publish_feedback
-from ingest.gateway import publish_messages
-from ingest.listener import BrokerAddress
-from ingest.probe import probe_broker
-from warehouse.segments import list_closed_segments, read_segment
+from civicflow.ingest.feedback import FeedbackTarget, encode_summary
+from civicflow.ingest.feedback import publish_summaries as publish_feedback
+from civicflow.ingest.gateway import publish_messages
+from civicflow.ingest.listener import BrokerAddress
+from civicflow.ingest.probe import probe_broker
+from civicflow.warehouse.segments import list_closed_segments, read_segment
 
 pytestmark = pytest.mark.integration
 

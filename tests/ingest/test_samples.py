@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from civicflow.contract import Domain, Reason, is_name
-from ingest.samples import (
+from civicflow.ingest.samples import (
     ABERDEEN_AIR_QUALITY,
     BIRMINGHAM_PARKING,
     EDINBURGH_FILL,
@@ -31,7 +31,7 @@ from ingest.samples import (
     local_rfc3339,
     synthetic_traffic_messages,
 )
-from transforms.decode import Limits, decode_message
+from civicflow.transforms.decode import Limits, decode_message
 
 pytestmark = pytest.mark.unit
 LONDON = ZoneInfo("Europe/London")

@@ -42,8 +42,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.gateway import publish_messages
-from warehouse.segments import list_closed_segments, read_segment
+from civicflow.ingest.gateway import publish_messages
+from civicflow.warehouse.segments import list_closed_segments, read_segment
 
 pytestmark = pytest.mark.integration
 
@@ -412,7 +412,7 @@ def start_listener(
     env |= extra_env or {}
     log_dir.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "listen", "-v"],
+        [sys.executable, "-m", "civicflow.app.cli", "listen", "-v"],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=(log_dir / "listener.stdout").open("ab"),
@@ -560,8 +560,8 @@ def test_civicflow_listen_failing_at_startup_does_not_print_its_password(
 
 
 def test_status_probe_tells_a_refused_login_from_an_unreachable_broker(broker: SecureBroker) -> None:
-    from ingest.listener import BrokerAddress
-    from ingest.probe import probe_broker
+    from civicflow.ingest.listener import BrokerAddress
+    from civicflow.ingest.probe import probe_broker
 
     good = probe_broker(BrokerAddress(HOST, broker.plain_port, LISTENER_USER, PASSWORDS[LISTENER_USER]))
     assert (good.reachable, good.accepted, good.problem) == (True, True, None)
@@ -674,12 +674,12 @@ def test_feedback_summaries_reach_only_their_councils_gateways_once(
     bytes and a masked detail; the other council's gateway, the listener's user and a gateway
     writing a feedback topic get nothing; a second run publishes nothing; `civicflow status
     --device` shows the same."""
+    from civicflow.jobs import feedback_job
     from civicflow.settings import FeedbackSettings, MqttSettings, Settings
-    from jobs import feedback_job
-    from transforms.decode import Limits
-    from transforms.stage import stage_segments
-    from warehouse.db import connect
-    from warehouse.layout import Layout
+    from civicflow.transforms.decode import Limits
+    from civicflow.transforms.stage import stage_segments
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.layout import Layout
 
     (tmp_path / "registry").mkdir()
     settings = Settings(
@@ -758,7 +758,7 @@ def test_feedback_summaries_reach_only_their_councils_gateways_once(
 
     from typer.testing import CliRunner
 
-    from app.cli import app
+    from civicflow.app.cli import app
 
     monkeypatch.setenv("CIVICFLOW_DATA_ROOT", str(settings.data_root))
     shown = CliRunner().invoke(app, ["status", "--device", "birmingham/bhm-001", "--json"])

@@ -14,10 +14,10 @@ from listeners import ListenerProcess
 from objectstores import MotoServer, aws_credentials
 
 from civicflow.errors import CivicflowError
-from ingest.gateway import publish_messages
-from warehouse.layout import Layout
-from warehouse.segments import read_segment
-from warehouse.storage import Store, open_store
+from civicflow.ingest.gateway import publish_messages
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.segments import read_segment
+from civicflow.warehouse.storage import Store, open_store
 
 pytestmark = pytest.mark.integration
 FIXTURES = (aws_credentials,)  # tests/objectstores.py: test credentials in the environment

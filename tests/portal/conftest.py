@@ -12,13 +12,13 @@ import uvicorn
 from factories import LIMITS, car_park, land
 from fastapi.testclient import TestClient
 
+from civicflow.jobs.publication import gate_and_publish
+from civicflow.portal.app import create_app
 from civicflow.registry import CouncilRegistry, build_registry
-from jobs.publication import gate_and_publish
-from portal.app import create_app
-from transforms.stage import stage_segments
-from warehouse.db import connect
-from warehouse.feedback import pending_summaries, record_published
-from warehouse.layout import Layout
+from civicflow.transforms.stage import stage_segments
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.feedback import pending_summaries, record_published
+from civicflow.warehouse.layout import Layout
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 ODBL = {

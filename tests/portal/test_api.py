@@ -7,7 +7,7 @@ import io
 import pyarrow.parquet as pq
 import pytest
 
-from portal.query import MAX_LIMIT, MAX_OFFSET
+from civicflow.portal.query import MAX_LIMIT, MAX_OFFSET
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import gzip
 import hashlib
 import json
 
-from publish.release import latest_release
+from civicflow.publish.release import latest_release
 
 
 def test_archives_are_served_with_their_media_types_and_bytes(released, client):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from publish.release import latest_release
+from civicflow.publish.release import latest_release
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -16,9 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from civicflow.contract import Zone
-from portal.app import create_app
-from publish.release import latest_release, prune_releases, switch_latest
-from warehouse.layout import Layout
+from civicflow.portal.app import create_app
+from civicflow.publish.release import latest_release, prune_releases, switch_latest
+from civicflow.warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from portal.chart import hourly_chart
+from civicflow.portal.chart import hourly_chart
 
 pytestmark = pytest.mark.unit
 H0 = datetime(2026, 3, 2, 8, tzinfo=UTC)

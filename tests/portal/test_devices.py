@@ -9,7 +9,7 @@ import re
 
 from conftest import P1_AT, P1_REFUSED, P2_AT, S1_AT
 
-from publish.devices import DEVICES_FILE
+from civicflow.publish.devices import DEVICES_FILE
 
 
 def released_geojson(released, dataset: str) -> tuple[bytes, dict]:
@@ -110,8 +110,8 @@ def test_the_dataset_map_draws_one_linked_point_per_positioned_device_and_nothin
 
 
 def test_the_device_page_shows_the_feedback_its_gateway_was_sent_and_no_payload_bytes(client, released):
-    from warehouse.db import connect
-    from warehouse.feedback import published_summary
+    from civicflow.warehouse.db import connect
+    from civicflow.warehouse.feedback import published_summary
 
     con = connect(released.warehouse, read_only=True)
     sent = published_summary(con, "testtown", "parking", "p1")

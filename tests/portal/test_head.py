@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from publish.release import latest_release
+from civicflow.publish.release import latest_release
 
 pytestmark = pytest.mark.integration
 

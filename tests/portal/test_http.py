@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from civicflow.contract import Zone
-from portal.app import create_app
-from publish.release import latest_release, prune_releases, switch_latest
-from warehouse.layout import Layout
+from civicflow.portal.app import create_app
+from civicflow.publish.release import latest_release, prune_releases, switch_latest
+from civicflow.warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,7 @@ def test_latest_answers_are_revalidated_and_a_304_costs_no_query(client, release
     def no_query(*args, **kwargs):
         raise AssertionError("a 304 must not run the query")
 
-    monkeypatch.setattr("portal.app.run_query", no_query)
+    monkeypatch.setattr("civicflow.portal.app.run_query", no_query)
     again = client.get(READINGS, params={"device_id": "p2", "limit": 3}, headers={"If-None-Match": tag})
     assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", tag)
     monkeypatch.undo()

@@ -13,11 +13,11 @@ from factories import LIMITS, car_park, land
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs.publication import gate_and_publish
-from transforms.stage import stage_segments
-from warehouse.db import connect
-from warehouse.layout import Layout
-from warehouse.metrics import BatchCollector
+from civicflow.jobs.publication import gate_and_publish
+from civicflow.transforms.stage import stage_segments
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.metrics import BatchCollector
 
 pytestmark = pytest.mark.integration
 STAGED = datetime(2040, 1, 1, 0, 0, tzinfo=UTC)  # later than the wall clock that staged `released`
@@ -159,7 +159,7 @@ def test_a_warehouse_held_for_writing_serves_the_last_read(monitored, tmp_path, 
     the file as it was."""
     from typer.testing import CliRunner
 
-    from app.cli import app, main
+    from civicflow.app.cli import app, main
 
     up, read_at = (
         ("civicflow_batch_warehouse_up", ()),

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from civicflow.contract import Domain
-from portal.app import dataset_months, month_archives, month_days
-from portal.release import DatasetRelease, Resource
-from publish.release import latest_release
+from civicflow.portal.app import dataset_months, month_archives, month_days
+from civicflow.portal.release import DatasetRelease, Resource
+from civicflow.publish.release import latest_release
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +91,7 @@ def test_chart_follows_the_chosen_device_and_measurement(client):
 
 def test_chart_lists_every_device_whatever_a_page_of_rows_holds(client, monkeypatch):
     """The chart reads the council's last days for one device: no page limit hides a device."""
-    monkeypatch.setattr("portal.app.MAX_LIMIT", 8)  # p1 alone has 8 hourly rows, p2 4 more
+    monkeypatch.setattr("civicflow.portal.app.MAX_LIMIT", 8)  # p1 alone has 8 hourly rows, p2 4 more
     html = client.get("/datasets/parking", params={"device": "p2"}).text
     assert re.findall(r'<option value="(p\d)"', html) == ["p1", "p2"]
     assert '<option value="p2" selected>' in html

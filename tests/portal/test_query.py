@@ -1,4 +1,4 @@
-"""portal.query.checked: any time the calendar holds is either a bound in the window or a BadQuery."""
+"""civicflow.portal.query.checked: any time the calendar holds is a bound in the window or a BadQuery."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portal.query import WINDOW_END, WINDOW_START, BadQuery, Query, checked
+from civicflow.portal.query import WINDOW_END, WINDOW_START, BadQuery, Query, checked
 
 pytestmark = pytest.mark.unit
 

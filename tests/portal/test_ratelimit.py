@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.serve_cli import rate_limit
+from civicflow.app.serve_cli import rate_limit
+from civicflow.portal import ratelimit
+from civicflow.portal.app import create_app
+from civicflow.portal.ratelimit import RateLimit, TokenBuckets
 from civicflow.settings import PortalSettings
-from portal import ratelimit
-from portal.app import create_app
-from portal.ratelimit import RateLimit, TokenBuckets
 
 pytestmark = pytest.mark.integration
 

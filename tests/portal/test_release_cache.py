@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from civicflow.contract import Zone
-from portal.app import create_app
-from portal.release import load_release
-from publish.release import latest_release, switch_latest
-from warehouse.layout import Layout
+from civicflow.portal.app import create_app
+from civicflow.portal.release import load_release
+from civicflow.publish.release import latest_release, switch_latest
+from civicflow.warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 

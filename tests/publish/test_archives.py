@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from civicflow.contract import DATASETS, Domain
-from publish.datapackage import archive_of, write_datapackage
-from publish.files import allowlist
-from publish.partition import publish_partition
-from publish.release import latest_release, release
+from civicflow.publish.datapackage import archive_of, write_datapackage
+from civicflow.publish.files import allowlist
+from civicflow.publish.partition import publish_partition
+from civicflow.publish.release import latest_release, release
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 PARKING = DATASETS[Domain.PARKING]

@@ -13,14 +13,21 @@ from datetime import UTC, date, datetime
 import pytest
 from factories import LIMITS, car_park, land
 
-import publish.partition
-import publish.release
+import civicflow.publish.partition
+import civicflow.publish.release
 from civicflow.contract import DATASETS, Domain
-from jobs.publication import ApprovalError, approve, gate_and_publish
-from publish.release import latest_release, read_manifest
-from transforms.stage import export_partitions, stage_segments
-from warehouse.layout import Layout
-from warehouse.partitions import GATE_ERROR, append_staged, held_back, pending, publications, transaction
+from civicflow.jobs.publication import ApprovalError, approve, gate_and_publish
+from civicflow.publish.release import latest_release, read_manifest
+from civicflow.transforms.stage import export_partitions, stage_segments
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import (
+    GATE_ERROR,
+    append_staged,
+    held_back,
+    pending,
+    publications,
+    transaction,
+)
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -141,14 +148,14 @@ def test_a_partition_whose_aggregates_raise_is_held_back_and_the_rest_published(
     layout, con = wh
     land(layout, [*day_of("p1", "northtown"), *day_of("p2", "southtown")])
     stage_segments(layout, con, LIMITS)
-    real = publish.partition.replace_aggregates
+    real = civicflow.publish.partition.replace_aggregates
 
     def overflowing(con, dataset, partitions):
         if any(council == "southtown" for council, _ in partitions):
             raise OverflowError("Conversion Error: Type INT128 with value 18446744073709551614 can't be cast")
         return real(con, dataset, partitions)
 
-    monkeypatch.setattr(publish.partition, "replace_aggregates", overflowing)
+    monkeypatch.setattr(civicflow.publish.partition, "replace_aggregates", overflowing)
     result = gate_and_publish(layout, con, now=NOW)
 
     [error] = result.gate_errors
@@ -159,7 +166,7 @@ def test_a_partition_whose_aggregates_raise_is_held_back_and_the_rest_published(
     assert con.execute("SELECT DISTINCT council FROM published.parking").fetchall() == [("northtown",)]
     assert con.execute("SELECT DISTINCT council FROM published.parking_daily").fetchall() == [("northtown",)]
 
-    monkeypatch.setattr(publish.partition, "replace_aggregates", real)
+    monkeypatch.setattr(civicflow.publish.partition, "replace_aggregates", real)
     again = gate_and_publish(layout, con, now=NOW)
     assert (again.validated, again.published) == (1, 1)
     assert councils_in(assert_ledger_is_latest(layout, con), "parking") == {"northtown", "southtown"}
@@ -178,7 +185,7 @@ def test_a_crash_between_ledger_and_release_converges_on_the_next_run(wh, monkey
     def crash(*args, **kwargs):
         raise SystemExit("killed")
 
-    monkeypatch.setattr(publish.release, crash_in, crash)
+    monkeypatch.setattr(civicflow.publish.release, crash_in, crash)
     with pytest.raises(SystemExit):
         gate_and_publish(layout, con, now=NOW)
     monkeypatch.undo()
@@ -203,7 +210,7 @@ def test_an_approved_day_is_in_latest_when_the_approval_returns(wh):
     stage_segments(layout, con, LIMITS)
     con.execute("INSERT INTO staged.parking SELECT * FROM staged.parking WHERE council = 'southtown'")
     con.execute("UPDATE staged.partitions SET version = version + 1 WHERE council = 'southtown'")
-    from transforms.stage import export_partitions
+    from civicflow.transforms.stage import export_partitions
 
     export_partitions(con, layout)
     result = gate_and_publish(layout, con, now=NOW)
@@ -248,7 +255,7 @@ def test_a_held_device_day_can_be_approved_alone(wh):
         "UPDATE staged.parking SET status = 'reserved' WHERE device_id = 'p3' AND occupied_spots = 500"
     )
     con.execute("UPDATE staged.partitions SET version = version + 1")
-    from transforms.stage import export_partitions
+    from civicflow.transforms.stage import export_partitions
 
     export_partitions(con, layout)
     result = gate_and_publish(layout, con, now=NOW)

@@ -12,11 +12,10 @@ import pytest
 from factories import LIMITS, car_park, land
 from objectstores import aws_credentials, moto_server, s3_storage
 
-import publish.objectstore as objectstore
+import civicflow.publish.objectstore as objectstore
 from civicflow.errors import TerminalError
-from civicflow.settings import StorageSettings
-from jobs.publication import gate_and_publish, release_step
-from publish.objectstore import (
+from civicflow.jobs.publication import gate_and_publish, release_step
+from civicflow.publish.objectstore import (
     LATEST_KEY,
     LatestMoved,
     StoreConflict,
@@ -24,10 +23,11 @@ from publish.objectstore import (
     publish_release,
     release_key,
 )
-from publish.release import MANIFEST, Release, latest_release
-from transforms.stage import stage_segments
-from warehouse.layout import Layout
-from warehouse.storage import Store, open_store
+from civicflow.publish.release import MANIFEST, Release, latest_release
+from civicflow.settings import StorageSettings
+from civicflow.transforms.stage import stage_segments
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.storage import Store, open_store
 
 pytestmark = pytest.mark.integration
 FIXTURES = (aws_credentials, moto_server, s3_storage)  # tests/objectstores.py: the moto server

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 import pytest
 from factories import LIMITS, car_park, land
 
-from jobs.publication import gate_and_publish, judge_step, publish_judged, release_step
-from publish.release import latest_release, read_manifest
-from transforms.stage import stage_segments
-from warehouse.db import connect
-from warehouse.layout import Layout
-from warehouse.partitions import to_validate
+from civicflow.jobs.publication import gate_and_publish, judge_step, publish_judged, release_step
+from civicflow.publish.release import latest_release, read_manifest
+from civicflow.transforms.stage import stage_segments
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import to_validate
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -15,16 +15,16 @@ import rdflib
 from factories import LIMITS, car_park, land
 from fastapi.testclient import TestClient
 
+from civicflow.ingest.samples import aberdeen_air_quality_messages, birmingham_parking_messages
+from civicflow.jobs.publication import gate_and_publish
+from civicflow.portal.app import create_app, held_pages
+from civicflow.portal.release import load_release
+from civicflow.publish.catalog import PLACEHOLDER_BASE, build_catalog, to_graph
+from civicflow.publish.release import Release, latest_release
 from civicflow.registry import load_registry
-from ingest.samples import aberdeen_air_quality_messages, birmingham_parking_messages
-from jobs.publication import gate_and_publish
-from portal.app import create_app, held_pages
-from portal.release import load_release
-from publish.catalog import PLACEHOLDER_BASE, build_catalog, to_graph
-from publish.release import Release, latest_release
-from transforms.stage import stage_segments
-from warehouse.db import connect
-from warehouse.layout import Layout
+from civicflow.transforms.stage import stage_segments
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 DCAT = rdflib.Namespace("http://www.w3.org/ns/dcat#")

@@ -9,9 +9,9 @@ import orjson
 import pytest
 from factories import LIMITS, car_park, land
 
-from transforms.stage import stage_segments
-from warehouse.db import connect
-from warehouse.layout import Layout
+from civicflow.transforms.stage import stage_segments
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from civicflow.contract import Reason
+from civicflow.ingest.samples import birmingham_parking_messages
 from civicflow.registry import load_registry
+from civicflow.transforms.decode import Limits, decode_message
 from civicflow.wire import FEEDBACK_LEVEL as FEEDBACK
 from civicflow.wire import feedback_topic, is_bad_topic, topic_format
-from ingest.samples import birmingham_parking_messages
-from transforms.decode import Limits, decode_message
 
 pytestmark = pytest.mark.unit
 LIMITS = Limits()

@@ -24,22 +24,22 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from civicflow.contract import DATASETS, LOCATION_COLUMNS, Domain
-from civicflow.registry import load_registry
-from ingest.samples import (
+from civicflow.ingest.samples import (
     aberdeen_air_quality_messages,
     birmingham_parking_messages,
     edinburgh_waste_messages,
     synthetic_traffic_messages,
 )
-from transforms.decode import parse_observed_at
-from transforms.fast import SegmentDecoder, received_at_us
-from transforms.fastjson import MAX_ORDERS, fields, learn_orders, rfc3339_us
-from transforms.invalid import Invalid
-from transforms.stage import stage_segments
-from warehouse.db import connect
-from warehouse.layout import Layout
-from warehouse.segment_columns import scan_columns
-from warehouse.segments import MAGIC, RawRecord, SegmentWriter, _scan, encode_record
+from civicflow.registry import load_registry
+from civicflow.transforms.decode import parse_observed_at
+from civicflow.transforms.fast import SegmentDecoder, received_at_us
+from civicflow.transforms.fastjson import MAX_ORDERS, fields, learn_orders, rfc3339_us
+from civicflow.transforms.invalid import Invalid
+from civicflow.transforms.stage import stage_segments
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.segment_columns import scan_columns
+from civicflow.warehouse.segments import MAGIC, RawRecord, SegmentWriter, _scan, encode_record
 
 NOW = datetime(2026, 3, 9, 12, 0, tzinfo=UTC)
 RECEIVED_NS = 1_772_800_000_123_456_789

@@ -15,7 +15,7 @@ import pytest
 
 from civicflow.contract import Reason
 from civicflow.registry import CouncilRegistry, build_registry, load_registry
-from transforms.decode import Limits, decode_message
+from civicflow.transforms.decode import Limits, decode_message
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,11 +22,11 @@ from pydantic import ValidationError
 from test_fast_path import RECEIVED_NS, decode_both, fast_accepted, segment_bytes
 
 from civicflow.contract import CLOCK_SKEW_MAX_S, EPOCH_MAX, OBSERVED_FROM, Reason, is_name
+from civicflow.ingest.samples import birmingham_parking_messages, edinburgh_waste_messages
 from civicflow.registry import CouncilRegistry, load_registry
 from civicflow.settings import Settings
-from ingest.samples import birmingham_parking_messages, edinburgh_waste_messages
-from transforms.decode import decode_message
-from transforms.stage import stage_segments
+from civicflow.transforms.decode import decode_message
+from civicflow.transforms.stage import stage_segments
 
 RECEIVED = datetime.fromtimestamp(RECEIVED_NS / 1e9, tz=UTC)  # 2026-03-06T12:26:40Z
 PARKING = "city/leeds/parking/p1"
@@ -302,16 +302,16 @@ def test_a_required_field_sent_as_null_is_refused_not_staged_empty():
 
 
 def test_a_fault_of_the_decoder_quarantines_one_message_and_stages_the_rest(wh, monkeypatch):
-    import transforms.fast
+    import civicflow.transforms.fast
 
-    real = transforms.fast.decode_message
+    real = civicflow.transforms.fast.decode_message
 
     def faulty(topic, payload, *args, **kwargs):
         if topic.startswith(b"city/york/"):
             raise RecursionError("a decoder bug")
         return real(topic, payload, *args, **kwargs)
 
-    monkeypatch.setattr(transforms.fast, "decode_message", faulty)
+    monkeypatch.setattr(civicflow.transforms.fast, "decode_message", faulty)
     layout, con = wh
     batch = b"[" + park("2026-03-01T00:00:00Z") + b"]"  # a batch: the reference decodes it
     land(
@@ -330,18 +330,20 @@ def test_a_fault_of_the_decoder_quarantines_one_message_and_stages_the_rest(wh, 
 def test_the_fast_path_says_loudly_when_it_hands_a_dataset_to_the_reference(monkeypatch, caplog):
     import dataclasses
 
-    import transforms.fast
+    import civicflow.transforms.fast
     from civicflow.contract import DATASETS, Column, Domain
 
     parking = DATASETS[Domain.PARKING]
     extra = Column("free_spots", "integer", "Spots free.", minimum=0)
     changed = dataclasses.replace(parking, derived=(*parking.derived, extra))
-    assert transforms.fast.unsupported(parking) is None
-    assert transforms.fast.unsupported(changed) == "it does not compute derived column(s) free_spots"
-    monkeypatch.setattr(transforms.fast, "DATASETS", {**DATASETS, Domain.PARKING: changed})
-    monkeypatch.setattr(transforms.fast, "_warned", set())
-    with caplog.at_level("WARNING", logger="transforms.fast"):
-        decoder = transforms.fast.SegmentDecoder(LIMITS, None)
+    assert civicflow.transforms.fast.unsupported(parking) is None
+    assert (
+        civicflow.transforms.fast.unsupported(changed) == "it does not compute derived column(s) free_spots"
+    )
+    monkeypatch.setattr(civicflow.transforms.fast, "DATASETS", {**DATASETS, Domain.PARKING: changed})
+    monkeypatch.setattr(civicflow.transforms.fast, "_warned", set())
+    with caplog.at_level("WARNING", logger="civicflow.transforms.fast"):
+        decoder = civicflow.transforms.fast.SegmentDecoder(LIMITS, None)
     decoder.close()
     assert Domain.PARKING not in decoder._domains
     [record] = [r for r in caplog.records if "fast path is off for parking" in r.getMessage()]

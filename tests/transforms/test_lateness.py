@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from factories import LIMITS, car_park, land, staged_file_rows, tree_digest
 
+from civicflow.jobs.publication import gate_and_publish
 from civicflow.registry import CouncilRegistry, build_registry
-from jobs.publication import gate_and_publish
-from transforms.stage import stage_segments
-from warehouse.db import connect
-from warehouse.layout import Layout
+from civicflow.transforms.stage import stage_segments
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 REGISTRY = build_registry(
@@ -183,7 +183,7 @@ def test_an_open_days_merges_add_a_file_each_and_the_day_is_one_file_once_closed
 
 
 def test_a_merge_that_does_not_commit_leaves_no_file_of_its_readings(wh, monkeypatch):
-    import transforms.stage
+    import civicflow.transforms.stage
 
     layout, con = wh
     directory = layout.staged_file("parking", "testtown", NEXT).parent
@@ -196,7 +196,7 @@ def test_a_merge_that_does_not_commit_leaves_no_file_of_its_readings(wh, monkeyp
         raise RuntimeError("the merge stopped here")
 
     with monkeypatch.context() as patched:
-        patched.setattr(transforms.stage, "_record_corrections", fail)
+        patched.setattr(civicflow.transforms.stage, "_record_corrections", fail)
         with pytest.raises(RuntimeError, match="stopped here"):
             stage_segments(layout, con, LIMITS, now=second)
     assert sorted(p.name for p in directory.iterdir()) == [
@@ -212,8 +212,8 @@ def test_a_merge_that_does_not_commit_leaves_no_file_of_its_readings(wh, monkeyp
 
 
 def test_the_daily_upkeep_compacts_a_closed_day_that_no_merge_came_after(tmp_path):
+    from civicflow.jobs import retention_job
     from civicflow.settings import Settings
-    from jobs import retention_job
 
     settings = Settings(data_root=tmp_path / "data")
     layout = Layout(settings.data_root)

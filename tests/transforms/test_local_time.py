@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from civicflow.ingest.samples import birmingham_parking_messages
 from civicflow.registry import CouncilRegistry, RegistryError, build_registry, load_registry
-from ingest.samples import birmingham_parking_messages
-from transforms.decode import Limits, decode_message
+from civicflow.transforms.decode import Limits, decode_message
 
 pytestmark = pytest.mark.unit
 LIMITS = Limits()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from civicflow.ingest.samples import birmingham_parking_messages
 from civicflow.registry import DEFAULT_REGISTRY_DIR, RegistryError, load_registry
-from ingest.samples import birmingham_parking_messages
-from transforms.decode import Limits, decode_message
-from transforms.lorawan import registry_problems
+from civicflow.transforms.decode import Limits, decode_message
+from civicflow.transforms.lorawan import registry_problems
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]

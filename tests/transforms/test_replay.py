@@ -18,14 +18,14 @@ from factories import LIMITS, car_park, tree_digest
 
 from civicflow.contract import DATASETS
 from civicflow.errors import TerminalError
-from ingest.samples import birmingham_parking_messages
-from jobs.publication import gate_and_publish
-from transforms.decode import Limits
-from transforms.replay import parse_bound, replay_segments, segment_opened_at
-from transforms.stage import stage_segments
-from warehouse.db import connect
-from warehouse.layout import Layout
-from warehouse.segments import SegmentWriter
+from civicflow.ingest.samples import birmingham_parking_messages
+from civicflow.jobs.publication import gate_and_publish
+from civicflow.transforms.decode import Limits
+from civicflow.transforms.replay import parse_bound, replay_segments, segment_opened_at
+from civicflow.transforms.stage import stage_segments
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.segments import SegmentWriter
 
 pytestmark = pytest.mark.integration
 

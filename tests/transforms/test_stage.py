@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from factories import LIMITS, car_park, land, staged_file_rows, tree_digest
 
+from civicflow.ingest.samples import BIRMINGHAM_PARKING, birmingham_parking_messages
 from civicflow.registry import load_registry
-from ingest.samples import BIRMINGHAM_PARKING, birmingham_parking_messages
-from transforms.stage import stage_segments
+from civicflow.transforms.stage import stage_segments
 
 pytestmark = pytest.mark.integration
 

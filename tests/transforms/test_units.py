@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from civicflow.contract import DATASETS, Domain, Reason
-from transforms.invalid import Invalid
-from transforms.units import convert
+from civicflow.transforms.invalid import Invalid
+from civicflow.transforms.units import convert
 
 pytestmark = pytest.mark.unit
 

@@ -20,12 +20,12 @@ from factories import LIMITS, land, tree_digest
 from typer.testing import CliRunner
 
 from civicflow.contract import DATASETS, Domain
-from jobs.publication import gate_and_publish
-from publish.files import write_files
-from publish.partition import publish_partition
-from publish.release import latest_release
-from transforms.stage import export_partitions, stage_segments
-from warehouse.aggregates import (
+from civicflow.jobs.publication import gate_and_publish
+from civicflow.publish.files import write_files
+from civicflow.publish.partition import publish_partition
+from civicflow.publish.release import latest_release
+from civicflow.transforms.stage import export_partitions, stage_segments
+from civicflow.warehouse.aggregates import (
     DEFAULT_INTERVAL_S,
     KINDS,
     aggregate_rows,
@@ -33,9 +33,9 @@ from warehouse.aggregates import (
     columns,
     replace_aggregates,
 )
-from warehouse.db import connect
-from warehouse.layout import Layout
-from warehouse.partitions import publications, transaction
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.partitions import publications, transaction
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -587,7 +587,7 @@ def test_every_documented_query_runs_and_answers(built, query, monkeypatch):
     finally:
         con.close()
     assert answer, f"no rows from: {query}"
-    from app.cli import app
+    from civicflow.app.cli import app
 
     monkeypatch.setenv("CIVICFLOW_DATA_ROOT", str(built.root))
     result = CliRunner().invoke(app, ["sql", query])

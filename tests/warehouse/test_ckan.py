@@ -14,12 +14,12 @@ from pydantic import SecretStr
 
 from civicflow.contract import LICENCE, OGL_ATTRIBUTION
 from civicflow.errors import TransientError
+from civicflow.jobs.publication import gate_and_publish
 from civicflow.registry import load_registry
 from civicflow.settings import CkanSettings, PublishSettings
-from jobs.publication import gate_and_publish
-from transforms.stage import stage_segments
-from warehouse.db import connect
-from warehouse.layout import Layout
+from civicflow.transforms.stage import stage_segments
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 3, 3, 12, 0, tzinfo=UTC)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-import warehouse.db as db
+import civicflow.warehouse.db as db
 from civicflow.errors import TransientError
 
 HOLD = """

@@ -17,15 +17,15 @@ from factories import LIMITS, car_park, land
 from fuzz.corpus import load_corpus
 from objectstores import aws_credentials, moto_server, s3_storage
 
-from ingest.samples import (
+from civicflow.ingest.samples import (
     aberdeen_air_quality_messages,
     birmingham_parking_messages,
     edinburgh_waste_messages,
     synthetic_traffic_messages,
 )
-from transforms.stage import decode_shard, merge_increments, shard_of, stage_segments
-from warehouse.db import connect
-from warehouse.lake import (
+from civicflow.transforms.stage import decode_shard, merge_increments, shard_of, stage_segments
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.lake import (
     INCREMENTS,
     TABLE_PROPERTIES,
     LedgerRow,
@@ -35,7 +35,7 @@ from warehouse.lake import (
     remove_orphan_files,
     snapshots_with_ledger,
 )
-from warehouse.layout import Layout
+from civicflow.warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 FIXTURES = (aws_credentials, moto_server, s3_storage)  # tests/objectstores.py: the moto server
@@ -286,7 +286,7 @@ def test_concurrent_commits_with_forced_conflicts_lose_nothing_and_duplicate_not
 def test_staging_from_an_object_store_builds_the_same_warehouse(tmp_path, s3_storage):
     """Segments the listeners uploaded to an S3-compatible store, increments in Iceberg tables on
     it, quarantine files in it: the same warehouse as staging from the local raw zone."""
-    from warehouse.storage import open_store
+    from civicflow.warehouse.storage import open_store
 
     local = Layout(tmp_path / "local" / "data")
     land_everything(local)

@@ -13,15 +13,15 @@ import pytest
 from factories import land
 from typer.testing import CliRunner
 
-from app.cli import app
+from civicflow.app.cli import app
+from civicflow.jobs import publish_job, replay_job, retention_job, stage_job
+from civicflow.publish.release import latest_release, read_manifest
 from civicflow.settings import RetentionSettings, Settings
-from jobs import publish_job, replay_job, retention_job, stage_job
-from publish.release import latest_release, read_manifest
-from warehouse.db import connect
-from warehouse.layout import Layout
-from warehouse.privacy import mask_detail
-from warehouse.segment_columns import scan_columns
-from warehouse.segments import SegmentCorrupt, SegmentWriter, erase_records, read_segment
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.privacy import mask_detail
+from civicflow.warehouse.segment_columns import scan_columns
+from civicflow.warehouse.segments import SegmentCorrupt, SegmentWriter, erase_records, read_segment
 
 PLATE, EMAIL, PHONE = b"AB12 CDE", b"someone@example.org", b"+44 7700 900123"
 SECRETS = (PLATE, EMAIL, PHONE)

@@ -15,14 +15,14 @@ import pytest
 from factories import land
 from objectstores import aws_credentials, moto_server, s3_storage
 
+from civicflow.jobs import erase_job, publish_job, retention_job, stage_job
+from civicflow.publish.release import latest_release, releases
 from civicflow.settings import RetentionSettings, Settings, StorageSettings
-from jobs import erase_job, publish_job, retention_job, stage_job
-from publish.release import latest_release, releases
-from warehouse.db import connect
-from warehouse.layout import Layout
-from warehouse.segment_columns import scan_columns
-from warehouse.segments import SegmentWriter
-from warehouse.storage import Store, open_store
+from civicflow.warehouse.db import connect
+from civicflow.warehouse.layout import Layout
+from civicflow.warehouse.segment_columns import scan_columns
+from civicflow.warehouse.segments import SegmentWriter
+from civicflow.warehouse.storage import Store, open_store
 
 pytestmark = pytest.mark.integration
 FIXTURES = (aws_credentials, moto_server, s3_storage)  # tests/objectstores.py: the moto server

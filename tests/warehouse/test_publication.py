@@ -22,15 +22,15 @@ import rdflib.compare
 from factories import LIMITS, land
 
 from civicflow.contract import DATASETS, Domain, Zone
+from civicflow.jobs.publication import gate_and_publish
+from civicflow.publish import files as publish_module
+from civicflow.publish.catalog import to_graph
+from civicflow.publish.files import PublicationError, allowlist
+from civicflow.publish.partition import publish_partition
 from civicflow.registry import CouncilRegistry, build_registry
 from civicflow.settings import PublishSettings
-from jobs.publication import gate_and_publish
-from publish import files as publish_module
-from publish.catalog import to_graph
-from publish.files import PublicationError, allowlist
-from publish.partition import publish_partition
-from transforms.stage import stage_segments
-from warehouse.layout import Layout
+from civicflow.transforms.stage import stage_segments
+from civicflow.warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 3, 3, 12, 0, tzinfo=UTC)
@@ -376,7 +376,7 @@ def test_the_catalogue_describes_every_file_of_the_release_exactly(wh):
 @pytest.mark.unit
 @pytest.mark.parametrize("base_url", [None, "https://data.example.org/published/"])
 def test_the_turtle_catalogue_is_the_json_ld_graph_whatever_the_strings(base_url):
-    from publish.catalog import CONTEXT, PLACEHOLDER_BASE, to_turtle
+    from civicflow.publish.catalog import CONTEXT, PLACEHOLDER_BASE, to_turtle
 
     root = base_url or ""
     catalog = {

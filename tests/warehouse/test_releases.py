@@ -12,11 +12,11 @@ import pytest
 from factories import LIMITS, car_park, land, tree_digest
 
 from civicflow.contract import Zone
+from civicflow.jobs.publication import gate_and_publish
+from civicflow.publish.release import latest_release, releases
 from civicflow.settings import PublishSettings
-from jobs.publication import gate_and_publish
-from publish.release import latest_release, releases
-from transforms.stage import export_partitions, stage_segments
-from warehouse.layout import Layout
+from civicflow.transforms.stage import export_partitions, stage_segments
+from civicflow.warehouse.layout import Layout
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

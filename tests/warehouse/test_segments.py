@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from warehouse.segments import (
+from civicflow.warehouse.segments import (
     MAGIC,
     SegmentCorrupt,
     SegmentWriter,

@@ -11,7 +11,7 @@ from objectstores import aws_credentials, moto_server, s3_storage
 
 from civicflow.errors import TerminalError, TransientError
 from civicflow.settings import StorageSettings
-from warehouse.storage import LocalStore, S3Store, Store, open_store
+from civicflow.warehouse.storage import LocalStore, S3Store, Store, open_store
 
 pytestmark = pytest.mark.integration
 FIXTURES = (aws_credentials, moto_server, s3_storage)  # tests/objectstores.py: the moto server
