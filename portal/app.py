@@ -353,9 +353,16 @@ def create_app(
                     "held_pages": held_pages(ds, c),
                 }
             )
+        # A council whose days are all held back publishes nothing yet, but its Quality row says why.
+        held_only = sorted(set(ds.quality.get("councils", {})) - set(ds.councils))
+        quality_rows = councils + [
+            {"name": c, "days": [], "quality": ds.quality["councils"][c], "held_pages": held_pages(ds, c)}
+            for c in held_only
+        ]
         context = {
             "release": current,
             "dataset": dataset,
+            "quality_rows": quality_rows,
             "package": ds.package,
             "fiware": DATASETS[Domain(dataset)].fiware_types,
             "councils": councils,

@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from factories import car_park
+from fastapi.testclient import TestClient
 
 from civicflow.contract import Domain
-from civicflow.portal.app import dataset_months, month_archives, month_days
+from civicflow.portal.app import create_app, dataset_months, month_archives, month_days
 from civicflow.portal.release import DatasetRelease, Resource
 from civicflow.publish.release import latest_release
 
@@ -301,3 +303,42 @@ def test_api_reference_is_a_page_of_the_portal_with_nothing_from_elsewhere(clien
         "/api/datasets/{dataset}/{kind}",
         "/api/releases",
     }
+
+
+def test_a_council_whose_only_day_is_held_back_has_a_quality_row_linking_its_data_docs(wh):
+    """gloomtown's one car park had 2 of 12 readings refused (17 % > 5 %): its only day is held
+    back and nothing of it is published, yet the dataset page's Quality table says so, beside
+    testtown's published day, and links the Data Docs page that says why."""
+    from factories import LIMITS, land
+
+    from civicflow.jobs.publication import gate_and_publish
+    from civicflow.transforms.stage import stage_segments
+
+    layout, con = wh
+    half_hourly = [
+        car_park(device, f"2016-10-04T{h:02d}:{m:02d}:00Z", 10 + h, council=council)
+        for council, device in (("testtown", "p1"), ("gloomtown", "g1"))
+        for h in range(8, 13)
+        for m in (0, 30)
+    ]
+    refused = [car_park("g1", f"2016-10-04T07:0{i}:00Z", 500, council="gloomtown") for i in range(2)]
+    land(layout, half_hourly + refused)
+    stage_segments(layout, con, LIMITS)
+    result = gate_and_publish(layout, con, now=datetime(2026, 11, 23, 12, tzinfo=UTC))
+    assert [(h["council"], h["date"], h["failed"]) for h in result.held_back] == [
+        ("gloomtown", "2016-10-04", ["quarantine_share"])
+    ]
+    client = TestClient(create_app(layout))
+
+    html = client.get("/datasets/parking").text
+    rows = re.findall(r'<tr><th scope="row">(\w+)</th><td>(\d+)</td><td>(\d+)</td>', html)
+    assert rows == [("testtown", "1", "10"), ("gloomtown", "0", "0")]  # days published, rows
+    assert '<th scope="row">gloomtown</th><td>0</td><td>0</td>\n<td>–</td><td>–</td>' in html
+    [(link, day)] = re.findall(
+        r'<a href="(/releases/[^"]+/data-docs/council=gloomtown/[^"]+)">([\d-]+)</a>', html
+    )
+    assert day == "2016-10-04"
+    page = client.get(link)
+    assert page.status_code == 200 and "Failed: held back" in page.text
+    # gloomtown publishes nothing: no chart choice or downloads offer it
+    assert '<option value="gloomtown"' not in html
