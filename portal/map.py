@@ -2,7 +2,9 @@
 
 The devices' positions are projected with Web Mercator onto their bounding box (with a margin, and
 at least MIN_SPAN_DEG across so that one device or a tight cluster is not blown up to the frame),
-each drawn as a circle linking to its device page, with a <title> tooltip. A scale bar (metres or
+each drawn as a circle linking to its device page, with a <title> tooltip; devices so close that
+their circles would overlap (several sensors in one car park, say) are spread on a ring around their
+shared position, with leader lines, so that none hides another. A scale bar (metres or
 kilometres at the map's central latitude) and a north arrow stand in for the outlines and streets
 a tile server would give; the devices table beside the map is its text alternative.
 """
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from html import escape
 
 WIDTH, HEIGHT, MARGIN = 640, 400, 30
+RADIUS = 6
+"""A device's circle, in pixels."""
 MIN_SPAN_DEG = 0.01
 """Smallest extent drawn, in degrees of latitude and longitude (about 1 km)."""
 EARTH_M_PER_DEG = 111_320.0
@@ -40,6 +44,37 @@ def _nice(metres: float) -> float:
     return max(step * power for step in (1, 2, 5) if step * power <= metres)
 
 
+def _clusters(
+    placed: Sequence[tuple[tuple[float, float], Point]],
+) -> list[tuple[tuple[float, float], list[Point]]]:
+    """Points whose circles would overlap (closer than a circle's diameter), grouped: each group at
+    the mean position of its members, in the order their first member came."""
+    groups: list[tuple[list[tuple[float, float]], list[Point]]] = []
+    for (x, y), p in placed:
+        for spots, members in groups:
+            if any(math.hypot(x - sx, y - sy) < 2 * RADIUS for sx, sy in spots):
+                spots.append((x, y))
+                members.append(p)
+                break
+        else:
+            groups.append(([(x, y)], [p]))
+    return [
+        ((sum(x for x, _ in spots) / len(spots), sum(y for _, y in spots) / len(spots)), members)
+        for spots, members in groups
+    ]
+
+
+def _spread(x: float, y: float, n: int) -> list[tuple[float, float]]:
+    """Where n co-located devices are drawn: the point itself for one, else evenly on a ring around
+    it wide enough that neighbours do not touch (clockwise from north)."""
+    if n == 1:
+        return [(x, y)]
+    ring = max(3 * RADIUS, n * (2 * RADIUS + 4) / (2 * math.pi))
+    return [
+        (x + ring * math.sin(2 * math.pi * i / n), y - ring * math.cos(2 * math.pi * i / n)) for i in range(n)
+    ]
+
+
 def device_map(points: Sequence[Point], title: str, map_id: str = "map") -> str:
     """SVG of the points (one circle each, linked, titled) with a scale bar and a north arrow;
     empty if there are none."""
@@ -60,13 +95,26 @@ def device_map(points: Sequence[Point], title: str, map_id: str = "map") -> str:
         return WIDTH / 2 + (lon - cx) * k, HEIGHT / 2 - (_mercator_y(lat) - cy) * k
 
     circles = []
-    for p in points:
-        x, y = xy(p.lat, p.lon)
-        circles.append(
-            f'<a href="{escape(p.href)}"><circle class="device" cx="{x:.1f}" cy="{y:.1f}" r="6" '
-            f'fill="#0b4f8a" fill-opacity="0.8" stroke="#fff" stroke-width="1.5">'
-            f"<title>{escape(p.label)}</title></circle></a>"
-        )
+    for (x, y), members in _clusters([(xy(p.lat, p.lon), p) for p in points]):
+        placed = _spread(x, y, len(members))
+        if len(members) > 1:
+            # Devices that would hide one another: a dot where they are, each spread on a ring
+            # around it with a leader line, so every one can be seen and followed.
+            circles.append(
+                f'<g class="cluster"><circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="#222">'
+                f"<title>{len(members)} devices here</title></circle>"
+                + "".join(
+                    f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{px:.1f}" y2="{py:.1f}" stroke="#555"/>'
+                    for px, py in placed
+                )
+                + "</g>"
+            )
+        for p, (px, py) in zip(members, placed, strict=True):
+            circles.append(
+                f'<a href="{escape(p.href)}"><circle class="device" cx="{px:.1f}" cy="{py:.1f}" r="{RADIUS}" '
+                f'fill="#0b4f8a" fill-opacity="0.8" stroke="#fff" stroke-width="1.5">'
+                f"<title>{escape(p.label)}</title></circle></a>"
+            )
     # Scale bar: pixels per metre at the central latitude (Mercator stretches by 1/cos(lat)).
     px_per_m = k / (EARTH_M_PER_DEG * math.cos(math.radians(mid_lat)))
     bar_m = _nice((WIDTH / 4) / px_per_m)

@@ -138,3 +138,42 @@ def test_the_device_page_shows_the_feedback_its_gateway_was_sent_and_no_payload_
     # A device with nothing refused says so; p2 has no summary.
     other = client.get("/datasets/parking/devices/testtown/p2").text
     assert 'id="device-feedback"' not in other and "No rejection summary was published" in other
+
+
+def test_co_located_devices_are_spread_around_their_position_so_none_hides_another():
+    """Three sensors of one car park at one position and a fourth 3 m away would draw as one
+    circle: they are spread on a ring around the spot (each its own link), a lone device stays put."""
+    from civicflow.portal.map import RADIUS, Point, device_map
+
+    at = (52.4796, -1.9027)
+    points = [
+        *(Point(at[0], at[1], f"bay-{i}", f"/d/bay-{i}") for i in range(3)),
+        Point(at[0] + 0.00003, at[1], "bay-3", "/d/bay-3"),  # ~3 m north: still overlapping
+        Point(52.4896, -1.8927, "far", "/d/far"),
+    ]
+    svg = device_map(points, "test map")
+    circles = {
+        href: (float(x), float(y))
+        for href, x, y in re.findall(
+            r'<a href="([^"]+)"><circle class="device" cx="([\d.]+)" cy="([\d.]+)"', svg
+        )
+    }
+    assert sorted(circles) == ["/d/bay-0", "/d/bay-1", "/d/bay-2", "/d/bay-3", "/d/far"]
+    bays = [circles[f"/d/bay-{i}"] for i in range(4)]
+    gaps = [
+        ((ax - bx) ** 2 + (ay - by) ** 2) ** 0.5
+        for i, (ax, ay) in enumerate(bays)
+        for bx, by in bays[i + 1 :]
+    ]
+    assert min(gaps) > 2 * RADIUS  # no circle covers another
+    [(cx, cy, title)] = re.findall(
+        r'<g class="cluster"><circle cx="([\d.]+)" cy="([\d.]+)" r="3"[^>]*><title>([^<]+)', svg
+    )
+    assert title == "4 devices here"
+    leaders = re.findall(
+        r'<line x1="([\d.]+)" y1="([\d.]+)" x2="([\d.]+)" y2="([\d.]+)" stroke="#555"/>', svg
+    )
+    assert sorted((float(x2), float(y2)) for _, _, x2, y2 in leaders) == sorted(bays)
+    assert {(x1, y1) for x1, y1, _, _ in leaders} == {(cx, cy)}
+    far = circles["/d/far"]
+    assert min(((far[0] - x) ** 2 + (far[1] - y) ** 2) ** 0.5 for x, y in bays) > 2 * RADIUS
