@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +53,13 @@ from civicflow.warehouse.partitions import (
     to_export,
 )
 from civicflow.warehouse.segment_columns import scan_columns
-from civicflow.warehouse.segments import CLOSED_SUFFIX, RawRecord, SegmentCorrupt, list_closed_segments
+from civicflow.warehouse.segments import (
+    CLOSED_SUFFIX,
+    RawRecord,
+    SegmentCorrupt,
+    erase_records,
+    list_closed_segments,
+)
 from civicflow.warehouse.tables import arrow_schema, quarantine_schema
 
 if TYPE_CHECKING:  # pyiceberg and boto3 are imported only where staging runs on many workers
@@ -73,6 +80,9 @@ class StageResult:
     corrections: int = 0
     quarantined: Counter = field(default_factory=Counter)
     changed_partitions: list[tuple[str, str, str]] = field(default_factory=list)
+    erased: int = 0
+    """Readings and rejections a merge dropped because an erasure that finished after their
+    segment was decoded covers them (`civicflow.warehouse.privacy.split_erased`)."""
 
     def to_dict(self) -> dict:
         return {
@@ -83,6 +93,7 @@ class StageResult:
             "corrections": self.corrections,
             "quarantined": dict(sorted(self.quarantined.items())),
             "changed_partitions": [list(p) for p in self.changed_partitions],
+            "erased": self.erased,
         }
 
 
@@ -145,6 +156,20 @@ class RawZone:
         except FileNotFoundError:
             return None
         return pq.read_table(pa.BufferReader(data), schema=quarantine_schema())
+
+    def tombstone(self, seg: str, offsets: set[int]) -> str | None:
+        """Tombstone the records at `offsets` of a closed segment (those an erasure covers, where it
+        did not already); the segment's sha256 after, None if it is gone (retention deleted it)."""
+        from civicflow.warehouse.privacy import StoredObject, erase_stored_records
+
+        if self.store is None:
+            path = self.layout.raw / f"{seg}{CLOSED_SUFFIX}"
+            return erase_records(path, offsets)[0] if path.is_file() else None
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".merge-erasure-", dir=self.layout.root) as scratch:
+            obj = StoredObject(f"raw/{seg}{CLOSED_SUFFIX}", seg, None)
+            digest, _ = erase_stored_records(self.store, obj, offsets, Path(scratch))
+        return digest or None
 
 
 def pending_segments(layout: Layout, con: duckdb.DuckDBPyConnection) -> list[Path]:
@@ -839,6 +864,28 @@ def _by_domain(rows: pa.Table) -> Iterator[tuple[Domain, pa.Table]]:
         yield Domain(domains[start].as_py()), rows.slice(start, stop - start)
 
 
+@dataclass
+class ErasedFrom:
+    """What a merge dropped of one segment because an erasure covers it."""
+
+    offsets: set[int] = field(default_factory=set)
+    readings: int = 0
+    rejected: int = 0
+
+
+def _drop_erased(table: pa.Table, windows, erased: dict[str, ErasedFrom], kind: str) -> pa.Table:
+    """`table` without the rows an erasure covers, noting each dropped row under its segment."""
+    from civicflow.warehouse.privacy import split_erased
+
+    kept, gone = split_erased(table, windows)
+    for seg, offset in zip(gone["segment_id"].to_pylist(), gone["record_offset"].to_pylist(), strict=True):
+        noted = erased.setdefault(seg, ErasedFrom())
+        if offset is not None:
+            noted.offsets.add(offset)
+        setattr(noted, kind, getattr(noted, kind) + 1)
+    return kept
+
+
 def merge_increments(
     layout: Layout,
     con: duckdb.DuckDBPyConnection,
@@ -857,9 +904,13 @@ def merge_increments(
     consumed snapshot still in the table, for `Lake.fold`.
     """
     from civicflow.warehouse.lake import INCREMENTS, snapshots_with_ledger
+    from civicflow.warehouse.privacy import erasure_windows
 
     now = now or datetime.now(tz=UTC)
     zone = RawZone(layout, store)
+    # A decode reads segments without the warehouse, so an erasure may have run between its read
+    # and this merge: what an erasure covers is dropped here too, and tombstoned where it is not.
+    windows = erasure_windows(con)
     result = StageResult()
     changed: set[tuple[str, str, date]] = set()
     table = lake.increments()
@@ -886,6 +937,9 @@ def merge_increments(
         while todo and readings < max_readings_per_txn:
             inc = todo.pop(0)
             rows = lake.read_increment(table, inc.snapshot_id)
+            erased: dict[str, ErasedFrom] = {}
+            if windows:
+                rows = _drop_erased(rows, windows, erased, "readings")
             for domain, part in _by_domain(rows):
                 pending.setdefault(domain, []).append(part)
             readings += rows.num_rows
@@ -895,13 +949,33 @@ def merge_increments(
                         "segment %s is in the ledger already; its increment adds nothing", row.segment_id
                     )
                     continue
-                ledger.append(row.__dict__)
-                result.segments += 1
-                result.records += row.records
-                result.readings += row.readings
+                entry = dict(row.__dict__)
                 if row.rejected and (q := zone.read_quarantine(row.segment_id)) is not None:
+                    if windows:
+                        kept = _drop_erased(q, windows, erased, "rejected")
+                        if kept.num_rows < q.num_rows:  # its file must not keep them either
+                            zone.write_quarantine(row.segment_id, kept)
+                        q = kept
                     quarantine.append(q)
                     result.quarantined.update(q["reason"].to_pylist())
+                if (gone := erased.get(row.segment_id)) is not None:
+                    entry["sha256"] = zone.tombstone(row.segment_id, gone.offsets) or entry["sha256"]
+                    entry["records"] -= len(gone.offsets)
+                    entry["readings"] -= gone.readings
+                    entry["rejected"] -= gone.rejected
+                    result.erased += gone.readings + gone.rejected
+                    log.warning(
+                        "segment %s was decoded before an erasure finished: %d readings and %d "
+                        "rejections it covers are dropped and their %d records tombstoned",
+                        row.segment_id,
+                        gone.readings,
+                        gone.rejected,
+                        len(gone.offsets),
+                    )
+                ledger.append(entry)
+                result.segments += 1
+                result.records += entry["records"]
+                result.readings += entry["readings"]
             ids.append(inc.snapshot_id)
         con.execute("BEGIN TRANSACTION")
         try:

@@ -447,6 +447,51 @@ def record_erasure(
     )
 
 
+@dataclass(frozen=True)
+class ErasureWindow:
+    """What an erasure covers for readings decoded after it: a device's messages received from
+    `start` (None: its first) until `stop`, the earlier of the window's end and the erasure itself
+    (a message received after the erasure is new, and is kept)."""
+
+    council: str
+    device_id: str
+    start: datetime | None
+    stop: datetime
+
+
+def erasure_windows(con: duckdb.DuckDBPyConnection) -> list[ErasureWindow]:
+    """Every recorded erasure's window (`published.erasures`), oldest first."""
+    rows = con.execute(
+        """SELECT council, device_id, received_from,
+                  CASE WHEN received_to IS NULL OR received_to > erased_at THEN erased_at ELSE received_to END
+           FROM published.erasures ORDER BY erased_at, erasure_id"""
+    ).fetchall()
+    return [ErasureWindow(c, d, start, stop) for c, d, start, stop in rows]
+
+
+def split_erased(table: pa.Table, windows: Iterable[ErasureWindow]) -> tuple[pa.Table, pa.Table]:
+    """(rows no erasure covers, rows one does) of readings or quarantine rows (`council`,
+    `device_id`, `received_at`).
+
+    A decode that read a segment before an erasure tombstoned it hands its merge readings and
+    rejections the erasure already removed everywhere else; the merge drops them with this.
+    """
+    import pyarrow.compute as pc
+
+    received = table["received_at"]
+    covered = None
+    for w in windows:
+        hit = pc.and_(pc.equal(table["council"], w.council), pc.equal(table["device_id"], w.device_id))
+        if w.start is not None:
+            hit = pc.and_(hit, pc.greater_equal(received, pa.scalar(w.start, type=received.type)))
+        hit = pc.and_(hit, pc.less(received, pa.scalar(w.stop, type=received.type)))
+        covered = hit if covered is None else pc.or_(covered, hit)
+    if covered is None:
+        return table, table.slice(0, 0)
+    covered = pc.fill_null(covered, False)
+    return table.filter(pc.invert(covered)), table.filter(covered)
+
+
 # --- the object store ------------------------------------------------------------------------
 #
 # With an object store (CIVICFLOW_STORAGE__URL) the listeners' closed segments are at

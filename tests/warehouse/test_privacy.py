@@ -14,7 +14,7 @@ from factories import land
 from typer.testing import CliRunner
 
 from civicflow.app.cli import app
-from civicflow.jobs import publish_job, replay_job, retention_job, stage_job
+from civicflow.jobs import decode_job, merge_job, publish_job, replay_job, retention_job, stage_job
 from civicflow.publish.release import latest_release, read_manifest
 from civicflow.settings import RetentionSettings, Settings
 from civicflow.warehouse.db import connect
@@ -168,6 +168,76 @@ def test_erase_removes_a_device_everywhere_and_keeps_the_rest(tmp_path, monkeypa
     assert con.execute("SELECT DISTINCT device_id FROM published.parking").fetchall() == [("p2",)]
     assert con.execute("SELECT count(*) FROM published.erasures").fetchone() == (2,)
     con.close()
+
+
+@pytest.mark.integration
+def test_an_erasure_between_a_decode_and_its_merge_leaves_nothing_of_the_device(tmp_path, monkeypatch):
+    """Decode tasks read raw segments without the warehouse, so an erasure can run after a decode
+    read a segment and before the merge takes its increment. The merge drops what the erasure
+    covers, tombstones those records where the erasure did not, and cleans the quarantine file a
+    decode wrote after the erasure's pass: nothing erased comes back."""
+    settings = Settings(data_root=tmp_path / "data")
+    layout = Layout(settings.data_root)
+    day = "2016-10-04"
+    leaky = parking("p1", f"{day}T09:00:00Z", 5, plate=PLATE.decode())
+    segment = land(layout, [*minutes("p1", day, 8, 10), *minutes("p2", day, 8, 20), leaky])
+    decoded = decode_job(0, shards=1, settings=settings)
+    assert (decoded["segments"], decoded["readings"], decoded["quarantined"]) == (
+        1,
+        120,
+        {"unknown_field": 1},
+    )
+    seg_id = segment.relative_to(layout.raw).as_posix().removesuffix(".seg")
+    quarantine_file = layout.quarantine_file(seg_id)
+    written_by_decode = quarantine_file.read_bytes()
+    assert PLATE in repr(pq.read_table(quarantine_file).to_pylist()).encode()
+
+    monkeypatch.setenv("CIVICFLOW_DATA_ROOT", str(settings.data_root))
+    with monkeypatch.context() as race:
+        # The erasure merges what was decoded before it starts; this decode commits just after.
+        race.setattr("civicflow.jobs.merge_job", lambda settings: {})
+        result = erase("--council", "testtown", "--device", "p1", "--reference", "DSAR-0043")
+    # p1's 61 records tombstoned, its rejection out of the quarantine file; nothing was staged yet
+    assert (result["raw_records"], result["quarantine_file_rows"], result["staged_rows"]) == (61, 1, 0)
+    # ... but the decode had read the segment first, and wrote its quarantine file after that pass
+    quarantine_file.write_bytes(written_by_decode)
+
+    merged = merge_job(settings)
+    assert (merged["erased"], merged["readings"], merged["records"]) == (61, 60, 60)
+    assert merged["quarantined"] == {}
+    con = connect(layout.warehouse, read_only=True)
+    try:
+        assert con.execute("SELECT device_id, count(*) FROM staged.parking GROUP BY ALL").fetchall() == [
+            ("p2", 60)
+        ]
+        assert con.execute("SELECT count(*) FROM quarantine.readings").fetchone() == (0,)
+        ledger = con.execute("SELECT sha256, records, readings, rejected FROM raw.segments").fetchall()
+    finally:
+        con.close()
+    # the ledger describes the segment as it now is: tombstones and all
+    assert ledger == [(hashlib.sha256(segment.read_bytes()).hexdigest(), 60, 60, 0)]
+    assert files_holding(layout.root, SECRETS) == []
+    assert [r.topic for r in read_segment(segment) if b"/p1" in r.topic] == []
+
+    published = publish_job(settings)
+    assert published["published"] == 1
+    con = connect(layout.warehouse, read_only=True)
+    try:
+        assert con.execute("SELECT DISTINCT device_id FROM published.parking").fetchall() == [("p2",)]
+    finally:
+        con.close()
+    # A later merge finds nothing to drop: a reading p1 sends after its erasure is new, and kept.
+    land(layout, [parking("p1", f"{day}T10:00:00Z", 7)], listener="l2")
+    decode_job(0, shards=1, settings=settings)
+    assert (merge_job(settings)["erased"], stage_count(layout, "p1")) == (0, 1)
+
+
+def stage_count(layout: Layout, device: str) -> int:
+    con = connect(layout.warehouse, read_only=True)
+    try:
+        return con.execute("SELECT count(*) FROM staged.parking WHERE device_id = ?", [device]).fetchone()[0]
+    finally:
+        con.close()
 
 
 def old_segment(layout: Layout, listener: str, messages: list[tuple], at: datetime) -> Path:

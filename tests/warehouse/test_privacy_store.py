@@ -3,6 +3,7 @@ files and releases in the store (a moto server), as they reach the data root's."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ import pytest
 from factories import land
 from objectstores import aws_credentials, moto_server, s3_storage
 
-from civicflow.jobs import erase_job, publish_job, retention_job, stage_job
+from civicflow.jobs import decode_job, erase_job, merge_job, publish_job, retention_job, stage_job
 from civicflow.publish.release import latest_release, releases
 from civicflow.settings import RetentionSettings, Settings, StorageSettings
 from civicflow.warehouse.db import connect
@@ -283,3 +284,41 @@ def test_retention_deletes_staged_old_segments_from_the_store_and_expires_its_qu
     assert store.list("raw/") == sorted([unstaged_old, recent])
     again = retention_job(settings_for(tmp_path, s3_storage, retention=gone))
     assert again["store_quarantine_files_rewritten"] == 0 and again["store_raw_segments_deleted"] == 0
+
+
+def test_an_erasure_between_a_decode_and_its_merge_reaches_the_store_too(tmp_path, s3_storage, monkeypatch):
+    """A decode task read a stored segment and wrote its quarantine object before the erasure,
+    and committed its increment after the erasure's own merge: the next merge drops the device's
+    readings and rejections, cleans the quarantine object again, and records the segment as the
+    store now holds it."""
+    settings = settings_for(tmp_path, s3_storage)
+    layout = Layout(settings.data_root)
+    store = open_store(s3_storage, layout.root)
+    listener_disk = tmp_path / "listener" / "raw"
+    day = "2016-10-04"
+    leaky = parking("p1", f"{day}T09:00:00Z", 5, plate=PLATE.decode())
+    segment = land(
+        Layout(listener_disk.parent), [*minutes("p1", day, 10), *minutes("p2", day, 20), leaky], "l1"
+    )
+    key = upload(store, listener_disk, segment)
+    assert decode_job(0, shards=1, settings=settings)["readings"] == 120
+    [quarantine_key] = store.list("quarantine/segments/")
+    written_by_decode = store.get_bytes(quarantine_key)
+
+    with monkeypatch.context() as race:
+        race.setattr("civicflow.jobs.merge_job", lambda settings: {})  # the increment lands after
+        result = erase_job("testtown", "p1", who="dpo-officer", reference="DSAR-0044", settings=settings)
+    assert (result["raw_records"], result["quarantine_file_rows"], result["staged_rows"]) == (61, 1, 0)
+    store.put_bytes(quarantine_key, written_by_decode)  # as the decode's late write would leave it
+
+    merged = merge_job(settings)
+    assert (merged["erased"], merged["readings"], merged["records"]) == (61, 60, 60)
+    assert store_holding(store, ERASED) == [] and files_holding(layout.root, ERASED) == []
+    assert not list(layout.root.glob(".merge-erasure-*"))  # the tombstoning's working copies
+    con = connect(layout.warehouse, read_only=True)
+    try:
+        assert con.execute("SELECT DISTINCT device_id FROM staged.parking").fetchall() == [("p2",)]
+        ledger = con.execute("SELECT sha256, records FROM raw.segments").fetchall()
+    finally:
+        con.close()
+    assert ledger == [(hashlib.sha256(store.get_bytes(key)).hexdigest(), 60)]
