@@ -395,6 +395,13 @@ def test_three_node_cluster_replicates_each_mqtt_stream_and_consumer_and_lands_w
             held(readings("leeds", 0, n // 2), gate, readings("leeds", n // 2, n)),
         )
         lp.wait_for(lambda: lp.status().get("acked", 0) >= 100, 60, "landing")
+        # A device's feedback summary, retained through node 1 while all three nodes are up.
+        feedback = FeedbackTarget(
+            BrokerAddress(HOST, servers[0].mqtt_port, "civicflow-feedback", USERS["civicflow-feedback"]),
+            prefix="city",
+        )
+        summary = feedback_summary("leeds", "fb-cluster")
+        assert publish_feedback(feedback, [summary]) == [summary]
         streams = servers[0].account_streams()
         servers[2].kill()
         gate.set()
@@ -402,6 +409,27 @@ def test_three_node_cluster_replicates_each_mqtt_stream_and_consumer_and_lands_w
         lp.wait_for(landed_all(tmp_path / "data" / "raw", {"leeds": set(range(n))}), 120, "landing all")
         after = lp.own_status()
         assert lp.terminate() == 0
+        # With node 3 down, a gateway that connects to node 2 afterwards gets the retained summary.
+        reader = Collector(
+            HOST,
+            servers[1].mqtt_port,
+            "city/leeds/+/+/feedback",
+            client_id="gw-leeds-1-feedback",
+            qos=0,
+            clean_session=True,
+            username="gw-leeds-1",
+            password=USERS["gw-leeds-1"],
+        )
+        try:
+            assert reader.start() == [0]
+            assert reader.wait_for(1, 30) == 1
+        finally:
+            reader.stop()
+        assert (reader.topics, reader.payloads, reader.retained) == (
+            ["city/leeds/parking/fb-cluster/feedback"],
+            [encode_summary(summary)],
+            [True],
+        )
     finally:
         lp.ensure_stopped()
         for server in servers:
