@@ -70,10 +70,9 @@ def _profiled(resource: dict) -> dict:
     return {k: v for k, v in out.items() if k != "rows"} | {"profile": "data-resource", "type": "file"}
 
 
-def file_resource(domain: str, council: str, day: str, entry: dict) -> dict:
-    """The data package resource of one file the ledger lists."""
-    kind, fmt = entry["kind"], entry["format"]
-    parts = [domain] + ([] if kind == READINGS else [kind]) + [council, day]
+def _file(parts: list[str], entry: Mapping, kind: str) -> dict:
+    """A published file's resource: name, path, format, media type, size, hash, rows and schema."""
+    fmt = entry["format"]
     resource = {
         "name": resource_name(*parts) + ("" if fmt == "parquet" else "-csv"),
         "path": entry["path"],
@@ -86,25 +85,21 @@ def file_resource(domain: str, council: str, day: str, entry: dict) -> dict:
     }
     if fmt == "csv":
         resource["encoding"] = "utf-8"
-    return _profiled(resource)
+    return resource
+
+
+def file_resource(domain: str, council: str, day: str, entry: dict) -> dict:
+    """The data package resource of one file the ledger lists."""
+    kind = entry["kind"]
+    parts = [domain] + ([] if kind == READINGS else [kind]) + [council, day]
+    return _profiled(_file(parts, entry, kind))
 
 
 def archive_resource(domain: str, entry: dict) -> dict:
     """The data package resource of one archive (`civicflow.publish.archives.write_archives`' entry)."""
-    fmt = entry["format"]
-    resource = {
-        "name": resource_name(domain, entry["council"], entry["period"])
-        + ("" if fmt == "parquet" else "-csv"),
-        "path": entry["path"],
-        "format": fmt,
-        "mediatype": MEDIA_TYPES[fmt],
-        "bytes": entry["bytes"],
-        "hash": f"sha256:{entry['sha256']}",
-        "rows": entry["rows"],
-        "schema": schema_file(READINGS),
-    }
-    if fmt == "csv":
-        resource |= {"compression": "gz", "encoding": "utf-8"}
+    resource = _file([domain, entry["council"], entry["period"]], entry, READINGS)
+    if entry["format"] == "csv":
+        resource["compression"] = "gz"
     resource["civicflow"] = {
         "archive": "month" if len(entry["period"]) == 7 else "year",
         "council": entry["council"],
