@@ -47,6 +47,10 @@ from civicflow.warehouse.tables import arrow_schema
 from civicflow.wire import WireFormat, topic_format
 
 CHUNK_RECORDS = 1 << 17
+TOPIC_CACHE = 200_000
+"""Topics a decoder remembers the parse of, per generation: when the current one is full it becomes
+the previous one (the one before is dropped) and a topic found there moves back, so the topics in
+use stay cached however many a deployment has, in at most twice this many entries."""
 BATCH_ROWS = 16_384  # rows per Arrow batch handed to DuckDB: its threads split a scan by batch
 SLOW_FLUSH_READINGS = 65_536
 
@@ -121,6 +125,7 @@ class SegmentDecoder:
         self.registry = registry
         self.fast = fast
         self._topics: dict[bytes, tuple[int, str, str]] = {}
+        self._previous_topics: dict[bytes, tuple[int, str, str]] = {}
         self._domains = []
         for d in Domain:
             if d not in DATASETS:
@@ -164,6 +169,15 @@ class SegmentDecoder:
         hit = self._topics.get(topic)
         if hit is not None:
             return hit
+        info = self._previous_topics.get(topic) or self._parse_topic(topic)
+        if len(self._topics) >= TOPIC_CACHE:
+            self._previous_topics, self._topics = self._topics, {}
+        self._topics[topic] = info
+        return info
+
+    def _parse_topic(self, topic: bytes) -> tuple[int, str, str]:
+        """What `_topic` caches: the fast path's domain index, council and device, or (-1, "", "")
+        for a topic the fast path leaves to the reference decoder."""
         info = (-1, "", "")
         try:
             text = topic.decode("ascii")
@@ -177,9 +191,6 @@ class SegmentDecoder:
                     info = (self._domains.index(parsed.domain), parsed.council, parsed.device_id)
         except (UnicodeDecodeError, Invalid):
             pass
-        if len(self._topics) > 200_000:
-            self._topics.clear()
-        self._topics[topic] = info
         return info
 
     def decode(

@@ -695,3 +695,31 @@ def test_random_segments_stage_identically(tmp_path_factory, segments):
     tmp = tmp_path_factory.mktemp("stage")
     fast, reference = stage_twice(tmp, segments, None)
     assert fast == reference
+
+
+@pytest.mark.unit
+def test_a_topic_in_use_stays_cached_however_many_topics_pass(monkeypatch):
+    """With room for 4 topics per generation, a car park reporting between 40 others is parsed
+    once: a full generation becomes the previous one and a topic found there moves back, where
+    clearing everything would parse it again after every fourth newcomer. Answers are unchanged."""
+    import civicflow.transforms.fast as fast
+
+    monkeypatch.setattr(fast, "TOPIC_CACHE", 4)
+    parsed: list[bytes] = []
+    parse = fast.SegmentDecoder._parse_topic
+    monkeypatch.setattr(
+        fast.SegmentDecoder, "_parse_topic", lambda self, t: parsed.append(t) or parse(self, t)
+    )
+    decoder = SegmentDecoder(LIMITS, None)
+    hot = b"city/leeds/parking/hot"
+    answers = []
+    for i in range(40):
+        answers.append(decoder._topic(hot))
+        answers.append(decoder._topic(f"city/leeds/parking/p{i}".encode()))
+    assert parsed.count(hot) == 1 and len(parsed) == 41
+    assert answers[0] == answers[-2] == (answers[0][0], "leeds", "hot") and answers[-1][1:] == (
+        "leeds",
+        "p39",
+    )
+    assert len(decoder._topics) <= 4 and len(decoder._previous_topics) <= 4
+    assert decoder._topic(b"no/such topic") == (-1, "", "")
