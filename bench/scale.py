@@ -2,9 +2,10 @@
 
 Staging runs as decode tasks, one per shard (each decodes the closed raw segments whose id hashes
 to it and appends them to the Iceberg table `staged.increments`), then one merge into the DuckDB
-warehouse (jobs.decode_job, jobs.merge_job). For one generated backlog (bench/stage.py's fleet,
-1 million readings by default, in raw segments of 4 MiB so that the shards get many segments
-each), every repeat runs, in throwaway data roots holding a copy of the same raw zone:
+warehouse (civicflow.jobs.decode_job, civicflow.jobs.merge_job). For one generated backlog
+(bench/stage.py's fleet, 1 million readings by default, in raw segments of 4 MiB so that the
+shards get many segments each), every repeat runs, in throwaway data roots holding a copy of the
+same raw zone:
 
 - **1 worker**: one process runs `decode_job(0, shards=1)`, pinned to one core; then `merge_job`
   in a fresh process on that core;

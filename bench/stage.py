@@ -10,7 +10,7 @@ For each size (0.5, 1, 2 and 5 million readings by default), in a throwaway data
 2. the ceiling, in a fresh process: DuckDB reads each domain's NDJSON with `read_json` and writes
    zstd Parquet partitioned by council and event date (`COPY ... PARTITION_BY`); and, as a second
    reference, the same without partitioning (one Parquet file per domain);
-3. staging, in a fresh process: `jobs.stage_job` on the data root, with the checkout's
+3. staging, in a fresh process: `civicflow.jobs.stage_job` on the data root, with the checkout's
    device registry, exactly as the Airflow task runs it (decode, de-duplicate, load `staged.*`
    in DuckDB, record the ledger and corrections, export the council × date Parquet partitions).
    The run fails unless every reading was staged once and nothing was quarantined.

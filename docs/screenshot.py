@@ -4,7 +4,7 @@
 1. land the Birmingham car-park recording (samples/parking/, October 2016) and the Aberdeen
    air-quality archive (samples/air_quality/, January 2018) in a raw segment, as the listener
    would, in a throwaway data root;
-2. stage it and run the quality gate and publisher (`jobs.stage_job`, `publish_job`:
+2. stage it and run the quality gate and publisher (`civicflow.jobs.stage_job`, `publish_job`:
    the code the Airflow tasks run), which cuts a release;
 3. start `civicflow serve` on a free loopback port over that data root and take a screenshot of
    the parking dataset page with Debian's headless Chromium (Playwright, no browser download),

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -38,7 +37,6 @@ from amqtt.session import Session
 
 log = logging.getLogger(__name__)
 
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _AUTH_PLUGIN = "civicflow.ingest.broker.AcceptAllAuthPlugin"
 _CONNACK_ACCEPTED = bytes([0x20, 0x02, 0x00, 0x00])
 _DISCONNECT = bytes([0xE0, 0x00])
@@ -212,8 +210,6 @@ class EmbeddedBroker:
                 self._process = None
 
     def _launch_and_wait(self) -> None:
-        env = os.environ.copy()
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
         command = [
             sys.executable,
             "-m",
@@ -226,7 +222,7 @@ class EmbeddedBroker:
             str(self.log_path),
         ]
         self._process = subprocess.Popen(
-            command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + self._start_timeout_s
         while time.monotonic() < deadline:

@@ -8,6 +8,8 @@ imported only by its adapter. A broken contract is fixed in the code, never with
 
 from __future__ import annotations
 
+import ast
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -50,6 +52,16 @@ def test_every_folder_with_python_is_a_mapped_stage_or_the_core_or_dags():
     assert all(package == f"civicflow.{folder}" for package, folder in STAGES.items())
     assert sorted(PYPROJECT["tool"]["setuptools"]["packages"]) == sorted(["civicflow", *STAGES])
     assert sorted(CONFIG["root_packages"]) == ["civicflow", "dags"]
+    # pyproject.toml lists the packages and import_layout.py copies one level: a subpackage of a
+    # stage would be left out of the wheel and the import checks until both learn of it.
+    nested = sorted(
+        str(p.relative_to(ROOT))
+        for f in ("civicflow", *STAGES.values())
+        for p in (ROOT / f).glob("*/**/*.py")
+    )
+    assert nested == [], (
+        f"a stage has a subpackage: add it to pyproject.toml and tests/import_layout.py ({nested})"
+    )
     layered = {
         m.strip() for layer in CONFIG["contracts"][0]["layers"] for m in layer.replace(":", "|").split("|")
     }
@@ -82,3 +94,25 @@ def test_each_framework_contract_names_every_module_but_the_frameworks_home():
         if any(home.startswith("civicflow.app.") for home in homes):
             expected = (expected - {"civicflow.app"}) | (app_modules - homes)
         assert sorted(contracts[lib]["source_modules"]) == sorted(expected), contracts[lib]["name"]
+
+
+def test_no_module_imports_a_stage_by_its_folder_name():
+    """In a checkout `import warehouse` still works (the folder is on sys.path) and loads a second
+    copy of civicflow.warehouse, whose state the real one never sees; only the wheel would notice."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    folders = set(STAGES.values())
+    offenders = []
+    for name in tracked.stdout.split():
+        tree = ast.parse((ROOT / name).read_text(), filename=name)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                roots = [node.module.split(".")[0]]
+            else:
+                continue
+            offenders += [f"{name}:{node.lineno} imports {root}" for root in roots if root in folders]
+    assert len(tracked.stdout.split()) > 100
+    assert offenders == [], "import civicflow.<stage> instead: " + "; ".join(offenders)
