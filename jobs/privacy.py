@@ -236,6 +236,11 @@ def erase_device(
         raise ErasureError("an erasure needs a council and a device: --council C --device D")
     if start is not None and end is not None and start >= end:
         raise ErasureError(f"the erasure window is empty or reversed: from {start} to {end}")
+    # What is received after the erasure starts is new: the window ends then at the latest, here and
+    # in its record, which is also what every later merge drops (warehouse/privacy.py erasure_windows).
+    end = now if end is None or end > now else end
+    if start is not None and start >= end:
+        raise ErasureError(f"the erasure window starts at {start}, after the erasure itself ({now})")
     result = ErasureResult(
         str(uuid.uuid4()),
         council,

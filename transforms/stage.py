@@ -157,19 +157,36 @@ class RawZone:
             return None
         return pq.read_table(pa.BufferReader(data), schema=quarantine_schema())
 
-    def tombstone(self, seg: str, offsets: set[int]) -> str | None:
-        """Tombstone the records at `offsets` of a closed segment (those an erasure covers, where it
-        did not already); the segment's sha256 after, None if it is gone (retention deleted it)."""
-        from civicflow.warehouse.privacy import StoredObject, erase_stored_records
+    def delete_quarantine(self, seg: str) -> None:
+        if self.store is None:
+            self.layout.quarantine_file(seg).unlink(missing_ok=True)
+        else:
+            self.store.delete(self._quarantine_key(seg))
 
+    def tombstone(self, seg: str, offsets: set[int]) -> tuple[str, int] | None:
+        """Tombstone the records at `offsets` of a closed segment (those an erasure covers, where it
+        did not already): the segment's sha256 and live records after, None if it is gone
+        (retention deleted it)."""
         if self.store is None:
             path = self.layout.raw / f"{seg}{CLOSED_SUFFIX}"
-            return erase_records(path, offsets)[0] if path.is_file() else None
+            if not path.is_file():
+                return None
+            digest, _ = erase_records(path, offsets)
+            return digest, scan_columns(path.read_bytes()).live
+        key = f"raw/{seg}{CLOSED_SUFFIX}"
+        try:
+            data = self.store.get_bytes(key)
+        except FileNotFoundError:
+            return None
         self.layout.root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".merge-erasure-", dir=self.layout.root) as scratch:
-            obj = StoredObject(f"raw/{seg}{CLOSED_SUFFIX}", seg, None)
-            digest, _ = erase_stored_records(self.store, obj, offsets, Path(scratch))
-        return digest or None
+            path = Path(scratch) / "segment.seg"
+            path.write_bytes(data)
+            digest, erased = erase_records(path, offsets)
+            data = path.read_bytes()
+        if erased:
+            self.store.put_bytes(key, data)
+        return digest, scan_columns(data).live
 
 
 def pending_segments(layout: Layout, con: duckdb.DuckDBPyConnection) -> list[Path]:
@@ -886,6 +903,38 @@ def _drop_erased(table: pa.Table, windows, erased: dict[str, ErasedFrom], kind: 
     return kept
 
 
+def _erase_from_segment(zone: RawZone, entry: dict, q: pa.Table | None, gone: ErasedFrom) -> pa.Table | None:
+    """What an erasure covers in one segment a decode read before it: its records tombstoned
+    first, then its quarantine file without every row at those records (a row there holds the whole
+    message), so that a merge interrupted in between leaves nothing erased behind on its retry. The
+    ledger row `entry` is set to the segment as it now is. Returns the quarantine rows kept."""
+    if q is not None:
+        at_erased = pc.is_in(q["record_offset"], pa.array(sorted(gone.offsets), pa.int64()))
+        kept = q.filter(pc.invert(pc.fill_null(at_erased, False)))
+        gone.rejected = q.num_rows - kept.num_rows
+    else:
+        kept = None
+    after = zone.tombstone(entry["segment_id"], gone.offsets)
+    if kept is not None and kept.num_rows < q.num_rows:
+        if kept.num_rows:
+            zone.write_quarantine(entry["segment_id"], kept)
+        else:
+            zone.delete_quarantine(entry["segment_id"])
+    if after is not None:
+        entry["sha256"], entry["records"] = after
+    entry["readings"] -= gone.readings
+    entry["rejected"] = kept.num_rows if kept is not None else 0
+    log.warning(
+        "segment %s was decoded before an erasure finished: %d readings and %d rejections it "
+        "covers are dropped and their %d records tombstoned",
+        entry["segment_id"],
+        gone.readings,
+        gone.rejected,
+        len(gone.offsets),
+    )
+    return kept
+
+
 def merge_increments(
     layout: Layout,
     con: duckdb.DuckDBPyConnection,
@@ -950,28 +999,16 @@ def merge_increments(
                     )
                     continue
                 entry = dict(row.__dict__)
-                if row.rejected and (q := zone.read_quarantine(row.segment_id)) is not None:
-                    if windows:
-                        kept = _drop_erased(q, windows, erased, "rejected")
-                        if kept.num_rows < q.num_rows:  # its file must not keep them either
-                            zone.write_quarantine(row.segment_id, kept)
-                        q = kept
+                q = zone.read_quarantine(row.segment_id) if row.rejected else None
+                if windows:
+                    if q is not None:
+                        _drop_erased(q, windows, erased, "rejected")
+                    if (gone := erased.get(row.segment_id)) is not None:
+                        q = _erase_from_segment(zone, entry, q, gone)
+                        result.erased += gone.readings + gone.rejected
+                if q is not None:
                     quarantine.append(q)
                     result.quarantined.update(q["reason"].to_pylist())
-                if (gone := erased.get(row.segment_id)) is not None:
-                    entry["sha256"] = zone.tombstone(row.segment_id, gone.offsets) or entry["sha256"]
-                    entry["records"] -= len(gone.offsets)
-                    entry["readings"] -= gone.readings
-                    entry["rejected"] -= gone.rejected
-                    result.erased += gone.readings + gone.rejected
-                    log.warning(
-                        "segment %s was decoded before an erasure finished: %d readings and %d "
-                        "rejections it covers are dropped and their %d records tombstoned",
-                        row.segment_id,
-                        gone.readings,
-                        gone.rejected,
-                        len(gone.offsets),
-                    )
                 ledger.append(entry)
                 result.segments += 1
                 result.records += entry["records"]

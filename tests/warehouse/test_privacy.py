@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from factories import land
@@ -175,7 +176,8 @@ def test_an_erasure_between_a_decode_and_its_merge_leaves_nothing_of_the_device(
     """Decode tasks read raw segments without the warehouse, so an erasure can run after a decode
     read a segment and before the merge takes its increment. The merge drops what the erasure
     covers, tombstones those records where the erasure did not, and cleans the quarantine file a
-    decode wrote after the erasure's pass: nothing erased comes back."""
+    decode wrote after the erasure's pass: nothing erased comes back, even when the first merge is
+    interrupted after cleaning up, and the ledger says what the segment holds."""
     settings = Settings(data_root=tmp_path / "data")
     layout = Layout(settings.data_root)
     day = "2016-10-04"
@@ -202,8 +204,17 @@ def test_an_erasure_between_a_decode_and_its_merge_leaves_nothing_of_the_device(
     # ... but the decode had read the segment first, and wrote its quarantine file after that pass
     quarantine_file.write_bytes(written_by_decode)
 
-    merged = merge_job(settings)
-    assert (merged["erased"], merged["readings"], merged["records"]) == (61, 60, 60)
+    def interrupted(*args, **kwargs):
+        raise RuntimeError("merge interrupted")
+
+    with monkeypatch.context() as crash:  # the first merge fails inside its transaction
+        crash.setattr("civicflow.transforms.stage._record_corrections", interrupted)
+        with pytest.raises(RuntimeError, match="merge interrupted"):
+            merge_job(settings)
+    # It had tombstoned the records first, then deleted the quarantine file (p1's row was its only one).
+    assert not quarantine_file.exists()
+    merged = merge_job(settings)  # the retry: p1's 60 readings are still in the increment
+    assert (merged["erased"], merged["readings"], merged["records"]) == (60, 60, 60)
     assert merged["quarantined"] == {}
     con = connect(layout.warehouse, read_only=True)
     try:
@@ -335,3 +346,54 @@ def test_a_tombstone_keeps_the_segment_size_and_every_other_offset(tmp_path):
     assert erase_records(path, {before[1].offset}) == (digest, 0)  # already a tombstone
     with pytest.raises(SegmentCorrupt, match="no valid record starts there"):
         erase_records(path, {before[1].offset + 1})
+
+
+@pytest.mark.integration
+def test_a_merge_erasing_a_record_drops_every_quarantine_row_at_it_whoever_it_names(tmp_path):
+    """A quarantine row holds its whole message: one at an erased record goes too, even when it
+    names no device (a reading of it that said nothing of where it came from) or another one; the
+    record is tombstoned before the file is rewritten, and the ledger row says what is left."""
+    from civicflow.contract import Reason
+    from civicflow.transforms.decode import Rejection
+    from civicflow.transforms.fast import quarantine_row
+    from civicflow.transforms.stage import ErasedFrom, RawZone, _erase_from_segment
+    from civicflow.warehouse.tables import quarantine_schema
+
+    layout = Layout(tmp_path / "data")
+    segment = land(
+        layout, [parking("p1", "2016-10-04T08:00:00Z", 5), parking("p2", "2016-10-04T08:01:00Z", 6)]
+    )
+    seg = segment.relative_to(layout.raw).as_posix().removesuffix(".seg")
+    first, second = read_segment(segment)
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def rejected(record, device):
+        why = Rejection(
+            Reason.UNKNOWN_FIELD,
+            "unknown field 'plate'",
+            record.payload,
+            council="testtown",
+            domain="parking",
+            device_id=device,
+        )
+        return quarantine_row(seg, record, why, now)
+
+    rows = [rejected(first, "p1"), rejected(first, None), rejected(first, "p9"), rejected(second, "p2")]
+    table = pa.Table.from_pylist(rows, schema=quarantine_schema())
+    zone = RawZone(layout)
+    zone.write_quarantine(seg, table)
+    entry = {"segment_id": seg, "sha256": "decoded", "records": 2, "readings": 1, "rejected": 4}
+    gone = ErasedFrom(offsets={first.offset}, readings=1, rejected=1)
+
+    kept = _erase_from_segment(zone, entry, table, gone)
+
+    assert kept["device_id"].to_pylist() == ["p2"] and gone.rejected == 3
+    assert zone.read_quarantine(seg)["device_id"].to_pylist() == ["p2"]
+    assert [r.topic for r in read_segment(segment)] == [b"city/testtown/parking/p2"]
+    assert entry == {
+        "segment_id": seg,
+        "sha256": hashlib.sha256(segment.read_bytes()).hexdigest(),
+        "records": 1,
+        "readings": 0,
+        "rejected": 1,
+    }
