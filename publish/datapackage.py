@@ -98,8 +98,12 @@ def file_resource(domain: str, council: str, day: str, entry: dict) -> dict:
 def archive_resource(domain: str, entry: dict) -> dict:
     """The data package resource of one archive (`civicflow.publish.archives.write_archives`' entry)."""
     resource = _file([domain, entry["council"], entry["period"]], entry, READINGS)
-    if entry["format"] == "csv":
-        resource["compression"] = "gz"
+    if entry["format"] == "csv":  # before its encoding, as archives have always listed them
+        resource = {
+            **{k: v for k, v in resource.items() if k != "encoding"},
+            "compression": "gz",
+            "encoding": "utf-8",
+        }
     resource["civicflow"] = {
         "archive": "month" if len(entry["period"]) == 7 else "year",
         "council": entry["council"],
