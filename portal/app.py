@@ -355,10 +355,14 @@ def create_app(
             )
         # A council whose days are all held back publishes nothing yet, but its Quality row says why.
         held_only = sorted(set(ds.quality.get("councils", {})) - set(ds.councils))
-        quality_rows = councils + [
-            {"name": c, "days": [], "quality": ds.quality["councils"][c], "held_pages": held_pages(ds, c)}
-            for c in held_only
-        ]
+        quality_rows = sorted(
+            councils
+            + [
+                {"name": c, "days": [], "quality": ds.quality["councils"][c], "held_pages": held_pages(ds, c)}
+                for c in held_only
+            ],
+            key=lambda row: row["name"],
+        )
         context = {
             "release": current,
             "dataset": dataset,
