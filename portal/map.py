@@ -44,32 +44,72 @@ def _nice(metres: float) -> float:
     return max(step * power for step in (1, 2, 5) if step * power <= metres)
 
 
+def _ring(n: int) -> float:
+    """Radius of the ring n co-located devices are spread on (0 for one): wide enough that
+    neighbours on it do not touch."""
+    return 0.0 if n == 1 else max(3 * RADIUS, n * (2 * RADIUS + 4) / (2 * math.pi))
+
+
+@dataclass
+class _Group:
+    spots: list[tuple[float, float]]
+    members: list[Point]
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return (
+            sum(x for x, _ in self.spots) / len(self.spots),
+            sum(y for _, y in self.spots) / len(self.spots),
+        )
+
+    @property
+    def extent(self) -> float:
+        """How far from its centre the group's circles reach, once spread."""
+        return _ring(len(self.members)) + RADIUS
+
+
 def _clusters(
     placed: Sequence[tuple[tuple[float, float], Point]],
 ) -> list[tuple[tuple[float, float], list[Point]]]:
-    """Points whose circles would overlap (closer than a circle's diameter), grouped: each group at
-    the mean position of its members, in the order their first member came."""
-    groups: list[tuple[list[tuple[float, float]], list[Point]]] = []
-    for (x, y), p in placed:
-        for spots, members in groups:
-            if any(math.hypot(x - sx, y - sy) < 2 * RADIUS for sx, sy in spots):
-                spots.append((x, y))
-                members.append(p)
+    """Devices grouped so that no circle covers another once each group is spread: groups whose
+    spread circles would touch are merged, again until none does (a lone device's circle is its
+    own). Each group is at the mean position of its members, in the order their first member came."""
+    groups = [_Group([xy], [p]) for xy, p in placed]
+    merged = True
+    while merged:
+        merged = False
+        # Sweep by x: only groups closer in x than their two extents can touch.
+        order = sorted(range(len(groups)), key=lambda i: groups[i].centre[0])
+        widest = max(g.extent for g in groups) if groups else 0.0
+        for a_pos, a in enumerate(order):
+            ga = groups[a]
+            (ax, ay), reach = ga.centre, ga.extent
+            for b in order[a_pos + 1 :]:
+                gb = groups[b]
+                (bx, by) = gb.centre
+                if bx - ax >= reach + widest:
+                    break
+                if math.hypot(bx - ax, by - ay) < reach + gb.extent:
+                    first, second = (ga, gb) if a < b else (gb, ga)
+                    first.spots += second.spots
+                    first.members += second.members
+                    groups.remove(second)
+                    merged = True
+                    break
+            if merged:
                 break
-        else:
-            groups.append(([(x, y)], [p]))
-    return [
-        ((sum(x for x, _ in spots) / len(spots), sum(y for _, y in spots) / len(spots)), members)
-        for spots, members in groups
-    ]
+    return [(g.centre, g.members) for g in groups]
 
 
 def _spread(x: float, y: float, n: int) -> list[tuple[float, float]]:
     """Where n co-located devices are drawn: the point itself for one, else evenly on a ring around
-    it wide enough that neighbours do not touch (clockwise from north)."""
+    it (clockwise from north), moved inwards where the ring would leave the frame."""
     if n == 1:
         return [(x, y)]
-    ring = max(3 * RADIUS, n * (2 * RADIUS + 4) / (2 * math.pi))
+    ring = _ring(n)
+    reach = ring + RADIUS
+    x = min(max(x, reach), WIDTH - reach) if 2 * reach <= WIDTH else WIDTH / 2
+    y = min(max(y, reach), HEIGHT - reach) if 2 * reach <= HEIGHT else HEIGHT / 2
     return [
         (x + ring * math.sin(2 * math.pi * i / n), y - ring * math.cos(2 * math.pi * i / n)) for i in range(n)
     ]

@@ -177,3 +177,35 @@ def test_co_located_devices_are_spread_around_their_position_so_none_hides_anoth
     assert {(x1, y1) for x1, y1, _, _ in leaders} == {(cx, cy)}
     far = circles["/d/far"]
     assert min(((far[0] - x) ** 2 + (far[1] - y) ** 2) ** 0.5 for x, y in bays) > 2 * RADIUS
+
+
+def test_spread_groups_never_cover_a_neighbour_and_stay_in_the_frame():
+    """Pixel-level: a device 15 px from four co-located ones joins their ring (it would sit under
+    it), a chain of overlapping devices is one group however it is ordered, and a ring at the edge
+    is moved inwards so that every circle is drawn whole."""
+    from civicflow.portal.map import HEIGHT, RADIUS, WIDTH, Point, _clusters, _spread
+
+    def drawn(spots: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        placed = [(xy, Point(0.0, 0.0, str(i), f"/d/{i}")) for i, xy in enumerate(spots)]
+        return [xy for (x, y), members in _clusters(placed) for xy in _spread(x, y, len(members))]
+
+    def closest(circles: list[tuple[float, float]]) -> float:
+        return min(
+            ((ax - bx) ** 2 + (ay - by) ** 2) ** 0.5
+            for i, (ax, ay) in enumerate(circles)
+            for bx, by in circles[i + 1 :]
+        )
+
+    near = drawn([(300.0, 200.0)] * 4 + [(315.0, 200.0)])
+    assert len(near) == 5 and closest(near) > 2 * RADIUS
+    for chain in (
+        [(100.0, 100.0), (111.0, 100.0), (122.0, 100.0)],
+        [(122.0, 100.0), (100.0, 100.0), (111.0, 100.0)],
+    ):
+        placed = [(xy, Point(0.0, 0.0, str(i), f"/d/{i}")) for i, xy in enumerate(chain)]
+        assert [len(members) for _, members in _clusters(placed)] == [3]
+    edge = drawn([(2.0, 200.0)] * 12)
+    assert closest(edge) > 2 * RADIUS
+    assert all(RADIUS <= x <= WIDTH - RADIUS and RADIUS <= y <= HEIGHT - RADIUS for x, y in edge)
+    apart = drawn([(100.0, 100.0), (300.0, 300.0)])
+    assert apart == [(100.0, 100.0), (300.0, 300.0)]  # devices far apart stay where they are
