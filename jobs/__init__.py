@@ -316,7 +316,7 @@ def retention_job(settings: Settings | None = None) -> dict:
     con = connect(layout.warehouse)
     now = datetime.now(tz=UTC)
     try:
-        result, purged = enforce_retention(layout, con, settings.retention, now=now, storage=settings.storage)
+        result = enforce_retention(layout, con, settings.retention, now=now, storage=settings.storage)
         if result["warehouse_changed"]:
             compact(con, layout.warehouse)
         # Merges compact a closed day's staged files; here too, for days no merge came after.
@@ -324,9 +324,7 @@ def retention_job(settings: Settings | None = None) -> dict:
         result["staged_partitions_compacted"] = len(compact_closed(con, layout, now, close_after))
     finally:
         con.close()
-    # After the segments are gone: a decode that read the ledger before this sees them as staged,
-    # one that reads it after cannot list them any more.
-    result["lake"] = open_lake(settings).maintain(forget=purged)
+    result["lake"] = open_lake(settings).maintain()
     return result
 
 

@@ -62,13 +62,12 @@ def enforce_retention(
     *,
     now: datetime,
     storage: StorageSettings | None = None,
-) -> tuple[dict[str, Any], list[str]]:
+) -> dict[str, Any]:
     """Delete staged raw segments, quarantine payloads and quarantine rows past their periods.
 
     Under the data root, and in the object store when there is one (`storage.url`; None:
     `CIVICFLOW_STORAGE__URL` from the environment): its raw segments and quarantine files.
-    Returns what was done, with whether the warehouse changed (then the caller compacts it), and
-    the ids of the raw segments deleted (for the Iceberg ledger to forget).
+    Returns what was done, and whether the warehouse changed (then the caller compacts it).
     """
     from civicflow.warehouse.partitions import transaction
     from civicflow.warehouse.privacy import (
@@ -138,7 +137,7 @@ def enforce_retention(
             stored_stripped,
             stored_deleted,
         )
-    return result, sorted({*segments, *stored})
+    return result
 
 
 def object_store(layout: Layout, storage: StorageSettings | None) -> Store | None:

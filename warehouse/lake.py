@@ -428,16 +428,10 @@ class Lake:
                 fs.delete_file(_fs_path(path))
         return {"folded": len(rows), "files_removed": len(files), "snapshots_expired": len(done)}
 
-    def maintain(
-        self, now: datetime | None = None, keep: timedelta = timedelta(days=1), forget: Iterable[str] = ()
-    ) -> dict:
+    def maintain(self, now: datetime | None = None, keep: timedelta = timedelta(days=1)) -> dict:
         """Daily upkeep (civicflow_maintenance): expire snapshots older than `keep` that hold no
-        unmerged increment, rewrite the ledger table into one file without the rows of `forget`
-        (segments retention deleted from the raw zone: no worker can read them again, so the
-        ledger need not remember them and stays as long as the raw zone's retention), remove
-        orphan files."""
+        unmerged increment, rewrite the ledger table into one file, remove orphan files."""
         now = now or datetime.now(tz=UTC)
-        forget = set(forget)
         cutoff_ms = int((now - keep).timestamp() * 1000)
         expired = 0
 
@@ -456,24 +450,11 @@ class Lake:
                 expired += len(ids)
 
         self._commit(self.increments, expire_old)
-        forgotten = 0
-
-        def rewrite(t: Table) -> None:
-            nonlocal forgotten
-            rows = t.scan().to_arrow()
-            gone = pc.is_in(rows["segment_id"], pa.array(sorted(forget), pa.string()))
-            forgotten = int(pc.sum(gone).as_py() or 0)
-            if forgotten or len(_live_data_files(t)) > 1:
-                t.overwrite(rows.filter(pc.invert(gone)))
-
-        if forget or len(_live_data_files(self.ledger())) > 1:
-            self._commit(self.ledger, rewrite)
+        ledger = self.ledger()
+        if len(_live_data_files(ledger)) > 1:
+            self._commit(self.ledger, lambda t: t.overwrite(t.scan().to_arrow()))
         self._commit(self.ledger, expire_old)
-        return {
-            "snapshots_expired": expired,
-            "ledger_rows_forgotten": forgotten,
-            "orphans_removed": remove_orphan_files(self, now=now),
-        }
+        return {"snapshots_expired": expired, "orphans_removed": remove_orphan_files(self, now=now)}
 
     def _commit(self, load: Callable[[], Table], change: Callable[[Table], None]) -> None:
         # Each change checks what is done already, so repeating one that landed does nothing.

@@ -329,38 +329,6 @@ def test_retention_deletes_staged_old_segments_and_strips_old_quarantine_payload
     assert again["warehouse_changed"] is False and again["quarantine_files_rewritten"] == 0
 
 
-@pytest.mark.integration
-def test_retention_makes_the_iceberg_ledger_forget_the_segments_it_deleted(tmp_path):
-    """Segments staged by decode tasks are remembered in the Iceberg ledger so that no worker
-    stages one twice; once retention deleted a segment no worker can list it, and the ledger
-    forgets it too, so it holds no more than the raw zone's retention period."""
-    from civicflow.jobs import open_lake
-
-    layout = Layout(tmp_path / "data")
-    keep = RetentionSettings(raw_segment_days=1, quarantine_payload_days=1, quarantine_record_days=3650)
-    settings = Settings(data_root=layout.root, retention=keep)
-    old = datetime(2020, 1, 6, 12, tzinfo=UTC)
-    olds = [old_segment(layout, f"l{i}", [parking(f"p{i}", "2020-01-06T08:00:00Z", 5)], old) for i in (1, 2)]
-    recent = land(layout, [parking("p3", "2020-01-06T10:00:00Z", 1)], listener="l3")
-    assert decode_job(0, shards=1, settings=settings)["segments"] == 3
-    merge_job(settings)
-
-    def remembered() -> list[str]:
-        return sorted(open_lake(settings).ledger().scan().to_arrow()["segment_id"].to_pylist())
-
-    ids = [p.relative_to(layout.raw).as_posix().removesuffix(".seg") for p in (*olds, recent)]
-    assert remembered() == sorted(ids)
-
-    done = retention_job(settings)
-    assert done["raw_segments_deleted"] == 2 and done["lake"]["ledger_rows_forgotten"] == 2
-    assert not any(p.exists() for p in olds) and recent.exists()
-    assert remembered() == [ids[2]]
-    assert sorted(open_lake(settings).staged_segments()) == [ids[2]]
-    # Nothing left to forget: the next run rewrites nothing, and decoding stages nothing again.
-    assert retention_job(settings)["lake"]["ledger_rows_forgotten"] == 0
-    assert decode_job(0, shards=1, settings=settings)["segments"] == 0
-
-
 @pytest.mark.unit
 def test_a_tombstone_keeps_the_segment_size_and_every_other_offset(tmp_path):
     layout = Layout(tmp_path / "data")
