@@ -19,7 +19,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +58,7 @@ from civicflow.warehouse.segments import (
     SegmentCorrupt,
     erase_records,
     list_closed_segments,
+    tombstone_bytes,
 )
 from civicflow.warehouse.tables import arrow_schema, quarantine_schema
 
@@ -165,8 +165,8 @@ class RawZone:
 
     def tombstone(self, seg: str, offsets: set[int]) -> tuple[str, int] | None:
         """Tombstone the records at `offsets` of a closed segment (those an erasure covers, where it
-        did not already): the segment's sha256 and live records after, None if it is gone
-        (retention deleted it)."""
+        did not already; none: only look): the segment's sha256 and live records after, None if
+        it is gone (retention deleted it). A stored segment is changed in memory and put back."""
         if self.store is None:
             path = self.layout.raw / f"{seg}{CLOSED_SUFFIX}"
             if not path.is_file():
@@ -178,15 +178,10 @@ class RawZone:
             data = self.store.get_bytes(key)
         except FileNotFoundError:
             return None
-        self.layout.root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".merge-erasure-", dir=self.layout.root) as scratch:
-            path = Path(scratch) / "segment.seg"
-            path.write_bytes(data)
-            digest, erased = erase_records(path, offsets)
-            data = path.read_bytes()
+        data, erased = tombstone_bytes(data, offsets, Path(key))
         if erased:
             self.store.put_bytes(key, data)
-        return digest, scan_columns(data).live
+        return hashlib.sha256(data).hexdigest(), scan_columns(data).live
 
 
 def pending_segments(layout: Layout, con: duckdb.DuckDBPyConnection) -> list[Path]:
@@ -960,6 +955,7 @@ def merge_increments(
     # A decode reads segments without the warehouse, so an erasure may have run between its read
     # and this merge: what an erasure covers is dropped here too, and tombstoned where it is not.
     windows = erasure_windows(con)
+    last_erasure = max((w.erased_at for w in windows), default=None)
     result = StageResult()
     changed: set[tuple[str, str, date]] = set()
     table = lake.increments()
@@ -1006,6 +1002,12 @@ def merge_increments(
                     if (gone := erased.get(row.segment_id)) is not None:
                         q = _erase_from_segment(zone, entry, q, gone)
                         result.erased += gone.readings + gone.rejected
+                    elif last_erasure is not None and row.staged_at < last_erasure:
+                        # Decoded before an erasure that may have changed it (a device whose
+                        # messages were all refused leaves no reading here): as it now is.
+                        if (after := zone.tombstone(row.segment_id, set())) is not None:
+                            entry["sha256"], entry["records"] = after
+                        entry["rejected"] = q.num_rows if q is not None else 0
                 if q is not None:
                     quarantine.append(q)
                     result.quarantined.update(q["reason"].to_pylist())

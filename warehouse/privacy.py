@@ -457,16 +457,17 @@ class ErasureWindow:
     device_id: str
     start: datetime | None
     stop: datetime
+    erased_at: datetime
 
 
 def erasure_windows(con: duckdb.DuckDBPyConnection) -> list[ErasureWindow]:
     """Every recorded erasure's window (`published.erasures`), oldest first."""
     rows = con.execute(
         """SELECT council, device_id, received_from,
-                  CASE WHEN received_to IS NULL OR received_to > erased_at THEN erased_at ELSE received_to END
+                  least(coalesce(received_to, erased_at), erased_at), erased_at
            FROM published.erasures ORDER BY erased_at, erasure_id"""
     ).fetchall()
-    return [ErasureWindow(c, d, start, stop) for c, d, start, stop in rows]
+    return [ErasureWindow(*row) for row in rows]
 
 
 def split_erased(table: pa.Table, windows: Iterable[ErasureWindow]) -> tuple[pa.Table, pa.Table]:

@@ -141,6 +141,31 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def tombstone_bytes(data: bytes, offsets: set[int] | frozenset[int], where: Path) -> tuple[bytes, int]:
+    """`erase_records` on a segment's bytes in memory: the new bytes and how many records became
+    tombstones (a record that is one already is left as it is). `where` names the segment in errors.
+
+    Raises:
+        SegmentCorrupt: an offset is not the start of a valid record of the segment.
+    """
+    out = bytearray(data)
+    erased = 0
+    for offset in sorted(offsets):
+        if offset < len(MAGIC) or offset + HEADER.size > len(out):
+            raise SegmentCorrupt(where, offset, "no record starts there")
+        crc, topic_len, payload_len, received_ns, flags = HEADER.unpack_from(out, offset)
+        end = offset + HEADER.size + topic_len + payload_len
+        if end > len(out) or zlib.crc32(out[offset + 4 : end]) != crc:
+            raise SegmentCorrupt(where, offset, "no valid record starts there")
+        if flags & FLAG_ERASED:
+            continue
+        body = HEADER.pack(0, topic_len, payload_len, received_ns, flags | FLAG_ERASED)[4:]
+        body += bytes(topic_len + payload_len)
+        out[offset:end] = struct.pack("<I", zlib.crc32(body)) + body
+        erased += 1
+    return bytes(out), erased
+
+
 def erase_records(path: Path, offsets: set[int] | frozenset[int]) -> tuple[str, int]:
     """Turn the records at `offsets` of a closed segment into tombstones; return (sha256, how many).
 
@@ -152,21 +177,7 @@ def erase_records(path: Path, offsets: set[int] | frozenset[int]) -> tuple[str, 
     Raises:
         SegmentCorrupt: an offset is not the start of a valid record of the segment.
     """
-    data = bytearray(path.read_bytes())
-    erased = 0
-    for offset in sorted(offsets):
-        if offset < len(MAGIC) or offset + HEADER.size > len(data):
-            raise SegmentCorrupt(path, offset, "no record starts there")
-        crc, topic_len, payload_len, received_ns, flags = HEADER.unpack_from(data, offset)
-        end = offset + HEADER.size + topic_len + payload_len
-        if end > len(data) or zlib.crc32(data[offset + 4 : end]) != crc:
-            raise SegmentCorrupt(path, offset, "no valid record starts there")
-        if flags & FLAG_ERASED:
-            continue
-        body = HEADER.pack(0, topic_len, payload_len, received_ns, flags | FLAG_ERASED)[4:]
-        body += bytes(topic_len + payload_len)
-        data[offset:end] = struct.pack("<I", zlib.crc32(body)) + body
-        erased += 1
+    data, erased = tombstone_bytes(path.read_bytes(), offsets, path)
     if erased:
         tmp = path.with_name(f".{path.name}.erasing")
         with tmp.open("wb") as fh:

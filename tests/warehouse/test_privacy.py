@@ -243,6 +243,36 @@ def test_an_erasure_between_a_decode_and_its_merge_leaves_nothing_of_the_device(
     assert (merge_job(settings)["erased"], stage_count(layout, "p1")) == (0, 1)
 
 
+@pytest.mark.integration
+def test_a_segment_decoded_before_an_erasure_of_only_refused_messages_is_ledgered_as_it_now_is(
+    tmp_path, monkeypatch
+):
+    """p1 sent one message, refused for its plate: the decode's increment holds no reading of p1,
+    so the merge has nothing to drop, but the erasure that ran in between tombstoned the record
+    and emptied the quarantine file: the ledger row is read from the segment as it now is."""
+    settings = Settings(data_root=tmp_path / "data")
+    layout = Layout(settings.data_root)
+    leaky = parking("p1", "2016-10-04T09:00:00Z", 5, plate=PLATE.decode())
+    segment = land(layout, [*minutes("p2", "2016-10-04", 8, 20), leaky])
+    assert decode_job(0, shards=1, settings=settings)["quarantined"] == {"unknown_field": 1}
+    monkeypatch.setenv("CIVICFLOW_DATA_ROOT", str(settings.data_root))
+    with monkeypatch.context() as race:
+        race.setattr("civicflow.jobs.merge_job", lambda settings: {})  # the increment lands after
+        result = erase("--council", "testtown", "--device", "p1", "--reference", "DSAR-0045")
+    assert (result["raw_records"], result["quarantine_file_rows"]) == (1, 1)
+
+    merged = merge_job(settings)
+    assert (merged["erased"], merged["readings"], merged["records"]) == (0, 60, 60)
+    con = connect(layout.warehouse, read_only=True)
+    try:
+        ledger = con.execute("SELECT sha256, records, readings, rejected FROM raw.segments").fetchall()
+        assert con.execute("SELECT count(*) FROM quarantine.readings").fetchone() == (0,)
+    finally:
+        con.close()
+    assert ledger == [(hashlib.sha256(segment.read_bytes()).hexdigest(), 60, 60, 0)]
+    assert files_holding(layout.root, SECRETS) == []
+
+
 def stage_count(layout: Layout, device: str) -> int:
     con = connect(layout.warehouse, read_only=True)
     try:
