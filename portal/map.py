@@ -2,11 +2,12 @@
 
 The devices' positions are projected with Web Mercator onto their bounding box (with a margin, and
 at least MIN_SPAN_DEG across so that one device or a tight cluster is not blown up to the frame),
-each drawn as a circle linking to its device page, with a <title> tooltip; devices so close that
-their circles would overlap (several sensors in one car park, say) are spread on a ring around their
-shared position, with leader lines, so that none hides another. A scale bar (metres or
-kilometres at the map's central latitude) and a north arrow stand in for the outlines and streets
-a tile server would give; the devices table beside the map is its text alternative.
+each drawn as a circle linking to its device page, with a <title> tooltip. Devices at one spot
+(several sensors of one station or car park) are spread on a ring around it with leader lines, so
+that none hides another; more than SPREAD_MAX there are one marker with their number (the table
+lists them). A scale bar (metres or kilometres at the map's central latitude) and a north arrow
+stand in for the outlines and streets a tile server would give; the devices table beside the map
+is its text alternative.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from html import escape
 WIDTH, HEIGHT, MARGIN = 640, 400, 30
 RADIUS = 6
 """A device's circle, in pixels."""
+SAME_SPOT = 2
+"""Devices whose positions on the map are this close (pixels) are drawn as being at one spot."""
+SPREAD_MAX = 12
+"""Most devices at one spot spread on a ring; more are drawn as one marker with their number."""
+BUNDLE_RADIUS = 12
 MIN_SPAN_DEG = 0.01
 """Smallest extent drawn, in degrees of latitude and longitude (about 1 km)."""
 EARTH_M_PER_DEG = 111_320.0
@@ -50,55 +56,33 @@ def _ring(n: int) -> float:
     return 0.0 if n == 1 else max(3 * RADIUS, n * (2 * RADIUS + 4) / (2 * math.pi))
 
 
-@dataclass
-class _Group:
-    spots: list[tuple[float, float]]
-    members: list[Point]
+def _reach(n: int) -> float:
+    """How far from its centre a group's drawing reaches: a ring of circles, or one bundle."""
+    return BUNDLE_RADIUS if n > SPREAD_MAX else _ring(n) + RADIUS
 
-    @property
-    def centre(self) -> tuple[float, float]:
-        return (
-            sum(x for x, _ in self.spots) / len(self.spots),
-            sum(y for _, y in self.spots) / len(self.spots),
-        )
 
-    @property
-    def extent(self) -> float:
-        """How far from its centre the group's circles reach, once spread."""
-        return _ring(len(self.members)) + RADIUS
+def _inside(x: float, y: float, n: int) -> tuple[float, float]:
+    """Where a group of n is drawn: its position, moved inwards where its drawing would leave the frame."""
+    reach = _reach(n)
+    return min(max(x, reach), WIDTH - reach), min(max(y, reach), HEIGHT - reach)
 
 
 def _clusters(
     placed: Sequence[tuple[tuple[float, float], Point]],
 ) -> list[tuple[tuple[float, float], list[Point]]]:
-    """Devices grouped so that no circle covers another once each group is spread: groups whose
-    spread circles would touch are merged, again until none does (a lone device's circle is its
-    own). Each group is at the mean position of its members, in the order their first member came."""
-    groups = [_Group([xy], [p]) for xy, p in placed]
-    merged = True
-    while merged:
-        merged = False
-        # Sweep by x: only groups closer in x than their two extents can touch.
-        order = sorted(range(len(groups)), key=lambda i: groups[i].centre[0])
-        widest = max(g.extent for g in groups) if groups else 0.0
-        for a_pos, a in enumerate(order):
-            ga = groups[a]
-            (ax, ay), reach = ga.centre, ga.extent
-            for b in order[a_pos + 1 :]:
-                gb = groups[b]
-                (bx, by) = gb.centre
-                if bx - ax >= reach + widest:
-                    break
-                if math.hypot(bx - ax, by - ay) < reach + gb.extent:
-                    first, second = (ga, gb) if a < b else (gb, ga)
-                    first.spots += second.spots
-                    first.members += second.members
-                    groups.remove(second)
-                    merged = True
-                    break
-            if merged:
-                break
-    return [(g.centre, g.members) for g in groups]
+    """Devices drawn at one spot (within SAME_SPOT pixels: one position in the registry, or
+    positions rounded alike), grouped, each group at the mean position of its members, in the
+    order their first member came. Devices merely near one another stay apart, as on any map of
+    points: their circles may overlap, but none hides another whole."""
+    groups: dict[tuple[int, int], tuple[list[tuple[float, float]], list[Point]]] = {}
+    for (x, y), p in placed:
+        spots, members = groups.setdefault((round(x / SAME_SPOT), round(y / SAME_SPOT)), ([], []))
+        spots.append((x, y))
+        members.append(p)
+    return [
+        ((sum(x for x, _ in spots) / len(spots), sum(y for _, y in spots) / len(spots)), members)
+        for spots, members in groups.values()
+    ]
 
 
 def _spread(x: float, y: float, n: int) -> list[tuple[float, float]]:
@@ -107,9 +91,7 @@ def _spread(x: float, y: float, n: int) -> list[tuple[float, float]]:
     if n == 1:
         return [(x, y)]
     ring = _ring(n)
-    reach = ring + RADIUS
-    x = min(max(x, reach), WIDTH - reach) if 2 * reach <= WIDTH else WIDTH / 2
-    y = min(max(y, reach), HEIGHT - reach) if 2 * reach <= HEIGHT else HEIGHT / 2
+    x, y = _inside(x, y, n)
     return [
         (x + ring * math.sin(2 * math.pi * i / n), y - ring * math.cos(2 * math.pi * i / n)) for i in range(n)
     ]
@@ -136,6 +118,17 @@ def device_map(points: Sequence[Point], title: str, map_id: str = "map") -> str:
 
     circles = []
     for (x, y), members in _clusters([(xy(p.lat, p.lon), p) for p in points]):
+        if len(members) > SPREAD_MAX:
+            # Too many in one place to spread: one marker with their number; the table lists them.
+            bx, by = _inside(x, y, len(members))
+            circles.append(
+                f'<g class="bundle"><circle cx="{bx:.1f}" cy="{by:.1f}" r="{BUNDLE_RADIUS}" fill="#0b4f8a" '
+                f'fill-opacity="0.8" stroke="#fff" stroke-width="1.5"><title>{len(members)} devices here '
+                f"(listed in the table)</title></circle>"
+                f'<text x="{bx:.1f}" y="{by + 4:.1f}" font-size="11" fill="#fff" text-anchor="middle">'
+                f"{len(members)}</text></g>"
+            )
+            continue
         placed = _spread(x, y, len(members))
         if len(members) > 1:
             # Devices that would hide one another: a dot where they are, each spread on a ring

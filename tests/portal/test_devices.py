@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
 import re
 
 from conftest import P1_AT, P1_REFUSED, P2_AT, S1_AT
@@ -141,14 +142,13 @@ def test_the_device_page_shows_the_feedback_its_gateway_was_sent_and_no_payload_
 
 
 def test_co_located_devices_are_spread_around_their_position_so_none_hides_another():
-    """Three sensors of one car park at one position and a fourth 3 m away would draw as one
-    circle: they are spread on a ring around the spot (each its own link), a lone device stays put."""
+    """Four sensors of one car park at one position would draw as one circle: they are spread on a
+    ring around the spot (each its own link, with a leader line); a device elsewhere stays put."""
     from civicflow.portal.map import RADIUS, Point, device_map
 
     at = (52.4796, -1.9027)
     points = [
-        *(Point(at[0], at[1], f"bay-{i}", f"/d/bay-{i}") for i in range(3)),
-        Point(at[0] + 0.00003, at[1], "bay-3", "/d/bay-3"),  # ~3 m north: still overlapping
+        *(Point(at[0], at[1], f"bay-{i}", f"/d/bay-{i}") for i in range(4)),
         Point(52.4896, -1.8927, "far", "/d/far"),
     ]
     svg = device_map(points, "test map")
@@ -160,12 +160,7 @@ def test_co_located_devices_are_spread_around_their_position_so_none_hides_anoth
     }
     assert sorted(circles) == ["/d/bay-0", "/d/bay-1", "/d/bay-2", "/d/bay-3", "/d/far"]
     bays = [circles[f"/d/bay-{i}"] for i in range(4)]
-    gaps = [
-        ((ax - bx) ** 2 + (ay - by) ** 2) ** 0.5
-        for i, (ax, ay) in enumerate(bays)
-        for bx, by in bays[i + 1 :]
-    ]
-    assert min(gaps) > 2 * RADIUS  # no circle covers another
+    assert min(math.dist(a, b) for i, a in enumerate(bays) for b in bays[i + 1 :]) > 2 * RADIUS
     [(cx, cy, title)] = re.findall(
         r'<g class="cluster"><circle cx="([\d.]+)" cy="([\d.]+)" r="3"[^>]*><title>([^<]+)', svg
     )
@@ -175,37 +170,31 @@ def test_co_located_devices_are_spread_around_their_position_so_none_hides_anoth
     )
     assert sorted((float(x2), float(y2)) for _, _, x2, y2 in leaders) == sorted(bays)
     assert {(x1, y1) for x1, y1, _, _ in leaders} == {(cx, cy)}
-    far = circles["/d/far"]
-    assert min(((far[0] - x) ** 2 + (far[1] - y) ** 2) ** 0.5 for x, y in bays) > 2 * RADIUS
+    assert min(math.dist(circles["/d/far"], b) for b in bays) > 2 * RADIUS
 
 
-def test_spread_groups_never_cover_a_neighbour_and_stay_in_the_frame():
-    """Pixel-level: a device 15 px from four co-located ones joins their ring (it would sit under
-    it), a chain of overlapping devices is one group however it is ordered, and a ring at the edge
-    is moved inwards so that every circle is drawn whole."""
-    from civicflow.portal.map import HEIGHT, RADIUS, WIDTH, Point, _clusters, _spread
+def test_spots_are_spread_inside_the_frame_and_crowds_become_one_numbered_marker():
+    """Pixel-level: devices at one spot are grouped, devices merely near each other are not (a
+    dense map keeps a circle per device, as any map of points); a ring at the edge moves inwards;
+    more than SPREAD_MAX at one spot are one marker with their number; no device is lost."""
+    from civicflow.portal.map import HEIGHT, RADIUS, SPREAD_MAX, WIDTH, Point, _clusters, _spread, device_map
 
-    def drawn(spots: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    def groups(spots: list[tuple[float, float]]) -> list[int]:
         placed = [(xy, Point(0.0, 0.0, str(i), f"/d/{i}")) for i, xy in enumerate(spots)]
-        return [xy for (x, y), members in _clusters(placed) for xy in _spread(x, y, len(members))]
+        return [len(members) for _, members in _clusters(placed)]
 
-    def closest(circles: list[tuple[float, float]]) -> float:
-        return min(
-            ((ax - bx) ** 2 + (ay - by) ** 2) ** 0.5
-            for i, (ax, ay) in enumerate(circles)
-            for bx, by in circles[i + 1 :]
-        )
-
-    near = drawn([(300.0, 200.0)] * 4 + [(315.0, 200.0)])
-    assert len(near) == 5 and closest(near) > 2 * RADIUS
-    for chain in (
-        [(100.0, 100.0), (111.0, 100.0), (122.0, 100.0)],
-        [(122.0, 100.0), (100.0, 100.0), (111.0, 100.0)],
-    ):
-        placed = [(xy, Point(0.0, 0.0, str(i), f"/d/{i}")) for i, xy in enumerate(chain)]
-        assert [len(members) for _, members in _clusters(placed)] == [3]
-    edge = drawn([(2.0, 200.0)] * 12)
-    assert closest(edge) > 2 * RADIUS
+    assert groups([(100.0, 100.0)] * 3 + [(100.4, 100.3)]) == [4]  # one spot, positions rounded alike
+    assert groups([(100.0, 100.0), (108.0, 100.0), (116.0, 100.0)]) == [1, 1, 1]  # near, not one spot
+    edge = _spread(2.0, 200.0, SPREAD_MAX)
+    assert min(math.dist(a, b) for i, a in enumerate(edge) for b in edge[i + 1 :]) > 2 * RADIUS
     assert all(RADIUS <= x <= WIDTH - RADIUS and RADIUS <= y <= HEIGHT - RADIUS for x, y in edge)
-    apart = drawn([(100.0, 100.0), (300.0, 300.0)])
-    assert apart == [(100.0, 100.0), (300.0, 300.0)]  # devices far apart stay where they are
+
+    crowd = [Point(52.45, -1.85, f"s{i}", f"/s/{i}") for i in range(SPREAD_MAX + 3)]
+    spread = [Point(52.40 + i * 0.0005, -1.90 + (i % 7) * 0.0007, f"d{i}", f"/d/{i}") for i in range(300)]
+    svg = device_map(crowd + spread, "test map")
+    assert re.findall(r'<g class="bundle">.*?<title>(\d+) devices here.*?>(\d+)</text></g>', svg) == [
+        (str(SPREAD_MAX + 3), str(SPREAD_MAX + 3))
+    ]
+    drawn = re.findall(r'<a href="/d/(\d+)"><circle class="device" cx="([\d.]+)" cy="([\d.]+)"', svg)
+    assert sorted(int(i) for i, _, _ in drawn) == list(range(300))
+    assert all(0 <= float(x) <= WIDTH and 0 <= float(y) <= HEIGHT for _, x, y in drawn)
