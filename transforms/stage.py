@@ -57,6 +57,7 @@ from civicflow.warehouse.segments import (
     RawRecord,
     SegmentCorrupt,
     erase_records,
+    fsync_dir,
     list_closed_segments,
     tombstone_bytes,
 )
@@ -139,9 +140,19 @@ class RawZone:
     def _quarantine_key(self, seg: str) -> str:
         return self.layout.quarantine_file(seg).relative_to(self.layout.root).as_posix()
 
-    def write_quarantine(self, seg: str, table: pa.Table) -> None:
+    def write_quarantine(self, seg: str, table: pa.Table, *, durable: bool = False) -> None:
+        """Write a segment's quarantine file; `durable`: on disk before this returns (an erasure's
+        rewrite, which no later run would redo)."""
         if self.store is None:
-            _write_parquet(table, self.layout.quarantine_file(seg))
+            path = self.layout.quarantine_file(seg)
+            _write_parquet(table, path)
+            if durable:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                fsync_dir(path.parent)
             return
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
@@ -158,8 +169,12 @@ class RawZone:
         return pq.read_table(pa.BufferReader(data), schema=quarantine_schema())
 
     def delete_quarantine(self, seg: str) -> None:
+        """Delete a segment's quarantine file, durably (an erasure's, which no later run would redo)."""
         if self.store is None:
-            self.layout.quarantine_file(seg).unlink(missing_ok=True)
+            path = self.layout.quarantine_file(seg)
+            path.unlink(missing_ok=True)
+            if path.parent.is_dir():
+                fsync_dir(path.parent)
         else:
             self.store.delete(self._quarantine_key(seg))
 
@@ -912,7 +927,7 @@ def _erase_from_segment(zone: RawZone, entry: dict, q: pa.Table | None, gone: Er
     after = zone.tombstone(entry["segment_id"], gone.offsets)
     if kept is not None and kept.num_rows < q.num_rows:
         if kept.num_rows:
-            zone.write_quarantine(entry["segment_id"], kept)
+            zone.write_quarantine(entry["segment_id"], kept, durable=True)
         else:
             zone.delete_quarantine(entry["segment_id"])
     if after is not None:
