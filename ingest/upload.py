@@ -66,6 +66,8 @@ class Uploaded:
 class _Item:
     path: Path
     acks: list[Ack] = field(default_factory=list)
+    left_behind: bool = False
+    """Found by `rescan`: a crash may have come after its upload and before its local copy went."""
 
 
 class UploadMetrics:
@@ -160,7 +162,7 @@ class SegmentUploader:
         with self._cond:
             for path in sorted(self.directory.glob(f"*{CLOSED_SUFFIX}")):
                 if path.name not in self._queue:
-                    self._queue[path.name] = _Item(path)
+                    self._queue[path.name] = _Item(path, left_behind=True)
                     found += 1
             if found:
                 self._cond.notify_all()
@@ -241,7 +243,12 @@ class SegmentUploader:
         while (item := self._next()) is not None:
             try:
                 size = item.path.stat().st_size
-                self.store.put_file(self.key(item.path.name), item.path)
+                if item.left_behind and self.store.exists(self.key(item.path.name)):
+                    # Uploaded before a crash: the stored object is the segment (it may since hold
+                    # an erasure's tombstones, which the local copy would undo), so it is kept.
+                    log.info("%s is in %s already; its local copy goes", item.path.name, self.store.url)
+                else:
+                    self.store.put_file(self.key(item.path.name), item.path)
             except FileNotFoundError:
                 with self._cond:
                     lost = self._queue.pop(item.path.name)
@@ -281,7 +288,7 @@ class SegmentUploader:
         # The store holds the segment: only now may its messages be acknowledged and the local copy go.
         try:
             item.path.unlink()
-        except OSError as exc:  # uploaded anyway; a restart uploads it again under the same key
+        except OSError as exc:  # uploaded anyway; a restart finds it in the store and deletes it
             log.warning("uploaded %s but could not delete the local copy: %s", item.path, exc)
         with self._cond:
             self._queue.pop(item.path.name, None)

@@ -155,3 +155,42 @@ def test_every_reading_lands_once_in_the_store_and_is_acknowledged_only_after_it
     assert set(seqs) == set(range(4000)) and set(seqs.values()) == {1}
     assert payloads.count(b'{"left":1}') == 1
     assert not list(listener.directory.glob("*.seg")) and not list(listener.directory.glob("*.open"))
+
+
+def test_a_segment_left_behind_after_its_upload_is_not_uploaded_again_over_the_stored_one(tmp_path):
+    """A listener that crashed after putting a segment and before deleting its local copy finds it
+    at its next start: the store holds it already, perhaps with an erasure's tombstones since, so
+    the local copy is deleted, not put over it. A left-behind segment the store lacks is put."""
+    from civicflow.ingest.upload import SegmentUploader
+    from civicflow.warehouse.segments import erase_records
+    from civicflow.warehouse.storage import LocalStore
+
+    landing = Layout(tmp_path / "listener")
+    uploaded = land(landing, [("city/testtown/parking/p0", b'{"plate":"AB12 CDE"}')], listener=CLIENT_ID)
+    never = land(landing, [("city/testtown/parking/p1", b'{"seq":1}')], listener=CLIENT_ID)
+    original = {p.name: p.read_bytes() for p in (uploaded, never)}
+    store = LocalStore(tmp_path / "store")
+    erased = tmp_path / "erased.seg"
+    erased.write_bytes(original[uploaded.name])
+    erase_records(erased, {read_segment(erased)[0].offset})  # what an erasure left in the store
+    store.put_bytes(f"raw/{CLIENT_ID}/{uploaded.name}", erased.read_bytes())
+
+    uploader = SegmentUploader(store, CLIENT_ID, uploaded.parent)
+    uploader.start()
+    done: list[str] = []
+    try:
+        for _ in range(10):  # a hang guard: each round waits for the event, not for a time
+            if len(done) == 2:
+                break
+            uploader.wait(60)  # until one is uploaded or none is left
+            taken = [u.name for u in uploader.take_uploaded()]
+            assert taken or uploader.busy(), uploader.last_error
+            done += taken
+    finally:
+        uploader.stop()
+    assert sorted(done) == sorted(original)
+    assert not uploaded.exists() and not never.exists()
+    assert (
+        store.get_bytes(f"raw/{CLIENT_ID}/{uploaded.name}") == erased.read_bytes() != original[uploaded.name]
+    )
+    assert store.get_bytes(f"raw/{CLIENT_ID}/{never.name}") == original[never.name]
