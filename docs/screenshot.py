@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,8 +101,9 @@ def serve(data_root: Path, port: int, log: Path) -> subprocess.Popen:
     raise TimeoutError(f"civicflow serve did not answer within 60 s; see {log}")
 
 
-def screenshot(url: str, out: Path) -> dict:
-    """A PNG of the page at `url`, from its top to the bottom of the chart's figure."""
+@contextmanager
+def browser_page(url: str) -> Iterator:
+    """Debian's Chromium, headless, at `url` in a WIDTH-wide viewport; closed afterwards."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -108,39 +111,37 @@ def screenshot(url: str, out: Path) -> dict:
         try:
             page = browser.new_page(viewport={"width": WIDTH, "height": 800}, device_scale_factor=1)
             page.goto(url)
-            figure = page.locator("figure").bounding_box()
-            if figure is None or not page.locator("figure svg").count():
-                raise RuntimeError(f"no chart on {url}")
-            height = int(figure["y"] + figure["height"] + 16)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=out, clip={"x": 0, "y": 0, "width": WIDTH, "height": height}, full_page=True)
-            return {"title": page.title(), "width": WIDTH, "height": height}
+            yield page
         finally:
             browser.close()
+
+
+def screenshot(url: str, out: Path) -> dict:
+    """A PNG of the page at `url`, from its top to the bottom of the chart's figure."""
+    with browser_page(url) as page:
+        figure = page.locator("figure").bounding_box()
+        if figure is None or not page.locator("figure svg").count():
+            raise RuntimeError(f"no chart on {url}")
+        height = int(figure["y"] + figure["height"] + 16)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=out, clip={"x": 0, "y": 0, "width": WIDTH, "height": height}, full_page=True)
+        return {"title": page.title(), "width": WIDTH, "height": height}
 
 
 def screenshot_devices(url: str, out: Path) -> dict:
     """A PNG of the Devices section at `url`: its heading, the first council's map and table."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": 800}, device_scale_factor=1)
-            page.goto(url)
-            if not page.locator("svg.device-map circle").count():
-                raise RuntimeError(f"no device with a position on {url}")
-            # Boxes are relative to the viewport; the clip of a full-page shot, to the page.
-            scrolled = page.evaluate("window.scrollY")
-            top = page.locator("h2#devices").bounding_box()
-            bottom = page.locator("h2#devices ~ table").first.bounding_box()
-            y = int(top["y"] + scrolled - 8)
-            height = int(bottom["y"] + scrolled + bottom["height"] + 16) - y
-            out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=out, clip={"x": 0, "y": y, "width": WIDTH, "height": height}, full_page=True)
-            return {"title": page.title(), "width": WIDTH, "height": height}
-        finally:
-            browser.close()
+    with browser_page(url) as page:
+        if not page.locator("svg.device-map circle").count():
+            raise RuntimeError(f"no device with a position on {url}")
+        # Boxes are relative to the viewport; the clip of a full-page shot, to the page.
+        scrolled = page.evaluate("window.scrollY")
+        top = page.locator("h2#devices").bounding_box()
+        bottom = page.locator("h2#devices ~ table").first.bounding_box()
+        y = int(top["y"] + scrolled - 8)
+        height = int(bottom["y"] + scrolled + bottom["height"] + 16) - y
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=out, clip={"x": 0, "y": y, "width": WIDTH, "height": height}, full_page=True)
+        return {"title": page.title(), "width": WIDTH, "height": height}
 
 
 def main(argv: list[str] | None = None) -> int:

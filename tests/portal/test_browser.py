@@ -182,6 +182,22 @@ def table_rows(page, heading: str) -> list[list[str]]:
     ]
 
 
+def refuse_other_hosts(page, portal_url: str) -> list[str]:
+    """Let the page reach the portal only: every request to another host is refused and its URL
+    kept in the list returned (a page that works offline leaves it empty)."""
+    elsewhere: list[str] = []
+
+    def only_the_portal(route):
+        if route.request.url.startswith(portal_url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_portal)
+    return elsewhere
+
+
 def test_dataset_page_shows_schema_with_units_licence_coverage_and_quality(page, portal_url, released):
     page.goto(portal_url + "/datasets/parking")
     assert page.title() == "Car park and parking bay occupancy — Civicflow open data"
@@ -227,16 +243,7 @@ def test_dataset_page_shows_schema_with_units_licence_coverage_and_quality(page,
     assert quality[1][5:] == ["0", "2016-10-04 2016-10-05"]
     # The day's Data Docs page is a file of the release, styled by the release's own stylesheet:
     # with every request to another host refused, it renders as it does anywhere.
-    elsewhere: list[str] = []
-
-    def only_the_portal(route):
-        if route.request.url.startswith(portal_url):
-            route.continue_()
-        else:
-            elsewhere.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", only_the_portal)
+    elsewhere = refuse_other_hosts(page, portal_url)
     page.get_by_role("link", name="2016-10-05").first.click()
     release = latest_release(released).name
     page.wait_for_url(
@@ -326,16 +333,7 @@ def test_downloads_are_listed_a_month_at_a_time_with_its_archives(page, portal_u
 
 
 def test_a_map_point_leads_to_its_device_page_with_readings_and_chart(page, portal_url):
-    elsewhere: list[str] = []
-
-    def only_the_portal(route):
-        if route.request.url.startswith(portal_url):
-            route.continue_()
-        else:
-            elsewhere.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", only_the_portal)
+    elsewhere = refuse_other_hosts(page, portal_url)
     page.goto(portal_url + "/datasets/parking")
     device_map = page.get_by_role("group", name=re.compile("testtown"))
     points = device_map.locator("a")
