@@ -480,8 +480,12 @@ def split_erased(table: pa.Table, windows: Iterable[ErasureWindow]) -> tuple[pa.
     import pyarrow.compute as pc
 
     received = table["received_at"]
+    # Erasures accumulate over the years; only those of a device present here are worth a pass.
+    present = set(pc.unique(table["device_id"]).to_pylist()) if table.num_rows else set()
     covered = None
     for w in windows:
+        if w.device_id not in present:
+            continue
         hit = pc.and_(pc.equal(table["council"], w.council), pc.equal(table["device_id"], w.device_id))
         if w.start is not None:
             hit = pc.and_(hit, pc.greater_equal(received, pa.scalar(w.start, type=received.type)))
